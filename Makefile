@@ -1,0 +1,34 @@
+# wav2brain — every command installs what it needs first (pip only, no root).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -n 2 -q tests
+
+demo: install
+	$(BIN)/wav2brain demo --out demo_output
+
+bench: install
+	mkdir -p benchmarks/results
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks dataset_scripts train.py
+	$(BIN)/ruff format --check src tests benchmarks dataset_scripts train.py
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

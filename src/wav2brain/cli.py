@@ -1,0 +1,56 @@
+"""The ``wav2brain`` console script: one entry point, one module per subcommand.
+
+Each subcommand lives in :mod:`wav2brain.commands` as a module exposing ``add_parser(subparsers)``
+(which registers the subcommand and sets ``func`` on its parser) so that importing the CLI stays
+cheap: heavy libraries are imported inside each command's ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "simulate",
+    "prepare",
+    "extract",
+    "encode",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="wav2brain",
+        description="Link self-supervised speech models to the human brain.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        module = importlib.import_module(f"wav2brain.commands.{name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"wav2brain {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

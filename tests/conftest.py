@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny model configs and the real dataset layouts in ``../shared/datasets``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_wav2vec2_kwargs() -> dict:
+    """Keyword arguments of a tiny wav2vec2 config (hidden size 32, 2 layers, real 50 Hz front end).
+
+    The convolutional strides and kernels are those of wav2vec2-base, so frames are 20 ms apart and
+    the receptive field is 400 samples, while the channel count is small enough for a 2-core CPU.
+    """
+    return dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16, 16, 16, 16, 32),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        layerdrop=0.0,
+        mask_time_prob=0.0,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        final_dropout=0.0,
+    )
+
+
+@pytest.fixture
+def tiny_kwargs() -> dict:
+    """A fresh copy of :func:`tiny_wav2vec2_kwargs` for each test."""
+    return tiny_wav2vec2_kwargs()
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The folder of real OpenNeuro metadata (``ds002345``, ``ds003020``) beside the repository.
+
+    ``WAV2BRAIN_SHARED_DATASETS`` overrides the location. The folder is part of the test contract,
+    so its absence is an error, not a skip.
+    """
+    root = Path(os.environ.get("WAV2BRAIN_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+    if not (root / "ds002345").is_dir() or not (root / "ds003020").is_dir():
+        raise FileNotFoundError(
+            f"real dataset layouts not found at {root}: expected ds002345/ and ds003020/ "
+            "(set WAV2BRAIN_SHARED_DATASETS to their parent folder)"
+        )
+    return root
