@@ -1,0 +1,35 @@
+"""Audio-fMRI data: BIDS discovery, BOLD loading, audio, alignments, the HF layout, windows, simulation."""
+
+from wav2brain.data.alignments import AlignedToken as AlignedToken
+from wav2brain.data.alignments import Alignment as Alignment
+from wav2brain.data.alignments import read_alignment as read_alignment
+from wav2brain.data.alignments import read_gentle_json as read_gentle_json
+from wav2brain.data.alignments import read_textgrid as read_textgrid
+from wav2brain.data.alignments import write_gentle_json as write_gentle_json
+from wav2brain.data.audio import audio_info as audio_info
+from wav2brain.data.audio import load_audio as load_audio
+from wav2brain.data.audio import resample_audio as resample_audio
+from wav2brain.data.bids import RunSpec as RunSpec
+from wav2brain.data.bids import discover_runs as discover_runs
+from wav2brain.data.bids import find_alignment as find_alignment
+from wav2brain.data.bids import read_mapping_table as read_mapping_table
+from wav2brain.data.fmri import BoldData as BoldData
+from wav2brain.data.fmri import CleaningConfig as CleaningConfig
+from wav2brain.data.fmri import check_coverage as check_coverage
+from wav2brain.data.fmri import load_bold as load_bold
+from wav2brain.data.masks import MaskConfig as MaskConfig
+from wav2brain.data.masks import compute_mask as compute_mask
+from wav2brain.data.masks import feature_mask as feature_mask
+from wav2brain.data.masks import iter_volumes as iter_volumes
+from wav2brain.data.masks import load_mask as load_mask
+from wav2brain.data.masks import mean_image as mean_image
+from wav2brain.data.prepare import prepare_dataset as prepare_dataset
+from wav2brain.data.simulate import ClusterSpec as ClusterSpec
+from wav2brain.data.simulate import SimulationConfig as SimulationConfig
+from wav2brain.data.simulate import simulate_dataset as simulate_dataset
+from wav2brain.data.speech import SynthesizedSpeech as SynthesizedSpeech
+from wav2brain.data.speech import synthesize as synthesize
+from wav2brain.data.speech import synthesize_many as synthesize_many
+from wav2brain.data.windows import BrainWindowCollator as BrainWindowCollator
+from wav2brain.data.windows import BrainWindows as BrainWindows
+from wav2brain.data.windows import WindowConfig as WindowConfig

@@ -1,0 +1,300 @@
+"""Word and phoneme alignments of a stimulus: Gentle ``align.json`` and Praat TextGrid.
+
+Times are seconds from the stimulus WAV's first sample. Silence and pause marks (empty labels,
+``sp``, ``sil``) are dropped: they are not words or phonemes, and keeping them would make a pause
+look like a phoneme to selectivity analyses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SILENCE_LABELS = frozenset({"", "sp", "sil", "<sil>", "{sl}", "{lg}", "{ns}"})
+"""Interval labels treated as silence (compared lower-case, stripped)."""
+
+WORD_TIER_NAMES = ("word", "words")
+PHONE_TIER_NAMES = ("phone", "phones", "phoneme", "phonemes")
+LEBEL_WORD_TIER = 1
+"""Tier index of words when no tier is named like one (LeBel et al. 2023: tier 0 phones, 1 words)."""
+LEBEL_PHONE_TIER = 0
+
+_GENTLE_POSITION = re.compile(r"_[BIES]$")
+_TOKEN = re.compile(
+    r'"((?:[^"]|"")*)"'  # a quoted string, "" escapes a quote
+    r"|(?<![\[\w.])([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\]\w.])"  # a free number
+    r"|(<exists>|<absent>)"
+)
+
+
+@dataclass(frozen=True)
+class AlignedToken:
+    """One word or phoneme: ``label`` heard from ``start`` to ``end`` (seconds)."""
+
+    label: str
+    start: float
+    end: float
+
+
+@dataclass
+class Alignment:
+    """Words and phonemes of one stimulus, each sorted by start time (seconds)."""
+
+    words: list[AlignedToken] = field(default_factory=list)
+    phonemes: list[AlignedToken] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list[dict]]:
+        """Columns for a table: ``{"words": [{label, start, end}, ...], "phonemes": [...]}``."""
+        return {
+            "words": [vars(t).copy() for t in self.words],
+            "phonemes": [vars(t).copy() for t in self.phonemes],
+        }
+
+
+def read_alignment(path: str | Path) -> Alignment:
+    """Read a Gentle ``.json`` or a Praat ``.TextGrid`` by file ending."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return read_gentle_json(path)
+    if path.suffix.lower() == ".textgrid":
+        return read_textgrid(path)
+    raise ValueError(f"alignment {path}: expected a Gentle .json or a Praat .TextGrid file")
+
+
+def read_gentle_json(path: str | Path) -> Alignment:
+    """Read a Gentle forced-alignment ``align.json``.
+
+    Words with ``case`` other than ``"success"`` (``"not-found-in-audio"``) have no times and are
+    skipped. The label is the transcript form (``word``). Phones (``{"phone": "dh_B",
+    "duration": 0.03}``) are laid end to end from the word start, as Gentle defines them; a phone
+    ``start`` key (written by :func:`write_gentle_json`) is used when present. Gentle's position
+    suffix (``_B``, ``_I``, ``_E``, ``_S``) is removed.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing file; invalid JSON, no ``words`` list, or a word whose end precedes its start.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"alignment file not found: {path}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"Gentle alignment {path} is not valid JSON: {err}") from err
+    if not isinstance(doc, dict) or not isinstance(doc.get("words"), list):
+        raise ValueError(f"Gentle alignment {path} has no 'words' list")
+    words, phonemes = [], []
+    for index, entry in enumerate(doc["words"]):
+        try:
+            _read_gentle_word(entry, words, phonemes)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"Gentle alignment {path}, word {index}: {err}") from err
+    return Alignment(_sorted(words), _sorted(phonemes))
+
+
+def _read_gentle_word(entry: dict, words: list, phonemes: list) -> None:
+    """Append one Gentle word (if aligned) and its phones; raise on malformed values."""
+    if entry.get("case", "success") != "success" or "start" not in entry:
+        return
+    start, end = float(entry["start"]), float(entry["end"])
+    label = str(entry.get("word", entry.get("alignedWord", "")))
+    if end < start:
+        raise ValueError(f"({label!r}) end {end} s precedes start {start} s")
+    words.append(AlignedToken(label, start, end))
+    cursor = start
+    for phone in entry.get("phones", []):
+        phone_start = float(phone.get("start", cursor))
+        cursor = phone_start + float(phone["duration"])
+        phone_label = _GENTLE_POSITION.sub("", str(phone["phone"]))
+        if phone_label.strip().lower() not in SILENCE_LABELS:
+            phonemes.append(AlignedToken(phone_label, phone_start, cursor))
+
+
+def write_gentle_json(alignment: Alignment, path: str | Path, transcript: str) -> Path:
+    """Write an alignment as Gentle ``align.json`` (atomically: temporary file, then rename).
+
+    Each phoneme goes to the word whose interval holds its midpoint, with Gentle's position
+    suffix and an extra ``start`` key so that :func:`read_gentle_json` restores times exactly;
+    phonemes outside every word are not representable in Gentle's format and are left out.
+    ``startOffset``/``endOffset`` are character offsets of each word in ``transcript``, found in
+    order (case-insensitive); a word absent from the transcript gets none.
+    """
+    path = Path(path)
+    lowered = transcript.lower()
+    cursor = 0
+    entries = []
+    phonemes = sorted(alignment.phonemes, key=lambda t: t.start)
+    for word in sorted(alignment.words, key=lambda t: t.start):
+        entry = {"alignedWord": word.label.lower(), "case": "success", "end": word.end}
+        found = lowered.find(word.label.lower(), cursor)
+        if found >= 0:
+            entry["startOffset"], entry["endOffset"] = found, found + len(word.label)
+            cursor = found + len(word.label)
+        inside = [p for p in phonemes if word.start <= (p.start + p.end) / 2 < word.end]
+        entry["phones"] = [
+            {
+                "duration": p.end - p.start,
+                "phone": f"{p.label}_{_position(i, len(inside))}",
+                "start": p.start,
+            }
+            for i, p in enumerate(inside)
+        ]
+        entry["start"] = word.start
+        entry["word"] = word.label
+        entries.append(entry)
+    _atomic_write_text(path, json.dumps({"transcript": transcript, "words": entries}, indent=1))
+    return path
+
+
+def read_textgrid(
+    path: str | Path,
+    word_tier: str | int | None = None,
+    phone_tier: str | int | None = None,
+) -> Alignment:
+    """Read words and phonemes from a Praat TextGrid (long or short text format).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.TextGrid`` file, UTF-8 or UTF-16 (Praat writes either).
+    word_tier, phone_tier : str or int, optional
+        Tier name or 0-based index. By default a tier named ``word(s)`` / ``phone(s)``,
+        ``phoneme(s)`` (any case), else LeBel's order: tier 1 words, tier 0 phones.
+
+    Notes
+    -----
+    Real TextGrids are not always clean: LeBel's contain an overlapping phone interval.
+    Overlaps are clipped (an interval starting before its predecessor ends starts at that end;
+    one left empty is dropped), with one warning per tier that names the file and the count.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing file; not a TextGrid; a named tier absent (the available names are listed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TextGrid not found: {path}")
+    tiers = _parse_textgrid(path)
+    words = _pick_tier(tiers, word_tier, WORD_TIER_NAMES, LEBEL_WORD_TIER, "word", path)
+    phones = _pick_tier(tiers, phone_tier, PHONE_TIER_NAMES, LEBEL_PHONE_TIER, "phone", path)
+    return Alignment(_clean_tier(words, path), _clean_tier(phones, path))
+
+
+def _parse_textgrid(path: Path) -> list[tuple[str, list[tuple[float, float, str]]]]:
+    """Tiers as ``(name, [(xmin, xmax, text), ...])``; point tiers get ``xmin == xmax``."""
+    text = _decode(path.read_bytes())
+    tokens = []
+    for match in _TOKEN.finditer(text):
+        string, number, flag = match.groups()
+        tokens.append(string.replace('""', '"') if string is not None else number or flag)
+    if len(tokens) < 2 or tokens[0] != "ooTextFile" or tokens[1] != "TextGrid":
+        raise ValueError(f"{path} is not a Praat text TextGrid (no 'ooTextFile' 'TextGrid' header)")
+    try:
+        position = 4  # header strings, xmin, xmax
+        if tokens[position] == "<absent>":
+            return []
+        position += 1
+        n_tiers = int(float(tokens[position]))
+        position += 1
+        tiers = []
+        for _ in range(n_tiers):
+            kind, name = tokens[position], tokens[position + 1]
+            count = int(float(tokens[position + 4]))
+            position += 5
+            intervals = []
+            for _ in range(count):
+                if kind == "IntervalTier":
+                    xmin, xmax, label = tokens[position : position + 3]
+                    intervals.append((float(xmin), float(xmax), label))
+                    position += 3
+                else:
+                    time, label = tokens[position : position + 2]
+                    intervals.append((float(time), float(time), label))
+                    position += 2
+            tiers.append((name, intervals))
+    except (IndexError, ValueError) as err:
+        raise ValueError(
+            f"TextGrid {path} is truncated or malformed near token {position}"
+        ) from err
+    return tiers
+
+
+def _decode(raw: bytes) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16")
+    return raw.decode("utf-8-sig", errors="replace")
+
+
+def _pick_tier(tiers, choice, names, fallback: int, kind: str, path: Path):
+    available = [name for name, _ in tiers]
+    if isinstance(choice, int):
+        if not -len(tiers) <= choice < len(tiers):
+            raise ValueError(f"TextGrid {path}: no tier {choice}; it has {len(tiers)}: {available}")
+        return tiers[choice][1]
+    wanted = (choice,) if choice is not None else names
+    for name, intervals in tiers:
+        if name.strip().lower() in {w.lower() for w in wanted}:
+            return intervals
+    if choice is not None:
+        raise ValueError(f"TextGrid {path}: no {kind} tier named {choice!r}; tiers: {available}")
+    if fallback < len(tiers):
+        return tiers[fallback][1]
+    raise ValueError(
+        f"TextGrid {path}: no {kind} tier (looked for names {list(names)} and index {fallback}); "
+        f"tiers: {available}"
+    )
+
+
+def _clean_tier(intervals, path: Path) -> list[AlignedToken]:
+    """Drop silences, sort, and clip overlaps (warning once with the count)."""
+    tokens = sorted(
+        (
+            AlignedToken(label.strip(), xmin, xmax)
+            for xmin, xmax, label in intervals
+            if label.strip().lower() not in SILENCE_LABELS
+        ),
+        key=lambda t: (t.start, t.end),
+    )
+    cleaned: list[AlignedToken] = []
+    fixed = 0
+    for token in tokens:
+        start = max(token.start, cleaned[-1].end) if cleaned else token.start
+        if start != token.start or token.end < token.start:
+            fixed += 1
+        if token.end > start or (token.end == start == token.start):
+            cleaned.append(AlignedToken(token.label, start, token.end))
+    if fixed:
+        warnings.warn(
+            f"TextGrid {path}: clipped or dropped {fixed} overlapping/reversed interval(s)",
+            stacklevel=3,
+        )
+    return cleaned
+
+
+def _sorted(tokens: list[AlignedToken]) -> list[AlignedToken]:
+    return sorted(tokens, key=lambda t: (t.start, t.end))
+
+
+def _position(index: int, count: int) -> str:
+    if count == 1:
+        return "S"
+    return "B" if index == 0 else "E" if index == count - 1 else "I"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

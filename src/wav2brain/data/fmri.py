@@ -1,0 +1,478 @@
+"""Load one run's BOLD as a float32 [TRs, voxels] matrix: mask, trim, drop bad voxels, clean.
+
+Sources: NIfTI volumes (nibabel), GIfTI surfaces (``.func.gii``, one file per hemisphere, left then
+right), and preprocessed arrays (LeBel's ``.hf5`` ``data`` [TRs, voxels] float64, or ``.npy``).
+
+Order of work, and why:
+
+1. Header checks before reading any data: the scan must cover ``onset + duration`` seconds of
+   stimulus. A shortfall above one TR is an error (a truncated scan or a wrong onset); a shortfall
+   of at most one TR is accepted with a warning (the last partial TR of audio is never a window
+   end, so nothing is lost but that fraction of a TR). Header TR vs sidecar TR: the sidecar wins,
+   with a warning, because BIDS makes the sidecar authoritative and converters often leave
+   ``pixdim[4]`` at 1 or in ms.
+2. Trimming ``trim_start_trs``/``trim_end_trs`` volumes before cleaning, so that non-steady-state
+   volumes do not bend the detrending and z-scoring. The stimulus onset is re-expressed relative
+   to the first kept volume (:attr:`BoldData.onset`).
+3. Masking volume chunk by chunk (:func:`wav2brain.data.masks.iter_volumes`, one sequential
+   pass over the file), so only float32 [TRs, voxels-in-mask] is ever whole in memory, never a
+   float64 copy of the 4D image; cleaning then runs on blocks of voxels. Optional smoothing
+   (:func:`nilearn.image.smooth_img`) is spatial only, so it is applied to each chunk of volumes.
+4. Voxels with any NaN/inf, or constant over the kept TRs, are dropped and counted
+   (:attr:`BoldData.dropped_voxels`): a z-score of a constant is undefined and NaNs would poison
+   every ridge fit.
+5. :func:`nilearn.signal.clean` per run: detrend, optional confounds and Butterworth high-pass,
+   then z-score (``zscore_sample``) so every run has unit variance per voxel.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wav2brain.data.bids import RunSpec, require_file
+from wav2brain.data.masks import MaskConfig, feature_mask, iter_volumes, load_mask, mean_image
+
+_CLEAN_BLOCK_VOXELS = 8192
+"""Voxels cleaned at once: nilearn works in float64, so blocks bound its copies."""
+
+_TR_TOLERANCE = 1e-3
+"""Seconds by which header and sidecar TRs may differ without a warning."""
+
+
+@dataclass
+class CleaningConfig:
+    """How a run is trimmed and cleaned.
+
+    Attributes
+    ----------
+    detrend : bool
+        Remove a linear trend per voxel.
+    standardize : bool
+        z-score each voxel over the run (``zscore_sample``).
+    high_pass, low_pass : float or None
+        Butterworth cut-offs in Hz (e.g. 0.01 Hz = 100 s periods); None for no filter.
+    smoothing_fwhm : float or None
+        Gaussian smoothing FWHM in mm (NIfTI only; ignored with a warning on surfaces/arrays).
+    trim_start_trs, trim_end_trs : int
+        Volumes (TRs) dropped at the start and end before cleaning.
+    confound_columns : tuple of str or None
+        Columns to use when confounds come as a TSV (fMRIPrep ``desc-confounds_timeseries.tsv``);
+        None uses all columns.
+    drop_invalid_voxels : bool
+        Drop (and count) NaN/inf or constant voxels. When False they raise an error instead.
+    """
+
+    detrend: bool = True
+    standardize: bool = True
+    high_pass: float | None = None
+    low_pass: float | None = None
+    smoothing_fwhm: float | None = None
+    trim_start_trs: int = 0
+    trim_end_trs: int = 0
+    confound_columns: tuple[str, ...] | None = None
+    drop_invalid_voxels: bool = True
+
+    def __post_init__(self) -> None:
+        if self.trim_start_trs < 0 or self.trim_end_trs < 0:
+            raise ValueError(
+                f"trim_start_trs/trim_end_trs must be >= 0 TRs, got "
+                f"{self.trim_start_trs}/{self.trim_end_trs}"
+            )
+        for name in ("high_pass", "low_pass", "smoothing_fwhm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
+
+
+@dataclass
+class BoldData:
+    """One run's cleaned responses.
+
+    Attributes
+    ----------
+    data : np.ndarray
+        float32 [TRs, voxels] after trimming, dropping and cleaning.
+    tr : float
+        Seconds.
+    space : str
+        ``"native"``, ``"MNI152NLin2009cAsym"``, ``"fsaverage"``...
+    dropped_voxels : int
+        Voxels/vertices of the mask dropped as NaN or constant.
+    mask_img : nibabel.Nifti1Image or None
+        3D mask of the kept voxels (NIfTI); None for surfaces and arrays.
+    kept : np.ndarray
+        bool over the input features (voxels of the given or computed mask, in nilearn's
+        C order; vertices, left then right; or array columns): which ones are the columns of
+        ``data``. Runs that must share columns intersect these.
+    onset : float
+        Seconds from the first kept TR to the stimulus's first sample.
+    first_tr : int
+        Index in the scan of the first kept volume.
+    n_scan_trs : int
+        Volumes in the file before trimming.
+    """
+
+    data: np.ndarray
+    tr: float
+    space: str
+    dropped_voxels: int
+    mask_img: object | None
+    kept: np.ndarray
+    onset: float
+    first_tr: int
+    n_scan_trs: int
+
+
+def load_bold(
+    run: RunSpec,
+    mask=None,
+    cleaning: CleaningConfig | None = None,
+    confounds=None,
+    mask_config: MaskConfig | None = None,
+) -> BoldData:
+    """Load, mask, trim and clean one run.
+
+    Parameters
+    ----------
+    run : RunSpec
+        From :func:`wav2brain.data.bids.discover_runs`.
+    mask : path, nibabel image, array-like or None
+        NIfTI: mask file or image (resampled with a warning or refused, see
+        :func:`wav2brain.data.masks.load_mask`); None computes an EPI mask of this run with
+        nilearn. For multi-run datasets pass one shared mask
+        (:func:`wav2brain.data.masks.compute_mask`) so that columns mean the same voxels.
+        Surfaces/arrays: boolean vector (or ``.npy``/``.gii``); None keeps all.
+    cleaning : CleaningConfig, optional
+        Defaults: detrend and z-score, no filter, no smoothing, no trimming.
+    confounds : array [TRs, k], path to a TSV/CSV/NPY, or None
+        One row per scan volume (before trimming).
+    mask_config : MaskConfig, optional
+        Settings of the EPI mask and of the resample-or-refuse decision.
+
+    Raises
+    ------
+    FileNotFoundError
+        Missing image, mask or confounds file.
+    ValueError
+        Too few volumes for onset + duration (both numbers given), bad shapes, confounds of the
+        wrong length, every voxel invalid, trimming that leaves fewer than 2 TRs.
+    """
+    cleaning = cleaning or CleaningConfig()
+    path = Path(run.bold_path)
+    require_file(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        reader = _NiftiReader(path, run, cleaning)
+    elif name.endswith(".gii"):
+        reader = _SurfaceReader(path)
+    elif run.is_array:
+        reader = _ArrayReader(path)
+    else:
+        raise ValueError(
+            f"{path}: unsupported BOLD file; expected .nii[.gz], .func.gii, .hf5, .npy"
+        )
+    if cleaning.smoothing_fwhm is not None and not isinstance(reader, _NiftiReader):
+        warnings.warn(
+            f"{path}: smoothing_fwhm applies to NIfTI volumes only; not smoothed", stacklevel=2
+        )
+    n_scan = reader.n_volumes
+    check_coverage(n_scan, run, path)
+    start, stop = cleaning.trim_start_trs, n_scan - cleaning.trim_end_trs
+    if stop - start < 2:
+        raise ValueError(
+            f"{path}: trimming {cleaning.trim_start_trs} + {cleaning.trim_end_trs} TRs of "
+            f"{n_scan} leaves {max(stop - start, 0)}; need at least 2 TRs"
+        )
+    confound_matrix = _read_confounds(confounds, n_scan, cleaning, path)
+    reader.set_mask(mask, mask_config)
+    data = reader.read(start, stop)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(data).all(axis=0) & (np.ptp(data, axis=0) > 0)
+    dropped = int((~valid).sum())
+    if dropped and not cleaning.drop_invalid_voxels:
+        raise ValueError(f"{path}: {dropped} voxel(s) are NaN/inf or constant")
+    if not valid.any():
+        raise ValueError(f"{path}: every one of the {valid.size} voxels is NaN/inf or constant")
+    if dropped:
+        warnings.warn(f"{path}: dropped {dropped} NaN/inf or constant voxel(s)", stacklevel=2)
+        data = data[:, valid]
+    data = _clean(data, run.tr, cleaning, confound_matrix, start, stop)
+    kept = reader.kept.copy()
+    kept[kept] = valid
+    return BoldData(
+        data=data,
+        tr=run.tr,
+        space=run.space,
+        dropped_voxels=dropped,
+        mask_img=reader.mask_of(kept),
+        kept=kept,
+        onset=run.onset - start * run.tr,
+        first_tr=start,
+        n_scan_trs=n_scan,
+    )
+
+
+def check_coverage(n_volumes: int, run: RunSpec, source: Path | str) -> None:
+    """Check that ``n_volumes`` TRs cover ``onset + duration`` seconds of stimulus.
+
+    A shortfall of more than one TR raises; up to one TR warns. Nothing is checked when
+    ``run.duration`` is None: preprocessed arrays from a mapping table without a ``duration``
+    column, which their authors cropped to the span they model.
+    """
+    if run.duration is None:
+        return
+    needed = run.onset + run.duration
+    available = n_volumes * run.tr
+    shortfall = needed - available
+    if shortfall > run.tr + 1e-6:
+        raise ValueError(
+            f"{source}: {n_volumes} volumes x {run.tr} s = {available:.2f} s, but the stimulus "
+            f"ends at onset {run.onset} s + duration {run.duration:.2f} s = {needed:.2f} s "
+            f"({math.ceil(needed / run.tr - 1e-9)} volumes needed)"
+        )
+    if shortfall > 1e-6:
+        warnings.warn(
+            f"{source}: {n_volumes} volumes cover {available:.2f} s, {shortfall:.2f} s (<= 1 TR) "
+            f"short of the stimulus end at {needed:.2f} s; the last {shortfall:.2f} s of audio "
+            "have no volume and are trimmed",
+            stacklevel=3,
+        )
+
+
+class _NiftiReader:
+    """Masked, chunked reading of a 4D NIfTI."""
+
+    def __init__(self, path: Path, run: RunSpec, cleaning) -> None:
+        import nibabel as nib
+
+        self.path, self.cleaning = path, cleaning
+        try:
+            self.img = nib.load(str(path))
+        except (nib.filebasedimages.ImageFileError, OSError, EOFError) as err:
+            raise ValueError(f"cannot read BOLD image {path}: {err}") from err
+        if self.img.ndim != 4:
+            raise ValueError(f"{path}: expected a 4D BOLD image, got shape {self.img.shape}")
+        self.n_volumes = self.img.shape[3]
+        self._check_header_tr(run.tr)
+
+    def set_mask(self, mask, mask_config: MaskConfig | None) -> None:
+        from nilearn.masking import compute_epi_mask
+
+        path = self.path
+        config = mask_config or MaskConfig()
+        if mask is None:
+            self.mask = compute_epi_mask(
+                mean_image(self.img),
+                lower_cutoff=config.lower_cutoff,
+                upper_cutoff=config.upper_cutoff,
+                opening=config.opening,
+            )
+        else:
+            self.mask = load_mask(mask, self.img, config)
+        self.mask_bool = np.asarray(self.mask.dataobj).astype(bool)
+        if not self.mask_bool.any():
+            raise ValueError(
+                f"{path}: the EPI mask computed with nilearn is empty; pass a brain mask "
+                "(mask=...) or check that the image is raw EPI (not already masked/detrended)"
+            )
+        self.kept = np.ones(int(self.mask_bool.sum()), dtype=bool)
+
+    def _check_header_tr(self, sidecar_tr: float) -> None:
+        zooms = self.img.header.get_zooms()
+        header_tr = float(zooms[3]) if len(zooms) > 3 else 0.0
+        if self.img.header.get_xyzt_units()[1] == "msec":
+            header_tr /= 1000.0
+        if header_tr > 0 and abs(header_tr - sidecar_tr) > _TR_TOLERANCE:
+            warnings.warn(
+                f"{self.path}: header TR {header_tr} s disagrees with sidecar RepetitionTime "
+                f"{sidecar_tr} s; using the sidecar TR ({sidecar_tr} s)",
+                stacklevel=4,
+            )
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        from nibabel import Nifti1Image
+        from nilearn.image import smooth_img
+
+        out = np.empty((stop - start, int(self.mask_bool.sum())), dtype=np.float32)
+        for first, block in iter_volumes(self.img, start, stop):
+            if self.cleaning.smoothing_fwhm is not None:
+                chunk = Nifti1Image(block, self.img.affine)
+                smoothed = smooth_img(chunk, self.cleaning.smoothing_fwhm)
+                block = np.asarray(smoothed.dataobj, dtype=np.float32)
+            out[first - start : first - start + block.shape[3]] = block[self.mask_bool].T
+        return out
+
+    def mask_of(self, kept: np.ndarray):
+        from nibabel import Nifti1Image
+
+        final = np.zeros(self.mask_bool.shape, dtype=np.uint8)
+        final[self.mask_bool] = kept
+        return Nifti1Image(final, self.img.affine)
+
+
+class _SurfaceReader:
+    """GIfTI time series, both hemispheres (``hemi-L`` then ``hemi-R``) when both exist."""
+
+    def __init__(self, path: Path) -> None:
+        import nibabel as nib
+
+        self.path, self.paths = path, [path]
+        parts = path.name.split("_")
+        if "hemi-L" in parts:
+            right = path.with_name("_".join("hemi-R" if p == "hemi-L" else p for p in parts))
+            if right.exists():
+                self.paths.append(right)
+        series = []
+        for part in self.paths:
+            arrays = [np.asarray(d.data, dtype=np.float32) for d in nib.load(str(part)).darrays]
+            if len(arrays) == 1 and arrays[0].ndim == 2:
+                series.append(arrays[0].T if arrays[0].shape[0] > arrays[0].shape[1] else arrays[0])
+            elif arrays and all(a.ndim == 1 for a in arrays):
+                series.append(np.stack(arrays))
+            else:
+                raise ValueError(
+                    f"{part}: expected one data array per volume, or one [vertices, TRs]"
+                )
+        if len({s.shape[0] for s in series}) != 1:
+            raise ValueError(f"{self.paths}: hemispheres have different numbers of volumes")
+        self.series = np.concatenate(series, axis=1)
+        self.n_volumes = self.series.shape[0]
+
+    def set_mask(self, mask, mask_config: MaskConfig | None) -> None:
+        self.kept = feature_mask(mask, self.series.shape[1], str(self.path))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.ascontiguousarray(self.series[start:stop, self.kept])
+
+    def mask_of(self, kept: np.ndarray) -> None:
+        return None
+
+
+class _ArrayReader:
+    """Preprocessed responses [TRs, voxels] (``.hf5``/``.h5`` ``data``, or ``.npy``).
+
+    LeBel's held-out story is stored as [repeats, TRs, voxels]; repeats are averaged (with a
+    warning), the usual encoding target, since the noise ceiling is a separate analysis.
+    The HDF5 file is opened only while reading, and rows are converted to float32 one repeat
+    at a time (h5py ``astype``), never as a whole float64 copy.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with self._open() as array:
+                self.shape = tuple(array.shape)
+        except OSError as err:
+            raise ValueError(f"cannot read response array {path}: {err}") from err
+        if len(self.shape) not in (2, 3):
+            raise ValueError(f"{path}: expected data [TRs, voxels], got shape {self.shape}")
+        if len(self.shape) == 3:
+            warnings.warn(
+                f"{path}: data has {self.shape[0]} repeats [repeats, TRs, voxels]; averaging them",
+                stacklevel=3,
+            )
+        self.n_volumes = self.shape[-2]
+
+    def set_mask(self, mask, mask_config: MaskConfig | None) -> None:
+        self.kept = feature_mask(mask, self.shape[-1], str(self.path))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        columns = np.flatnonzero(self.kept)
+        with self._open() as array:
+            if len(self.shape) == 2:
+                return np.ascontiguousarray(_rows(array, start, stop)[:, columns])
+            out = np.zeros((stop - start, columns.size), dtype=np.float32)
+            for repeat in range(self.shape[0]):
+                out += _rows(array, start, stop, repeat)[:, columns]
+        return out / np.float32(self.shape[0])
+
+    def mask_of(self, kept: np.ndarray) -> None:
+        return None
+
+    @contextmanager
+    def _open(self):
+        if self.path.suffix.lower() == ".npy":
+            yield np.load(self.path, mmap_mode="r")
+            return
+        import h5py
+
+        with h5py.File(self.path, "r") as handle:
+            keys = list(handle.keys())
+            key = "data" if "data" in keys else keys[0] if len(keys) == 1 else None
+            if key is None:
+                raise ValueError(f"{self.path}: no 'data' dataset (found {keys})")
+            yield handle[key]
+
+
+def _rows(array, start: int, stop: int, repeat: int | None = None) -> np.ndarray:
+    """float32 rows ``start:stop`` (of one repeat) of an HDF5 dataset or array."""
+    index = (slice(start, stop),) if repeat is None else (repeat, slice(start, stop))
+    if hasattr(array, "astype") and not isinstance(array, np.ndarray):
+        return array.astype(np.float32)[index]
+    return np.asarray(array[index], dtype=np.float32)
+
+
+def _read_confounds(confounds, n_scan: int, cleaning: CleaningConfig, source: Path):
+    """Confounds as float [n_scan, k], or None."""
+    if confounds is None:
+        return None
+    if isinstance(confounds, (str, Path)):
+        path = Path(confounds)
+        require_file(path)
+        if path.suffix == ".npy":
+            matrix = np.load(path)
+        else:
+            import pandas as pd
+
+            table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+            if cleaning.confound_columns is not None:
+                missing = [c for c in cleaning.confound_columns if c not in table.columns]
+                if missing:
+                    raise ValueError(f"confounds {path} lack column(s) {missing}")
+                table = table[list(cleaning.confound_columns)]
+            matrix = table.to_numpy(dtype=np.float64)
+    else:
+        matrix = np.asarray(confounds, dtype=np.float64)
+    if matrix.ndim == 1:
+        matrix = matrix[:, None]
+    if matrix.ndim != 2 or matrix.shape[0] != n_scan:
+        raise ValueError(
+            f"confounds for {source} have shape {matrix.shape}; expected [{n_scan} volumes, k]"
+        )
+    return np.nan_to_num(matrix)
+
+
+def _clean(data, tr, cleaning: CleaningConfig, confounds, start: int, stop: int) -> np.ndarray:
+    """:func:`nilearn.signal.clean` in place, a block of voxels at a time.
+
+    Every step (detrending, filtering, confound regression, z-scoring) acts on each voxel's time
+    series alone, so cleaning column blocks gives the same result as one call, while nilearn's
+    float64 copies stay the size of one block.
+    """
+    from nilearn.signal import clean
+
+    if confounds is not None:
+        confounds = confounds[start:stop]
+    active = cleaning.detrend or cleaning.standardize or cleaning.high_pass or cleaning.low_pass
+    if not active and confounds is None:
+        return data
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    for first in range(0, data.shape[1], _CLEAN_BLOCK_VOXELS):
+        block = slice(first, first + _CLEAN_BLOCK_VOXELS)
+        data[:, block] = clean(
+            data[:, block],
+            detrend=cleaning.detrend,
+            standardize="zscore_sample" if cleaning.standardize else False,
+            confounds=confounds,
+            high_pass=cleaning.high_pass,
+            low_pass=cleaning.low_pass,
+            t_r=tr,
+            ensure_finite=False,
+        )
+    return data

@@ -1,0 +1,512 @@
+"""Turn a BIDS dataset into the Hugging Face folder of :mod:`wav2brain.data.hf_layout`.
+
+Work happens in this order, so that bad input fails before anything expensive and an interrupted
+preparation can be finished by running the same call again:
+
+1. Discovery (:func:`wav2brain.data.bids.discover_runs`) and a header-only preflight of every run:
+   the files exist, each scan covers onset + stimulus duration, the runs of one subject share a
+   grid (images) or a column count (arrays). Errors name the files.
+2. The output folder is claimed: a new or empty folder gets a manifest (``wav2brain_prepare.json``:
+   settings, then one entry per finished shard); a folder with a manifest written with the same
+   settings is resumed; anything else is refused.
+3. Masks (NIfTI runs): one per voxel grid, the user's mask matched to the grid
+   (:func:`wav2brain.data.masks.load_mask`) or one computed from every run on that grid
+   (:func:`wav2brain.data.masks.compute_mask`), saved as ``mask.nii.gz`` (``masks/grid-<k>.nii.gz``
+   when runs lie on several grids). Columns of ``bold`` are the mask's voxels in C order.
+4. One shard per stimulus, then one shard per run, each written to a temporary name and renamed,
+   then recorded in the manifest. Only one run's BOLD is in memory at a time. A voxel that is NaN or
+   constant in a run is stored as zeros in that run (its index in ``dropped_voxel_indices``), so
+   that column ``j`` means the same voxel in every run of a grid.
+5. The card (``README.md``) last: a folder with a card is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wav2brain.data.bids import RunSpec, discover_runs, require_file
+from wav2brain.data.fmri import CleaningConfig, check_coverage
+from wav2brain.data.hf_layout import (
+    CARD_NAME,
+    MASK_NAME,
+    PARTIAL_SUFFIX,
+    RESPONSES,
+    SAMPLING_RATE,
+    STIMULI,
+    CardText,
+    DatasetSummary,
+    RunSummary,
+    StimulusSummary,
+    response_table,
+    stimulus_table,
+    write_card,
+    write_shard,
+    write_text_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "wav2brain_prepare.json"
+MANIFEST_VERSION = 1
+
+
+@dataclasses.dataclass
+class RunProbe:
+    """What the headers say about a run before any data is read.
+
+    Attributes
+    ----------
+    n_volumes : int or None
+        Volumes (TRs) in the file; None where only reading the data would tell (GIfTI).
+    grid : str or None
+        Key of the voxel grid (shape + affine) of a NIfTI run; None otherwise.
+    n_columns : int or None
+        Columns of a preprocessed array.
+    """
+
+    n_volumes: int | None
+    grid: str | None
+    n_columns: int | None
+
+
+def probe_run(run: RunSpec) -> RunProbe:
+    """Read a run's header only (NIfTI shape/affine, array shape) and check its coverage.
+
+    Raises
+    ------
+    FileNotFoundError
+        BOLD or stimulus file missing.
+    ValueError
+        Unreadable header, not 4D, or fewer volumes than onset + duration need.
+    """
+    require_file(Path(run.bold_path))
+    require_file(Path(run.stimulus_path))
+    name = run.bold_path.name.lower()
+    probe = RunProbe(None, None, None)
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(run.bold_path))
+        except Exception as error:  # nibabel raises several types for broken headers
+            raise ValueError(f"{run.bold_path}: cannot read the NIfTI header ({error})") from None
+        if len(img.shape) != 4:
+            raise ValueError(f"{run.bold_path}: expected a 4D BOLD image, got shape {img.shape}")
+        affine = np.round(np.asarray(img.affine, dtype=np.float64), 3).tolist()
+        probe = RunProbe(img.shape[3], json.dumps([list(img.shape[:3]), affine]), None)
+    elif run.is_array:
+        shape = _array_shape(run.bold_path)
+        probe = RunProbe(shape[-2], None, shape[-1])
+    if probe.n_volumes is not None and (not run.is_array or run.duration is not None):
+        check_coverage(probe.n_volumes, run, run.bold_path)
+    return probe
+
+
+def _array_shape(path: Path) -> tuple[int, ...]:
+    """Shape of a ``.npy`` or of the ``data`` dataset of an HDF5 file, without reading it."""
+    if path.suffix.lower() == ".npy":
+        return tuple(np.load(path, mmap_mode="r").shape)
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            key = "data" if "data" in handle else next(iter(handle.keys()), None)
+            if key is None:
+                raise ValueError(f"{path}: the HDF5 file holds no dataset; expected 'data'")
+            return tuple(handle[key].shape)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the HDF5 file ({error})") from None
+
+
+def check_subject_consistency(runs: Sequence[RunSpec], probes: Sequence[RunProbe]) -> None:
+    """Refuse runs of one subject on different grids or with different column counts."""
+    first: dict[tuple[str, str], tuple[RunSpec, Any]] = {}
+    for run, probe in zip(runs, probes, strict=True):
+        for kind, value in (("grid", probe.grid), ("columns", probe.n_columns)):
+            if value is None:
+                continue
+            seen = first.setdefault((run.subject, kind), (run, value))
+            if seen[1] != value:
+                what = "voxel grids (shape/affine)" if kind == "grid" else "voxel counts"
+                detail = "" if kind == "grid" else f" ({seen[1]} vs {value} columns)"
+                raise ValueError(
+                    f"subject {run.subject!r} has runs with different {what}{detail}: "
+                    f"{seen[0].bold_path} and {run.bold_path}; expected every run of a subject "
+                    "in one space"
+                )
+
+
+def _mask_fingerprint(mask: Any) -> Any:
+    """JSON-friendly identity of a mask argument (path, or a hash of an in-memory image)."""
+    if mask is None or isinstance(mask, (str, Path)):
+        return None if mask is None else str(Path(mask).resolve())
+    data = np.asarray(getattr(mask, "dataobj", mask))
+    digest = hashlib.sha1(np.ascontiguousarray(data).tobytes())
+    affine = getattr(mask, "affine", None)
+    if affine is not None:
+        digest.update(np.asarray(affine, np.float64).tobytes())
+    return f"sha1:{digest.hexdigest()}"
+
+
+def _run_plan(run: RunSpec) -> dict:
+    """The parts of a RunSpec that define its shard (paths, onset, TR)."""
+    plan = {
+        key: str(value) if isinstance(value, Path) else value for key, value in asdict(run).items()
+    }
+    plan["key"] = run.key
+    return plan
+
+
+def _settings(
+    bids_root: Path, runs: Sequence[RunSpec], mask: Any, cleaning: CleaningConfig
+) -> dict:
+    """Everything that determines the folder's content; a resumed folder must match it."""
+    settings = {
+        "bids_root": str(bids_root.resolve()),
+        "mask": _mask_fingerprint(mask),
+        "cleaning": asdict(cleaning),
+        "runs": [_run_plan(run) for run in runs],
+    }
+    return json.loads(json.dumps(settings, default=str))
+
+
+class _Manifest:
+    """The progress file: settings, masks, and every finished shard (rewritten atomically)."""
+
+    def __init__(self, out: Path, settings: dict) -> None:
+        self.path = out / MANIFEST_NAME
+        self.state: dict[str, Any] = {
+            "version": MANIFEST_VERSION,
+            "settings": settings,
+            "masks": {},
+            "stimuli": {},
+            "runs": {},
+            "complete": False,
+        }
+
+    @classmethod
+    def claim(cls, out: Path, settings: dict) -> _Manifest:
+        """Open the manifest of ``out``, or start one in a new/empty folder."""
+        manifest = cls(out, settings)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        if manifest.path.is_file():
+            try:
+                stored = json.loads(manifest.path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{manifest.path} is not valid JSON ({error})") from None
+            if stored.get("settings") != settings:
+                changed = sorted(
+                    key
+                    for key in set(settings) | set(stored.get("settings", {}))
+                    if settings.get(key) != stored.get("settings", {}).get(key)
+                )
+                raise ValueError(
+                    f"{out} was prepared with other settings (differing: {', '.join(changed)}); "
+                    "use another --out folder or delete this one"
+                )
+            manifest.state = stored
+            return manifest
+        if out.is_dir() and any(PARTIAL_SUFFIX not in p.name for p in out.iterdir()):
+            raise ValueError(
+                f"--out {out} is a non-empty folder without {MANIFEST_NAME}; refusing to write "
+                "into it (choose a new or empty folder)"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        manifest.save()
+        return manifest
+
+    def save(self) -> None:
+        write_text_atomic(json.dumps(self.state, indent=1, sort_keys=True), self.path)
+
+    def done(self, section: str, key: str, out: Path) -> bool:
+        """Whether a shard is recorded and still on disk."""
+        entry = self.state[section].get(key)
+        return entry is not None and (out / entry["shard"]).is_file()
+
+    def record(self, section: str, key: str, entry: dict) -> None:
+        self.state[section][key] = entry
+        self.save()
+
+
+def _remove_partials(out: Path) -> None:
+    """Delete temporary files left by an interrupted write."""
+    for pattern in (f"*{PARTIAL_SUFFIX}", f"*{PARTIAL_SUFFIX}.nii.gz"):
+        for path in out.rglob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _grid_masks(
+    runs: Sequence[RunSpec], probes: Sequence[RunProbe], mask: Any, out: Path, manifest: _Manifest
+) -> dict[str, tuple[Any, str]]:
+    """One mask image per voxel grid: ``{grid: (image, file name relative to out)}``."""
+    import nibabel as nib
+
+    from wav2brain.data.masks import compute_mask, load_mask
+
+    grids: dict[str, list[RunSpec]] = {}
+    for run, probe in zip(runs, probes, strict=True):
+        if probe.grid is not None:
+            grids.setdefault(probe.grid, []).append(run)
+    masks = {}
+    for index, (grid, grid_runs) in enumerate(grids.items()):
+        name = MASK_NAME if len(grids) == 1 else f"masks/grid-{index}.nii.gz"
+        path = out / name
+        if manifest.state["masks"].get(grid) == name and path.is_file():
+            masks[grid] = (nib.load(str(path)), name)
+            continue
+        if mask is not None:
+            image = load_mask(mask, nib.load(str(grid_runs[0].bold_path)))
+        else:
+            logger.info("computing a brain mask from %d run(s) on grid %d", len(grid_runs), index)
+            image = compute_mask([run.bold_path for run in grid_runs])
+        image = nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.uint8), image.affine)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name[: -len('.nii.gz')]}{PARTIAL_SUFFIX}.nii.gz")
+        image.to_filename(str(tmp))
+        tmp.replace(path)
+        manifest.state["masks"][grid] = name
+        manifest.save()
+        masks[grid] = (nib.load(str(path)), name)
+    return masks
+
+
+def _write_stimulus(run: RunSpec, out: Path) -> StimulusSummary:
+    """Read, resample and store one stimulus with its alignment."""
+    from wav2brain.data.alignments import read_alignment
+    from wav2brain.data.audio import load_audio
+
+    wave = load_audio(run.stimulus_path)
+    alignment = read_alignment(run.alignment_path) if run.alignment_path is not None else None
+    shard = f"{STIMULI}/{run.stimulus_id}.parquet"
+    write_shard(stimulus_table(run.stimulus_id, wave, alignment), out / shard)
+    return StimulusSummary(
+        shard=shard,
+        id=run.stimulus_id,
+        duration=len(wave) / SAMPLING_RATE,
+        n_words=len(alignment.words) if alignment is not None else 0,
+        n_phonemes=len(alignment.phonemes) if alignment is not None else 0,
+    )
+
+
+def _full_width(
+    data: np.ndarray, kept: np.ndarray, base: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Put the kept columns back at their place among the ``base`` features (zeros elsewhere).
+
+    Returns the float32 [T, base.sum()] matrix and the indices of the dropped columns.
+    """
+    kept_in_base = kept[base]
+    if kept_in_base.all():
+        return data, np.zeros(0, np.int64)
+    full = np.zeros((data.shape[0], kept_in_base.size), dtype=np.float32)
+    full[:, kept_in_base] = data
+    return full, np.flatnonzero(~kept_in_base)
+
+
+def _write_run(
+    run: RunSpec, out: Path, mask: Any, mask_name: str | None, cleaning: CleaningConfig
+) -> RunSummary:
+    """Load, clean and store one run's BOLD (the only run in memory)."""
+    from wav2brain.data.fmri import load_bold
+    from wav2brain.data.masks import feature_mask
+
+    bold = load_bold(run, mask=mask, cleaning=cleaning)
+    if mask is None or mask_name is not None:
+        base = np.ones(bold.kept.size, dtype=bool)
+    else:
+        base = feature_mask(mask, bold.kept.size, str(run.bold_path))
+    data, dropped = _full_width(bold.data, bold.kept, base)
+    meta = {
+        "subject": run.subject,
+        "session": run.session,
+        "task": run.task,
+        "run": run.run,
+        "stimulus_id": run.stimulus_id,
+        "onset": bold.onset,
+        "tr": bold.tr,
+        "space": bold.space,
+        "mask": mask_name,
+    }
+    shard = f"{RESPONSES}/{run.key}.parquet"
+    write_shard(response_table(meta, data, dropped), out / shard)
+    return RunSummary(
+        shard=shard,
+        subject=run.subject,
+        task=run.task,
+        run=run.run,
+        session=run.session,
+        stimulus_id=run.stimulus_id,
+        space=bold.space,
+        n_trs=int(data.shape[0]),
+        n_voxels=int(data.shape[1]),
+        tr=float(bold.tr),
+        dropped_voxels=int(len(dropped)),
+    )
+
+
+def _check_written_counts(summaries: Iterable[RunSummary], runs: Sequence[RunSpec]) -> None:
+    """Refuse a subject whose stored runs ended up with different voxel counts."""
+    paths = {run.key: run.bold_path for run in runs}
+    first: dict[str, RunSummary] = {}
+    for summary in summaries:
+        seen = first.setdefault(summary.subject, summary)
+        if seen.n_voxels != summary.n_voxels:
+            key_a, key_b = Path(seen.shard).stem, Path(summary.shard).stem
+            raise ValueError(
+                f"subject {summary.subject!r}: {paths.get(key_a, key_a)} gave {seen.n_voxels} "
+                f"voxels but {paths.get(key_b, key_b)} gave {summary.n_voxels}; expected one "
+                "voxel count per subject (pass one --mask for all runs)"
+            )
+
+
+def prepare_dataset(
+    bids_root: str | Path,
+    out: str | Path,
+    *,
+    mask: Any = None,
+    subjects: Iterable[str] | None = None,
+    tasks: Iterable[str] | None = None,
+    runs: Iterable[str] | None = None,
+    mapping: str | Path | Sequence[RunSpec] | None = None,
+    cleaning: CleaningConfig | None = None,
+    card: CardText | None = None,
+    trial_type: str = "story",
+    progress: bool = True,
+) -> Path:
+    """Write ``out`` as a Hugging Face dataset folder (``stimuli`` + ``responses`` + card + mask).
+
+    Parameters
+    ----------
+    bids_root : str or Path
+        BIDS dataset root.
+    out : str or Path
+        Output folder: new, empty, or an interrupted preparation with the same settings (resumed).
+    mask : path, nibabel image, boolean vector or None
+        NIfTI runs: a mask (matched to each voxel grid) or None to compute one per grid from the
+        runs. Surfaces and arrays: a boolean vector over vertices/columns, or None for all.
+    subjects, tasks, runs : iterable of str, optional
+        Labels to keep (with or without BIDS prefixes).
+    mapping : path or sequence of RunSpec, optional
+        Mapping table for datasets without events (see :func:`wav2brain.data.bids.read_mapping_table`).
+    cleaning : CleaningConfig, optional
+        Detrending, z-scoring, filtering, smoothing, trimming (TRs).
+    card : CardText, optional
+        Title, licence and source text of the dataset card.
+    trial_type : str
+        ``trial_type`` of the events row that marks the stimulus.
+    progress : bool
+        Show tqdm progress bars.
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    FileNotFoundError
+        Missing BIDS root, BOLD, stimulus or mask file (named).
+    ValueError
+        No run matched the filters; a scan shorter than its stimulus; runs of a subject on
+        different grids or with different voxel counts; an ``out`` folder that is not ours or was
+        prepared with other settings.
+    """
+    from tqdm.auto import tqdm
+
+    root, out = Path(bids_root), Path(out)
+    cleaning = cleaning or CleaningConfig()
+    card = card or CardText()
+    if not root.is_dir():
+        raise FileNotFoundError(f"BIDS root not found (or not a folder): {root}")
+    found = discover_runs(
+        root, subjects=subjects, tasks=tasks, runs=runs, mapping=mapping, trial_type=trial_type
+    )
+    if not found:
+        filters = {"subjects": subjects, "tasks": tasks, "runs": runs}
+        shown = ", ".join(f"{k}={list(v)}" for k, v in filters.items() if v is not None)
+        if mapping is not None:
+            where = mapping if isinstance(mapping, (str, Path)) else f"{len(mapping)} rows"
+            shown += f"{', ' if shown else ''}mapping={where}"
+        raise ValueError(
+            f"no functional runs with a stimulus found in {root}"
+            + (f" matching {shown}" if shown else "")
+            + f" (looked for *_bold.nii[.gz]/.func.gii with events.tsv rows of trial_type "
+            f"{trial_type!r}, or a mapping table)"
+        )
+    keys = [run.key for run in found]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise ValueError(f"several runs share the names {duplicates}; expected one file per run")
+    stimulus_paths: dict[str, Path] = {}
+    for run in found:
+        if stimulus_paths.setdefault(run.stimulus_id, run.stimulus_path) != run.stimulus_path:
+            raise ValueError(
+                f"stimulus id {run.stimulus_id!r} names two files: "
+                f"{stimulus_paths[run.stimulus_id]} and {run.stimulus_path}"
+            )
+    probes = [probe_run(run) for run in found]
+    check_subject_consistency(found, probes)
+    if isinstance(mask, (str, Path)) and not Path(mask).is_file():
+        raise FileNotFoundError(f"mask file not found: {mask}")
+
+    manifest = _Manifest.claim(out, _settings(root, found, mask, cleaning))
+    if manifest.state["complete"] and (out / CARD_NAME).is_file():
+        logger.info("%s is already complete; nothing to do", out)
+        return out
+    _remove_partials(out)
+    masks = _grid_masks(found, probes, mask, out, manifest)
+
+    first_of_stimulus = {run.stimulus_id: run for run in reversed(found)}
+    for sid, run in tqdm(sorted(first_of_stimulus.items()), desc="stimuli", disable=not progress):
+        if not manifest.done("stimuli", sid, out):
+            manifest.record("stimuli", sid, asdict(_write_stimulus(run, out)))
+    for run, probe in tqdm(
+        list(zip(found, probes, strict=True)), desc="runs", disable=not progress
+    ):
+        if manifest.done("runs", run.key, out):
+            continue
+        run_mask, mask_name = masks[probe.grid] if probe.grid is not None else (mask, None)
+        summary = _write_run(run, out, run_mask, mask_name, cleaning)
+        manifest.record("runs", run.key, asdict(summary))
+        _check_written_counts(
+            (RunSummary(**entry) for entry in manifest.state["runs"].values()), found
+        )
+
+    summary = DatasetSummary(
+        stimuli=[
+            StimulusSummary(**manifest.state["stimuli"][sid]) for sid in sorted(first_of_stimulus)
+        ],
+        runs=[RunSummary(**manifest.state["runs"][run.key]) for run in found],
+        cleaning=asdict(cleaning),
+        mask=_mask_description(masks, mask),
+    )
+    write_card(out, summary, card)
+    manifest.state["complete"] = True
+    manifest.save()
+    return out
+
+
+def _mask_description(masks: dict[str, tuple[Any, str]], mask: Any) -> dict:
+    """What the card says about the masks."""
+    if not masks:
+        source = "all columns" if mask is None else "user-given boolean vector over columns"
+        return {"file": None, "source": source}
+    files = {
+        name: {
+            "n_voxels": int(np.count_nonzero(np.asarray(image.dataobj))),
+            "shape": list(image.shape[:3]),
+        }
+        for image, name in masks.values()
+    }
+    origin = "computed from the runs' mean EPI (nilearn compute_epi_mask, intersect_masks)"
+    return {"files": files, "source": origin if mask is None else _mask_fingerprint(mask)}

@@ -1,0 +1,318 @@
+"""BOLD loading on the real layouts (fabricated images), checked against nilearn's NiftiMasker."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from nilearn.maskers import NiftiMasker
+from nilearn.masking import compute_epi_mask
+
+from fabricate import fabricate_layout, lebel_mapping
+from wav2brain.data import (
+    CleaningConfig,
+    RunSpec,
+    compute_mask,
+    discover_runs,
+    iter_volumes,
+    load_bold,
+    load_mask,
+    mean_image,
+)
+
+AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def narratives(shared_datasets, tmp_path_factory) -> Path:
+    return fabricate_layout(shared_datasets / "ds002345", tmp_path_factory.mktemp("n") / "ds002345")
+
+
+@pytest.fixture(scope="module")
+def lebel(shared_datasets, tmp_path_factory) -> Path:
+    return fabricate_layout(shared_datasets / "ds003020", tmp_path_factory.mktemp("l") / "ds003020")
+
+
+@pytest.fixture
+def full_mask():
+    return nib.Nifti1Image(np.ones((4, 4, 3), np.uint8), AFFINE)
+
+
+def pieman(root: Path) -> RunSpec:
+    return discover_runs(root, subjects="001", tasks="pieman", runs="1")[0]
+
+
+def write_bold(path: Path, data: np.ndarray, tr: float, affine=AFFINE) -> Path:
+    img = nib.Nifti1Image(data.astype(np.float32), affine)
+    img.header.set_zooms(tuple(np.abs(np.diag(affine)[:3])) + (tr,))
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+    return path
+
+
+def masker(mask, **kwargs) -> NiftiMasker:
+    return NiftiMasker(mask, detrend=True, standardize="zscore_sample", **kwargs).fit()
+
+
+def test_narratives_runs_match_nilearn_masker(narratives, full_mask):
+    for run in discover_runs(narratives, tasks=["pieman", "milkyway"]):
+        bold = load_bold(run, mask=full_mask)
+        expected = masker(full_mask, t_r=run.tr).transform(str(run.bold_path))
+        assert bold.data.dtype == np.float32 and bold.data.shape == (bold.n_scan_trs, 48)
+        np.testing.assert_allclose(bold.data, expected, atol=1e-5)
+        assert bold.tr == run.tr and bold.onset == run.onset and bold.dropped_voxels == 0
+        assert bold.n_scan_trs * run.tr >= run.onset + run.duration
+    assert {r.tr for r in discover_runs(narratives, subjects="115", tasks="milkyway")} == {1.52}
+
+
+def test_smoothing_high_pass_and_trimming_match_nilearn(narratives, full_mask):
+    run = pieman(narratives)
+    config = CleaningConfig(smoothing_fwhm=5.0, high_pass=0.01, trim_start_trs=5, trim_end_trs=3)
+    bold = load_bold(run, mask=full_mask, cleaning=config)
+    img = nib.load(str(run.bold_path))
+    trimmed = img.slicer[..., 5 : img.shape[3] - 3]
+    expected = masker(full_mask, t_r=1.5, smoothing_fwhm=5.0, high_pass=0.01).transform(trimmed)
+    np.testing.assert_allclose(bold.data, expected, atol=1e-5)
+    assert bold.data.shape[0] == img.shape[3] - 8 and bold.first_tr == 5
+    assert run.onset == 0.0 and bold.onset == pytest.approx(-5 * 1.5)
+
+
+def test_lebel_raw_and_preprocessed(lebel, full_mask):
+    raw = discover_runs(lebel, subjects="UTS01", tasks="souls", mapping=lebel_mapping(lebel))[0]
+    bold = load_bold(raw, mask=full_mask)
+    assert bold.data.shape == (375, 48) and bold.tr == 2.0 and bold.onset == 10.0
+    runs = discover_runs(lebel, subjects="UTS02", mapping=lebel_mapping(lebel, preprocessed=True))
+    souls = next(r for r in runs if r.task == "souls")
+    raw_array = h5py.File(souls.bold_path, "r")["data"][:]
+    assert raw_array.dtype == np.float64
+    plain = load_bold(souls, cleaning=CleaningConfig(detrend=False, standardize=False))
+    assert plain.data.dtype == np.float32 and plain.data.shape == (355, 12)
+    np.testing.assert_allclose(plain.data, raw_array, rtol=1e-6)
+    assert plain.onset == -10.0 and plain.mask_img is None
+    smoke = next(r for r in runs if r.task == "wheretheressmoke")
+    with pytest.warns(UserWarning, match="11 repeats"):
+        mean = load_bold(smoke, cleaning=CleaningConfig(detrend=False, standardize=False))
+    expected = h5py.File(smoke.bold_path, "r")["data"][:].mean(axis=0)
+    np.testing.assert_allclose(mean.data, expected, rtol=1e-5, atol=1e-6)
+    column_mask = np.zeros(12, bool)
+    column_mask[[1, 5]] = True
+    subset = load_bold(
+        souls, mask=column_mask, cleaning=CleaningConfig(detrend=False, standardize=False)
+    )
+    np.testing.assert_allclose(subset.data, raw_array[:, [1, 5]], rtol=1e-6)
+    with pytest.raises(ValueError, match="mask .* has 3 entries but .*souls.hf5 has 12"):
+        load_bold(souls, mask=[1, 0, 1])
+    stated = dataclasses.replace(souls, duration=730.0)  # -10 + 730 s > 355 TRs x 2 s
+    with pytest.raises(ValueError, match="355 volumes x 2.0 s = 710.00 s.*= 720.00 s"):
+        load_bold(stated)
+
+
+def test_header_tr_disagreeing_with_sidecar_warns_and_uses_sidecar(narratives, tmp_path, full_mask):
+    run = pieman(narratives)
+    data = np.asarray(nib.load(str(run.bold_path)).dataobj)
+    path = write_bold(tmp_path / "sub-001_task-pieman_run-1_bold.nii.gz", data, tr=2.0)
+    with pytest.warns(
+        UserWarning, match="header TR 2.0 s disagrees .* using the sidecar TR \\(1.5 s\\)"
+    ):
+        bold = load_bold(dataclasses.replace(run, bold_path=path), mask=full_mask)
+    assert bold.tr == 1.5
+
+
+def test_volume_coverage(narratives, tmp_path, full_mask):
+    run = pieman(narratives)  # WAV from 0 s, story 15 s + 422 s = 437 s at TR 1.5: 292 volumes
+    data = np.asarray(nib.load(str(run.bold_path)).dataobj)
+    short = write_bold(tmp_path / "short.nii.gz", data[..., :290], tr=1.5)
+    with pytest.raises(
+        ValueError, match=r"290 volumes x 1.5 s = 435.00 s.* = 437.00 s \(292 volumes"
+    ):
+        load_bold(dataclasses.replace(run, bold_path=short), mask=full_mask)
+    almost = write_bold(tmp_path / "almost.nii.gz", data[..., :291], tr=1.5)
+    with pytest.warns(UserWarning, match="0.50 s \\(<= 1 TR\\) short"):
+        bold = load_bold(dataclasses.replace(run, bold_path=almost), mask=full_mask)
+    assert bold.data.shape[0] == 291
+    with pytest.raises(ValueError, match="leaves 1; need at least 2 TRs"):
+        load_bold(run, mask=full_mask, cleaning=CleaningConfig(trim_start_trs=200, trim_end_trs=91))
+
+
+def test_nan_and_constant_voxels_are_dropped_and_counted(tmp_path):
+    rng = np.random.default_rng(0)
+    data = 100 + rng.standard_normal((4, 4, 3, 30))
+    data[0, 0, 0, 7] = np.nan
+    data[1, 1, 1] = 5.0
+    path = write_bold(tmp_path / "bold.nii.gz", data, tr=2.0)
+    run = RunSpec("01", "x", None, None, path, tmp_path / "x.wav", "x", 0.0, 2.0, 50.0)
+    mask = nib.Nifti1Image(np.ones((4, 4, 3), np.uint8), AFFINE)
+    with pytest.warns(UserWarning, match="dropped 2 NaN/inf or constant"):
+        bold = load_bold(run, mask=mask)
+    assert bold.dropped_voxels == 2 and bold.data.shape == (30, 46)
+    assert np.isfinite(bold.data).all()
+    kept = bold.mask_img.get_fdata().astype(bool)
+    assert not kept[0, 0, 0] and not kept[1, 1, 1] and kept.sum() == 46 and bold.kept.sum() == 46
+    expected = masker(bold.mask_img, t_r=2.0).transform(nib.load(str(path)))
+    np.testing.assert_allclose(bold.data, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="2 voxel\\(s\\) are NaN/inf or constant"):
+        load_bold(run, mask=mask, cleaning=CleaningConfig(drop_invalid_voxels=False))
+
+
+def test_confounds_are_regressed_out(tmp_path):
+    rng = np.random.default_rng(1)
+    confound = rng.standard_normal(60)
+    data = 100 + rng.standard_normal((4, 4, 3, 60)) + 3 * confound
+    path = write_bold(tmp_path / "bold.nii.gz", data, tr=2.0)
+    run = RunSpec("01", "x", None, None, path, tmp_path / "x.wav", "x", 0.0, 2.0, 100.0)
+    table = tmp_path / "confounds.tsv"
+    table.write_text(
+        "motion\tother\n" + "\n".join(f"{c}\t{rng.standard_normal()}" for c in confound)
+    )
+    cleaning = CleaningConfig(confound_columns=("motion",))
+    bold = load_bold(
+        run, mask=nib.Nifti1Image(np.ones((4, 4, 3)), AFFINE), cleaning=cleaning, confounds=table
+    )
+    correlation = (bold.data * ((confound - confound.mean()) / confound.std())[:, None]).mean(
+        axis=0
+    )
+    assert np.abs(correlation).max() < 1e-4
+    with pytest.raises(ValueError, match="expected \\[60 volumes, k\\]"):
+        load_bold(
+            run, confounds=np.zeros((59, 2)), mask=nib.Nifti1Image(np.ones((4, 4, 3)), AFFINE)
+        )
+    with pytest.raises(ValueError, match="lack column\\(s\\) \\['csf'\\]"):
+        load_bold(run, confounds=table, cleaning=CleaningConfig(confound_columns=("csf",)))
+
+
+def brain_image(tmp_path: Path, n_volumes: int = 12, seed: int = 0) -> Path:
+    """A 12x12x10 EPI-like image: a bright ellipsoid 'brain' in dark noise."""
+    rng = np.random.default_rng(seed)
+    i, j, k = np.meshgrid(*(np.arange(n) for n in (12, 12, 10)), indexing="ij")
+    brain = ((i - 5.5) / 4.5) ** 2 + ((j - 5.5) / 4.5) ** 2 + ((k - 4.5) / 3.5) ** 2 <= 1
+    data = np.where(brain[..., None], 500.0, 20.0) + 5 * rng.standard_normal(
+        (12, 12, 10, n_volumes)
+    )
+    return write_bold(tmp_path / f"brain{seed}.nii.gz", data, tr=2.0)
+
+
+def test_computed_mask_matches_nilearn(tmp_path):
+    path = brain_image(tmp_path)
+    img = nib.load(str(path))
+    np.testing.assert_allclose(mean_image(img).get_fdata(), img.get_fdata().mean(axis=3), rtol=1e-5)
+    ours = compute_mask([path]).get_fdata()
+    assert np.array_equal(ours, compute_epi_mask(img).get_fdata()) and 100 < ours.sum() < 800
+    run = RunSpec("01", "x", None, None, path, tmp_path / "x.wav", "x", 0.0, 2.0, 20.0)
+    bold = load_bold(run)
+    assert bold.data.shape == (12, int(ours.sum()))
+    common = compute_mask([path, brain_image(tmp_path, seed=1)])
+    assert common.shape == (12, 12, 10) and common.get_fdata().sum() > 100
+
+
+def test_mask_on_another_grid_is_resampled_or_refused(tmp_path):
+    path = brain_image(tmp_path)
+    run = RunSpec("01", "x", None, None, path, tmp_path / "x.wav", "x", 0.0, 2.0, 20.0)
+    fine = nib.Nifti1Image(np.ones((24, 24, 20), np.uint8), np.diag([1.5, 1.5, 2.0, 1.0]))
+    with pytest.warns(UserWarning, match="another grid .* resampled with nearest"):
+        bold = load_bold(run, mask=fine)
+    assert bold.mask_img.shape == (12, 12, 10) and bold.data.shape == (12, 1440)
+    far = nib.Nifti1Image(np.ones((12, 12, 10), np.uint8), AFFINE @ _shift(500.0))
+    far_path = tmp_path / "far_mask.nii.gz"
+    nib.save(far, str(far_path))
+    with pytest.raises(ValueError, match="far_mask.nii.gz .* cover different parts of space: 0%"):
+        load_bold(run, mask=far_path)
+    with pytest.raises(FileNotFoundError, match="mask file not found"):
+        load_bold(run, mask=tmp_path / "nope.nii.gz")
+    with pytest.raises(ValueError, match="is empty"):
+        load_mask(nib.Nifti1Image(np.zeros((12, 12, 10)), AFFINE), nib.load(str(path)))
+    with pytest.raises(ValueError, match="must be 3D"):
+        load_mask(nib.Nifti1Image(np.ones((12, 12, 10, 2)), AFFINE), nib.load(str(path)))
+
+
+def _shift(mm: float) -> np.ndarray:
+    shift = np.eye(4)
+    shift[:3, 3] = mm
+    return shift
+
+
+def test_gifti_hemispheres_are_concatenated(tmp_path):
+    rng = np.random.default_rng(2)
+    func = tmp_path / "bids" / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (tmp_path / "bids" / "stimuli").mkdir()
+    import soundfile as sf
+
+    sf.write(tmp_path / "bids" / "stimuli" / "story.wav", np.zeros(8000 * 20, np.float32), 8000)
+    (tmp_path / "bids" / "task-story_bold.json").write_text('{"RepetitionTime": 2.0}')
+    (func / "sub-01_task-story_events.tsv").write_text(
+        "onset\tduration\ttrial_type\tstim_file\n2.0\t20.0\tstory\tstory.wav\n"
+    )
+    series = {}
+    for hemi, n_vertices in (("L", 7), ("R", 5)):
+        series[hemi] = rng.standard_normal((12, n_vertices)).astype(np.float32)
+        gii = nib.gifti.GiftiImage(
+            darrays=[
+                nib.gifti.GiftiDataArray(v, intent="NIFTI_INTENT_TIME_SERIES") for v in series[hemi]
+            ]
+        )
+        nib.save(gii, str(func / f"sub-01_task-story_hemi-{hemi}_space-fsaverage5_bold.func.gii"))
+    (run,) = discover_runs(tmp_path / "bids")
+    assert run.space == "fsaverage5" and "hemi-L" in run.bold_path.name
+    plain = CleaningConfig(detrend=False, standardize=False, smoothing_fwhm=4.0)
+    with pytest.warns(UserWarning, match="smoothing_fwhm applies to NIfTI volumes only"):
+        bold = load_bold(run, cleaning=plain)
+    np.testing.assert_allclose(bold.data, np.concatenate([series["L"], series["R"]], axis=1))
+    assert bold.space == "fsaverage5" and bold.kept.size == 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean = load_bold(run)
+    np.testing.assert_allclose(clean.data.std(axis=0, ddof=1), 1.0, rtol=1e-4)
+
+
+def test_bad_cleaning_config_and_file():
+    with pytest.raises(ValueError, match="trim_start_trs/trim_end_trs must be >= 0"):
+        CleaningConfig(trim_start_trs=-1)
+    with pytest.raises(ValueError, match="high_pass must be > 0"):
+        CleaningConfig(high_pass=0.0)
+    run = RunSpec(
+        "01", "x", None, None, Path("/nonexistent/bold.nii.gz"), Path("x.wav"), "x", 0, 2.0
+    )
+    with pytest.raises(FileNotFoundError, match="/nonexistent/bold.nii.gz"):
+        load_bold(run)
+
+
+@pytest.mark.parametrize("name", ["scaled.nii.gz", "scaled.nii", None])
+def test_iter_volumes_matches_nibabel(tmp_path, name):
+    rng = np.random.default_rng(3)
+    img = nib.Nifti1Image(rng.integers(-300, 300, (5, 4, 3, 23)).astype(np.int16), AFFINE)
+    img.header.set_slope_inter(0.5, 10.0)
+    if name is not None:
+        nib.save(img, str(tmp_path / name))
+        img = nib.load(str(tmp_path / name))
+    expected = img.get_fdata()
+    blocks = list(iter_volumes(img, start=3, stop=20, chunk_volumes=5))
+    assert [first for first, _ in blocks] == [3, 8, 13, 18]
+    got = np.concatenate([block for _, block in blocks], axis=3)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected[..., 3:20], rtol=1e-6)
+
+
+def test_truncated_nifti_is_named(tmp_path):
+    path = write_bold(tmp_path / "cut.nii", np.ones((4, 4, 3, 10)), tr=2.0)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(ValueError, match="cut.nii is truncated: volumes 8-9 of 10"):
+        list(iter_volumes(nib.load(str(path)), chunk_volumes=4))
+    noise = np.random.default_rng(4).standard_normal((4, 4, 3, 10))
+    gz = write_bold(tmp_path / "cut.nii.gz", noise, tr=2.0)
+    gz.write_bytes(gz.read_bytes()[:-300])
+    with pytest.raises(ValueError, match="cut.nii.gz is (corrupt or )?truncated"):
+        list(iter_volumes(nib.load(str(gz)), chunk_volumes=4))
+    garbage = tmp_path / "garbage_bold.nii.gz"
+    garbage.write_bytes(b"not a nifti at all")
+    run = RunSpec("01", "x", None, None, garbage, tmp_path / "x.wav", "x", 0.0, 2.0)
+    with pytest.raises(ValueError, match="cannot read BOLD image .*garbage_bold.nii.gz"):
+        load_bold(run)
+    hf5 = tmp_path / "garbage.hf5"
+    hf5.write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="cannot read response array .*garbage.hf5"):
+        load_bold(dataclasses.replace(run, bold_path=hf5))
