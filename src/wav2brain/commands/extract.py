@@ -1,0 +1,236 @@
+"""``wav2brain extract``: every AN's temporal response to every stimulus, on each run's TR grid.
+
+Reads a prepared dataset folder (``stimuli`` and ``responses`` tables, see
+:mod:`wav2brain.data.hf_layout`), runs the model over each stimulus once in streamed chunks,
+resamples to the TR grids of the runs that played it, and writes the feature cache
+(:mod:`wav2brain.features.cache`) plus two Parquet tables in ``--out``:
+
+- ``index.parquet``: one row per cache entry and layer (stimulus_id, tr, phase_s, first_time_s,
+  layer, units, n_trs, path, key);
+- ``runs.parquet``: one row per run (subject, session, task, run, stimulus_id, onset, tr, n_trs,
+  path, row_offset), ``row_offset`` being the entry row of the run's first TR (negative when the
+  scan starts before the stimulus; see :func:`wav2brain.features.pipeline.run_features`).
+
+Running it again reuses every entry whose key matches (no model work) and recomputes the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+RESPONSE_COLUMNS = ("subject", "session", "task", "run", "stimulus_id", "onset", "tr", "n_trs")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``extract`` on the top-level subparsers."""
+    from wav2brain.features.taps import TENSORS
+
+    parser = subparsers.add_parser(
+        "extract",
+        help="stream model activations over each stimulus onto the runs' TR grids (feature cache)",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("dataset", type=Path, help="prepared dataset folder (wav2brain prepare)")
+    parser.add_argument("--model", required=True, help="local path or Hub id of the model")
+    parser.add_argument("--out", type=Path, required=True, help="feature cache folder")
+    parser.add_argument(
+        "--revision", help="model revision; pins the cache key without hashing weights"
+    )
+    parser.add_argument("--tensor", default="hidden_states", choices=TENSORS, help="which tensor")
+    parser.add_argument("--layers", type=int, nargs="+", help="1-based layers (default: all)")
+    parser.add_argument("--method", default="hrf", choices=("hrf", "fir"), help="TR-grid method")
+    parser.add_argument("--hrf-model", default="glover", choices=("glover", "spm"))
+    parser.add_argument(
+        "--downsample", default="lanczos", choices=("lanczos", "average"), help="FIR downsampling"
+    )
+    parser.add_argument(
+        "--delays", type=int, nargs="+", default=[1, 2, 3, 4], help="FIR delays (TRs)"
+    )
+    parser.add_argument(
+        "--slice-time-ref",
+        type=float,
+        default=0.0,
+        help="where each TR is sampled, fraction of the TR (0 = start)",
+    )
+    parser.add_argument("--stimuli", nargs="+", help="stimulus ids to extract (default: all)")
+    parser.add_argument(
+        "--chunk-seconds", type=float, default=20.0, help="kept core per window (s)"
+    )
+    parser.add_argument(
+        "--context-seconds", type=float, default=5.0, help="context each side of a core (s)"
+    )
+    parser.add_argument("--causal", action="store_true", help="left context only")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument("--device", help="compute device (cpu, cuda, ...)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _configs(args: argparse.Namespace):
+    """Extraction and TR-grid configs from the arguments (validated before any work)."""
+    from wav2brain.features.extract import ExtractionConfig
+    from wav2brain.features.resample import TRGridConfig
+
+    extraction = ExtractionConfig(
+        tensor=args.tensor,
+        layers=tuple(args.layers) if args.layers else None,
+        chunk_seconds=args.chunk_seconds,
+        context_seconds=args.context_seconds,
+        causal=args.causal,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+    )
+    grid = TRGridConfig(
+        method=args.method,
+        hrf_model=args.hrf_model,
+        downsample=args.downsample,
+        delays=tuple(args.delays),
+        slice_time_ref=args.slice_time_ref,
+    )
+    return extraction, grid
+
+
+def _load_tables(dataset: Path, wanted: list[str] | None):
+    """The stimuli to extract and the runs' timing columns (BOLD is not read)."""
+    import numpy as np
+    from datasets import load_dataset
+
+    if not (dataset / "README.md").is_file():
+        raise FileNotFoundError(
+            f"{dataset} is not a prepared dataset folder: no README.md (run `wav2brain prepare`)"
+        )
+    stimuli = load_dataset(str(dataset), "stimuli", split="train")
+    responses = load_dataset(
+        str(dataset), "responses", split="train", columns=list(RESPONSE_COLUMNS)
+    )
+    ids = list(stimuli["id"])
+    if wanted:
+        unknown = sorted(set(wanted) - set(ids))
+        if unknown:
+            raise ValueError(f"--stimuli {unknown} not in {dataset / 'stimuli'}: have {ids}")
+        stimuli = stimuli.select([i for i, sid in enumerate(ids) if sid in set(wanted)])
+    runs = responses.to_pandas()
+    bad = runs[~((runs["tr"] > 0) & np.isfinite(runs["tr"]) & np.isfinite(runs["onset"]))]
+    if len(bad):
+        first = bad.iloc[0]
+        raise ValueError(
+            f"{dataset / 'responses'}: run sub-{first.subject} task-{first.task} run-{first.run} has "
+            f"TR {first.tr} s and onset {first.onset} s; expected TR > 0 and a finite onset"
+        )
+    played = set(runs["stimulus_id"])
+    missing = [sid for sid in stimuli["id"] if sid not in played]
+    if missing:
+        logger.warning("no runs play %s: nothing to sample them at, skipped", missing)
+        stimuli = stimuli.filter(lambda row: row["id"] in played)
+    if stimuli.num_rows == 0:
+        raise ValueError(f"no stimulus of {dataset} to extract (selection: {wanted or 'all'})")
+    return stimuli, runs
+
+
+def _load_model(name: str, revision: str | None):
+    """The transformers model at ``name`` (AutoModel; wav2vec2-family checks come later)."""
+    from transformers import AutoModel
+
+    path = Path(name)
+    if (name.startswith((".", "/")) or path.exists()) and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {name}: no config.json in that folder")
+    return AutoModel.from_pretrained(name, revision=revision)
+
+
+def _index_rows(stimulus_id: str, entries, out: Path) -> list[dict]:
+    """One ``index.parquet`` row per distinct cache entry and layer."""
+    rows = []
+    for entry in {str(e.path): e for e in entries.values()}.values():
+        for layer, units in entry.units.items():
+            rows.append(
+                dict(
+                    stimulus_id=stimulus_id,
+                    tr=entry.grid.tr_s,
+                    phase_s=entry.metadata["key"]["phase_s"],
+                    first_time_s=entry.grid.first_time_s,
+                    layer=layer,
+                    units=units,
+                    n_trs=entry.grid.n_rows,
+                    path=str(entry.path.resolve().relative_to(out)),
+                    key=entry.path.stem,
+                )
+            )
+    return rows
+
+
+def _run_rows(played, entries, slice_time_ref: float, out: Path) -> list[dict]:
+    """One ``runs.parquet`` row per run: its entry and the entry row of its first TR."""
+    from wav2brain.features.pipeline import RunTiming
+    from wav2brain.features.resample import row_offset, run_grid
+
+    rows = []
+    for r in played.itertuples():
+        timing = RunTiming(float(r.tr), float(r.onset))
+        entry = entries[timing]
+        grid = run_grid(timing.tr_s, timing.onset_s, int(r.n_trs), slice_time_ref)
+        rows.append(
+            dict(
+                subject=r.subject,
+                session=r.session,
+                task=r.task,
+                run=r.run,
+                stimulus_id=r.stimulus_id,
+                onset=timing.onset_s,
+                tr=timing.tr_s,
+                n_trs=int(r.n_trs),
+                path=str(entry.path.resolve().relative_to(out)),
+                row_offset=row_offset(entry.grid, grid),
+            )
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    """Extract, resample and cache every selected stimulus; write the index tables."""
+    import pandas as pd
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    from wav2brain.data.hf_layout import decode_audio, write_shard
+    from wav2brain.features.cache import FeatureCache, model_identity
+    from wav2brain.features.extract import activation_units
+    from wav2brain.features.pipeline import RunTiming, frame_geometry, stimulus_features
+
+    extraction, grid_config = _configs(args)
+    stimuli, runs = _load_tables(args.dataset, args.stimuli)
+    model = _load_model(args.model, args.revision)
+    activation_units(model, extraction)  # model family, tensor and layers, before any work
+    model_id = model_identity(model, args.model, args.revision)
+    cache = FeatureCache(args.out)
+    out = args.out.resolve()
+    index_rows, run_rows = [], []
+    n_frames = [frame_geometry(model, int(n))[1] for n in stimuli["n_samples"]]
+    with tqdm(total=sum(n_frames), unit="frame", desc="extract") as bar:
+        for row, frames in zip(stimuli, n_frames, strict=True):
+            played = runs[runs["stimulus_id"] == row["id"]]
+            done = bar.n
+            entries = stimulus_features(
+                model,
+                decode_audio(row["audio"]),
+                stimulus_id=row["id"],
+                model_id=model_id,
+                cache=cache,
+                timings=[RunTiming(float(r.tr), float(r.onset)) for r in played.itertuples()],
+                extraction=extraction,
+                grid_config=grid_config,
+                on_frames=bar.update,
+            )
+            bar.update(frames - (bar.n - done))  # cache hits: no blocks were streamed
+            index_rows += _index_rows(row["id"], entries, out)
+            run_rows += _run_rows(played, entries, grid_config.slice_time_ref, out)
+    for name, rows in (("index", index_rows), ("runs", run_rows)):
+        table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+        write_shard(table, out / f"{name}.parquet")
+    logger.info("%d stimuli, %d runs: features in %s", stimuli.num_rows, len(run_rows), out)
+    return 0

@@ -1,0 +1,306 @@
+"""Streamed activations of every unit of a wav2vec2-family model over a whole stimulus.
+
+A whole story (5 to 60 minutes) does not fit one forward pass: attention is quadratic in length and
+the 50 Hz matrix of all units of an hour is several GB. :func:`iter_activations` therefore cuts the
+stimulus into *cores* of ``chunk_seconds`` and runs the transformer on each core with
+``context_seconds`` of extra frames on both sides (on the left only when ``causal``), keeping the
+core's frames only. Each frame is kept exactly once and the blocks come out in order, so the
+stitched result has exactly the frames of a single pass, ``(samples - 400) // 320 + 1``.
+
+What is exact and what is not:
+
+- Windows start on frame boundaries (multiples of the 320-sample stride), so a window's frames are
+  the global frames, not shifted copies of them.
+- The conv front end is local (400 samples per frame) and is computed once per frame, not once per
+  window. The group norm of ``feat_extract_norm="group"`` models (wav2vec2-base, HuBERT-base,
+  WavLM-base), which normalises over the whole input, uses statistics of the whole stimulus, as a
+  single pass would (:mod:`wav2brain.features.frontend`); in causal mode, those of each window.
+- Only the transformer sees a window. Its positional convolution reaches 64 frames (1.28 s) each
+  side in wav2vec2-base (kernel 128); attention reaches the whole window. With context covering the
+  whole stimulus the result equals a single pass to float precision (tested to < 1e-4). With less,
+  it is an approximation whose sources are attention to frames beyond the context and, below
+  1.28 s of context, the positional convolution.
+
+Default ``chunk_seconds=20``, ``context_seconds=2.5``: every kept frame sees at least 2.5 s of audio
+on each side, twice the positional convolution's reach, and windows are 25 s, within the utterance
+lengths wav2vec2 models are fine-tuned on (LibriSpeech utterances reach ~35 s; pre-training crops
+are up to 15.6 s), so attention works in the regime the model was trained in; matching a one-hour
+single pass, which no model has seen, is not the goal. Context is paid for: each window recomputes
+``2 * context`` of frames and attention grows with window length. We could not measure the error of
+a trained checkpoint offline; raise ``context_seconds`` (at a cost in time) where a study needs a
+tighter bound, and compare two settings on your own checkpoint. The throughput cost
+is measured by ``benchmarks/bench_extract.py``.
+
+The model runs in eval mode inside ``torch.inference_mode``: in transformers 5 this turns off
+dropout, LayerDrop (each encoder checks ``self.training and layerdrop > 0``) and SpecAugment masking
+(``mask_time_prob > 0 and self.training``; we also never call ``_mask_hidden_states``). While an
+iterator is alive the backbone stays in eval mode with inactive hooks; its training flag is
+restored and the hooks removed when the iterator is exhausted or closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from wav2brain.data.audio import resample_audio
+from wav2brain.features.chunking import Window, batch_windows, plan_windows
+from wav2brain.features.frontend import TransformerInputs, geometry_of
+from wav2brain.features.taps import TENSORS, Taps, layer_units, resolve_backbone
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MODEL_SAMPLING_RATE = 16_000
+"""Sampling rate (Hz) every wav2vec2-family checkpoint expects."""
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """What to extract and how to chunk it.
+
+    Parameters
+    ----------
+    tensor
+        ``"hidden_states"`` (layer outputs, default), ``"attention_output"`` (self-attention output
+        before the feed-forward block) or ``"ffn_intermediate"`` (feed-forward intermediate after
+        its activation); see :mod:`wav2brain.features.taps`.
+    layers
+        1-based transformer layers (0 = transformer input, hidden states only); ``None`` = all.
+    chunk_seconds
+        Length of each kept core (s); rounded to whole frames (20 ms).
+    context_seconds
+        Extra audio (s) the transformer sees on each side of a core (left side only if ``causal``).
+    causal
+        Left context only: no frame sees audio after the end of its core. Frames inside a core
+        still see the rest of the core; choose a short ``chunk_seconds`` for tighter causality.
+    batch_size
+        Windows per transformer forward pass.
+    front_end_seconds
+        Audio (s) per call of the conv front end. Bounds its memory (wav2vec2-base's first layers
+        hold 512 channels at 3.2 kHz, about 6.5 MB per second of audio per copy) at no cost in
+        exactness or speed (each call recomputes only 80 samples of overlap).
+    dtype
+        Compute dtype (``"float32"``, ``"bfloat16"``, ``"float16"``); ``None`` keeps the model's.
+        Activations are always returned as float32.
+    device
+        Compute device (``"cpu"``, ``"cuda"``, ...); ``None`` keeps the model's. The backbone is
+        moved in place when this or ``dtype`` differs from the model's.
+    """
+
+    tensor: str = "hidden_states"
+    layers: tuple[int, ...] | None = None
+    chunk_seconds: float = 20.0
+    context_seconds: float = 2.5
+    causal: bool = False
+    batch_size: int = 4
+    front_end_seconds: float = 5.0
+    dtype: str | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tensor not in TENSORS:
+            raise ValueError(
+                f"ExtractionConfig.tensor must be one of {TENSORS}, got {self.tensor!r}"
+            )
+        if not self.chunk_seconds >= 0.02:
+            raise ValueError(
+                f"ExtractionConfig.chunk_seconds must be at least one frame (0.02 s), got "
+                f"{self.chunk_seconds}"
+            )
+        if not self.context_seconds >= 0:
+            raise ValueError(
+                f"ExtractionConfig.context_seconds must be >= 0 s, got {self.context_seconds}"
+            )
+        if not self.front_end_seconds >= 0.02:
+            raise ValueError(
+                f"ExtractionConfig.front_end_seconds must be at least one frame (0.02 s), got "
+                f"{self.front_end_seconds}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"ExtractionConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"ExtractionConfig.dtype must be float32, bfloat16, float16 or None, got {self.dtype!r}"
+            )
+
+
+@dataclass
+class ActivationChunk:
+    """Activations of consecutive frames ``[start_frame, stop_frame)``.
+
+    ``activations`` maps layer names (``"layer_01"`` ...) to float32 tensors ``[frames, units]`` on
+    the compute device; frame ``i`` is centred near ``(i * 320 + 200) / 16000`` s.
+    """
+
+    start_frame: int
+    activations: dict[str, torch.Tensor]
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in this block."""
+        return next(iter(self.activations.values())).shape[0]
+
+    @property
+    def stop_frame(self) -> int:
+        """One past the last frame of this block."""
+        return self.start_frame + self.n_frames
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """The activations as float32 numpy arrays on the CPU."""
+        return {name: value.cpu().numpy() for name, value in self.activations.items()}
+
+
+def prepare_audio(audio: np.ndarray, sampling_rate: int = MODEL_SAMPLING_RATE) -> np.ndarray:
+    """A float32 16 kHz mono waveform ``[samples]`` from any rate and channel count.
+
+    Parameters
+    ----------
+    audio
+        ``[samples]`` or ``[samples, channels]`` (soundfile's layout); channels are averaged.
+    sampling_rate
+        Rate of ``audio`` (Hz); other rates are resampled with a polyphase filter
+        (``wav2brain.data.audio.resample_audio``).
+    """
+    wave = np.asarray(audio)
+    if wave.ndim == 2:
+        if wave.shape[1] > wave.shape[0]:
+            raise ValueError(
+                f"audio of shape {wave.shape} looks like [channels, samples]; expected [samples] or "
+                "[samples, channels] (soundfile's layout): pass audio.T"
+            )
+        wave = wave.mean(axis=1)
+    if wave.ndim != 1 or not np.issubdtype(wave.dtype, np.number):
+        raise ValueError(
+            f"audio must be a numeric array [samples] or [samples, channels], got shape "
+            f"{wave.shape} and dtype {wave.dtype}"
+        )
+    if sampling_rate <= 0:
+        raise ValueError(f"sampling_rate must be positive (Hz), got {sampling_rate}")
+    wave = np.ascontiguousarray(wave, dtype=np.float32)  # no copy of float32 mono input
+    if sampling_rate != MODEL_SAMPLING_RATE:
+        wave = resample_audio(wave, sampling_rate, MODEL_SAMPLING_RATE)
+    if not (np.isfinite(wave.min()) and np.isfinite(wave.max())):  # no [samples] temporary
+        raise ValueError("audio contains NaN or infinite samples")
+    return wave
+
+
+def activation_units(model: Any, config: ExtractionConfig | None = None) -> dict[str, int]:
+    """Layer names and unit counts :func:`iter_activations` yields for ``model`` and ``config``."""
+    config = config or ExtractionConfig()
+    return layer_units(resolve_backbone(model), config.tensor, config.layers)
+
+
+def _to_device(backbone: nn.Module, config: ExtractionConfig) -> tuple[torch.device, torch.dtype]:
+    import torch
+
+    param = next(backbone.parameters())
+    device = torch.device(config.device) if config.device else param.device
+    dtype = getattr(torch, config.dtype) if config.dtype else param.dtype
+    if param.device != device or param.dtype != dtype:
+        backbone.to(device=device, dtype=dtype)
+    return device, dtype
+
+
+def iter_activations(
+    model: Any,
+    audio: np.ndarray,
+    config: ExtractionConfig | None = None,
+    sampling_rate: int = MODEL_SAMPLING_RATE,
+) -> Iterator[ActivationChunk]:
+    """Yield the activations of every unit of ``model`` over ``audio``, block by block, in order.
+
+    Parameters
+    ----------
+    model
+        A wav2vec2-family model (see :func:`wav2brain.features.taps.resolve_backbone`).
+    audio
+        Waveform ``[samples]`` or ``[samples, channels]`` at ``sampling_rate`` Hz.
+    config
+        Tensor, layers and chunking (:class:`ExtractionConfig`).
+    sampling_rate
+        Rate of ``audio`` (Hz); converted to 16 kHz mono first.
+
+    Yields
+    ------
+    ActivationChunk
+        Consecutive, non-overlapping blocks of at most ``chunk_seconds`` covering all
+        ``n_frames = (samples - 400) // 320 + 1`` frames of a single pass.
+
+    Raises
+    ------
+    ValueError
+        For a model outside the wav2vec2 family (naming its class), bad layers, or audio shorter
+        than the front end's receptive field (25 ms), before any model work.
+    """
+    config = config or ExtractionConfig()
+    backbone = resolve_backbone(model)
+    taps = Taps(backbone, config.tensor, config.layers)
+    wave = prepare_audio(audio, sampling_rate)
+    geometry = geometry_of(backbone)
+    n_frames = geometry.n_frames(wave.shape[0])
+    if n_frames < 1:
+        raise ValueError(
+            f"audio is {wave.shape[0] / MODEL_SAMPLING_RATE * 1000:.2f} ms long "
+            f"({wave.shape[0]} samples at 16 kHz), shorter than the model's receptive field of "
+            f"{geometry.receptive_field} samples "
+            f"({geometry.receptive_field / MODEL_SAMPLING_RATE * 1000:.0f} ms)"
+        )
+    frame_rate = MODEL_SAMPLING_RATE / geometry.stride
+    chunk = max(1, round(config.chunk_seconds * frame_rate))
+    context = round(config.context_seconds * frame_rate)
+    windows = plan_windows(n_frames, chunk, context, config.causal)
+    piece = max(1, round(config.front_end_seconds * frame_rate))
+    return _stream(backbone, taps, wave, windows, piece, config)
+
+
+def _stream(
+    backbone: nn.Module,
+    taps: Taps,
+    wave: np.ndarray,
+    windows: Sequence[Window],
+    piece: int,
+    config: ExtractionConfig,
+) -> Iterator[ActivationChunk]:
+    """The generator behind :func:`iter_activations` (validation has already happened)."""
+    import torch
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with taps:
+            device, dtype = _to_device(backbone, config)
+            with torch.inference_mode():
+                audio = torch.from_numpy(wave).to(device=device, dtype=dtype)
+                inputs = TransformerInputs(backbone, audio, piece, config.causal)
+            for batch in batch_windows(windows, config.batch_size):
+                with taps.recording([w.crop for w in batch], device), torch.inference_mode():
+                    backbone.encoder(inputs(batch))
+                for row, window in enumerate(batch):
+                    yield ActivationChunk(
+                        window.core_start, {name: taps.collected[name][row] for name in taps.names}
+                    )
+    finally:
+        backbone.train(was_training)
+
+
+def extract_activations(
+    model: Any,
+    audio: np.ndarray,
+    config: ExtractionConfig | None = None,
+    sampling_rate: int = MODEL_SAMPLING_RATE,
+) -> dict[str, np.ndarray]:
+    """All activations of a short stimulus at once: ``{layer name: float32 [frames, units]}``.
+
+    Holds the whole 50 Hz matrix in memory, so use it for short audio (the simulator's stimuli,
+    tests); stream long stories with :func:`iter_activations`.
+    """
+    blocks: dict[str, list[np.ndarray]] = {}
+    for chunk in iter_activations(model, audio, config, sampling_rate):
+        for name, value in chunk.numpy().items():
+            blocks.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in blocks.items()}

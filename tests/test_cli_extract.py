@@ -1,0 +1,269 @@
+"""``wav2brain extract`` on a tiny prepared folder (written with the real hf_layout writers)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wav2brain.commands import extract
+from wav2brain.data.hf_layout import (
+    RESPONSES,
+    STIMULI,
+    CardText,
+    DatasetSummary,
+    RunSummary,
+    StimulusSummary,
+    response_table,
+    stimulus_table,
+    write_card,
+    write_shard,
+)
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RUNS = (  # subject, stimulus, TR (s), onset (s), TRs
+    ("01", "alpha", 1.5, 3.0, 10),
+    ("02", "alpha", 1.52, 0.0, 9),
+    ("03", "alpha", 1.5, 0.0, 8),  # same grid as subject 01 (onsets 2 TRs apart)
+    ("01", "beta", 1.5, 1.0, 6),
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A prepared folder: stimuli alpha (5 s) and beta (3 s), four runs of 3 voxels."""
+    root = tmp_path_factory.mktemp("prepared")
+    rng = np.random.default_rng(0)
+    waves = {"alpha": 5.0, "beta": 3.0}
+    stimuli = []
+    for sid, seconds in waves.items():
+        wave = (0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32)
+        write_shard(stimulus_table(sid, wave, None), root / STIMULI / f"{sid}.parquet")
+        stimuli.append(StimulusSummary(f"{STIMULI}/{sid}.parquet", sid, seconds, 0, 0))
+    runs = []
+    for subject, sid, tr, onset, n_trs in RUNS:
+        meta = dict(
+            subject=subject,
+            session=None,
+            task=sid,
+            run="1",
+            stimulus_id=sid,
+            onset=onset,
+            tr=tr,
+            space="MNI",
+        )
+        shard = f"{RESPONSES}/sub-{subject}_task-{sid}.parquet"
+        bold = rng.standard_normal((n_trs, 3)).astype(np.float32)
+        write_shard(response_table(meta, bold, np.array([], int)), root / shard)
+        runs.append(RunSummary(shard, subject, sid, "1", None, sid, "MNI", n_trs, 3, tr, 0))
+    summary = DatasetSummary(stimuli=stimuli, runs=runs, mask={"n_voxels": 3})
+    write_card(root, summary, CardText(pretty_name="Tiny"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from conftest import tiny_wav2vec2_kwargs
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model")
+    Wav2Vec2Model(Wav2Vec2Config(**tiny_wav2vec2_kwargs())).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    """Keep ``load_dataset``'s Arrow cache inside the test folder."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+@pytest.fixture
+def passes(monkeypatch):
+    """Counts model passes (calls of iter_activations made by the pipeline)."""
+    from wav2brain.features import pipeline
+
+    calls = []
+    original = pipeline.iter_activations
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "iter_activations", counting)
+    return calls
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="wav2brain")
+    extract.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["extract", *argv])
+    return args.func(args)
+
+
+def test_extract_writes_cache_and_index_then_reuses_it(dataset, model_dir, tmp_path, passes):
+    out = tmp_path / "features"
+    argv = [
+        str(dataset),
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--chunk-seconds",
+        "2",
+        "--context-seconds",
+        "1",
+    ]
+    assert main(argv) == 0
+    assert len(passes) == 2  # one model pass per stimulus, whatever the number of grids
+    index = pd.read_parquet(out / "index.parquet")
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(set(index["path"])) == 3  # alpha at TR 1.5 and 1.52, beta at TR 1.5 phase 0.5
+    assert set(index["layer"]) == {"layer_01", "layer_02"} and set(index["units"]) == {32}
+    assert list(index.columns[:3]) == ["stimulus_id", "tr", "phase_s"]
+    assert len(runs) == 4 and set(runs["subject"]) == {"01", "02", "03"}
+    alpha = runs[runs["stimulus_id"] == "alpha"].set_index("subject")
+    assert alpha.loc["01", "path"] == alpha.loc["03", "path"] != alpha.loc["02", "path"]
+    assert alpha.loc["01", "row_offset"] == alpha.loc["03", "row_offset"] - 2
+    from wav2brain.features.cache import open_entry
+
+    entry = open_entry(out / index["path"].iloc[0])
+    assert entry.grid.n_rows == index["n_trs"].iloc[0]
+    assert not list(out.rglob("*.partial"))
+    assert main(argv) == 0
+    assert len(passes) == 2  # second run: cache hits only, no model work
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "index.parquet"), index)
+
+
+def test_extract_fir_layers_and_stimulus_selection(dataset, model_dir, tmp_path, passes):
+    out = tmp_path / "fir"
+    assert (
+        main(
+            [
+                str(dataset),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--method",
+                "fir",
+                "--downsample",
+                "average",
+                "--delays",
+                "1",
+                "2",
+                "--layers",
+                "2",
+                "--tensor",
+                "ffn_intermediate",
+                "--stimuli",
+                "beta",
+            ]
+        )
+        == 0
+    )
+    index = pd.read_parquet(out / "index.parquet")
+    assert set(index["stimulus_id"]) == {"beta"} and set(index["layer"]) == {"layer_02"}
+    assert set(index["units"]) == {64}  # the feed-forward intermediate of the tiny model
+    assert len(passes) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "error", "message"),
+    [
+        (["--stimuli", "gamma"], ValueError, r"--stimuli \['gamma'\] not in"),
+        (["--method", "fir", "--delays", "1", "1"], ValueError, "TRGridConfig.delays"),
+        (["--chunk-seconds", "0"], ValueError, "chunk_seconds"),
+        (["--layers", "7"], ValueError, "7"),
+    ],
+)
+def test_bad_arguments_fail_before_model_work(
+    dataset, model_dir, tmp_path, passes, argv, error, message
+):
+    with pytest.raises(error, match=message):
+        main([str(dataset), "--model", str(model_dir), "--out", str(tmp_path / "o"), *argv])
+    assert passes == [] and not (tmp_path / "o" / "index.parquet").exists()
+
+
+def test_missing_dataset_or_model_is_named(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a prepared dataset folder"):
+        main([str(tmp_path / "nowhere"), "--model", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        main([str(dataset), "--model", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_runs_with_bad_timing_are_named_before_model_work(dataset, model_dir, tmp_path, passes):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(dataset, bad)
+    meta = dict(
+        subject="03",
+        session=None,
+        task="alpha",
+        run="1",
+        stimulus_id="alpha",
+        onset=0.0,
+        tr=0.0,
+        space="MNI",
+    )
+    shard = bad / RESPONSES / "sub-03_task-alpha.parquet"  # same row count as the card says
+    write_shard(response_table(meta, np.zeros((8, 3), np.float32), np.array([], int)), shard)
+    with pytest.raises(ValueError, match="sub-03 task-alpha run-1 has TR 0.0 s"):
+        main([str(bad), "--model", str(model_dir), "--out", str(tmp_path / "o")])
+    assert passes == []
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """The real path: a SIMULATED BIDS dataset (one subject, one 8-s story) made by prepare."""
+    import warnings
+
+    from wav2brain.data.prepare import prepare_dataset
+    from wav2brain.data.simulate import SimulationConfig, simulate_dataset
+
+    root = tmp_path_factory.mktemp("simulated")
+    config = SimulationConfig(n_subjects=1, n_stories=1, story_duration_s=8.0, post_stimulus_s=4.0)
+    simulate_dataset(root / "bids", config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a constant voxel dropped by prepare
+        return prepare_dataset(root / "bids", root / "hf", progress=False)
+
+
+def test_extract_on_a_simulated_prepared_dataset_aligns_runs(simulated, model_dir, tmp_path):
+    from datasets import load_dataset
+    from transformers import Wav2Vec2Model
+
+    from wav2brain.data.hf_layout import decode_audio
+    from wav2brain.features.cache import open_entry
+    from wav2brain.features.extract import extract_activations
+    from wav2brain.features.hrf import frames_to_trs
+    from wav2brain.features.pipeline import RunTiming, run_features
+    from wav2brain.features.resample import TRGridConfig
+
+    out = tmp_path / "features"
+    assert main([str(simulated), "--model", str(model_dir), "--out", str(out)]) == 0
+    runs = pd.read_parquet(out / "runs.parquet")
+    stimuli = load_dataset(str(simulated), "stimuli", split="train")
+    assert len(runs) == 1 and runs["onset"].iloc[0] >= 0
+    run = runs.iloc[0]
+    entry = open_entry(out / run["path"])
+    features = run_features(
+        entry, RunTiming(run["tr"], run["onset"]), int(run["n_trs"]), TRGridConfig()
+    )
+    wave = decode_audio(stimuli[0]["audio"])
+    frames = extract_activations(Wav2Vec2Model.from_pretrained(model_dir), wave)
+    for layer, value in frames.items():
+        direct = frames_to_trs(value, 50.0, run["tr"], int(run["n_trs"]), run["onset"])
+        np.testing.assert_allclose(features[layer], direct, atol=1e-5 * np.abs(direct).max())
+    silent = int(np.floor(run["onset"] / run["tr"])) + 1  # TRs sampled before the story starts
+    assert np.all(features["layer_01"][:silent] == 0) and np.any(features["layer_01"][silent:])
