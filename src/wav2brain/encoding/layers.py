@@ -1,0 +1,208 @@
+"""Per-layer encoding (one ridge model per layer, nested CV) and layer profiles per voxel or ROI.
+
+Held-out scores are nested: an outer split holds out whole runs; a :class:`RidgeCV` fitted on the
+other runs chooses each voxel's alpha with its own inner folds over those runs, and only then
+predicts the held-out runs. Scores are averaged over outer folds. This keeps the alpha search
+from inflating the reported r (with 10 alphas, choosing on the scored folds biases noise voxels
+upwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from wav2brain.encoding.estimators import DEFAULT_ALPHAS, RidgeCV
+from wav2brain.encoding.scores import pearson_r, r2_score
+from wav2brain.encoding.splits import make_splits
+
+
+@dataclass
+class EncodingConfig:
+    """Settings of per-layer encoding.
+
+    Parameters
+    ----------
+    alphas : tuple of float
+        Ridge grid (units of the squared standardised features).
+    inner_cv : int
+        Folds over the training runs that choose alphas; lowered to the number of training runs
+        when fewer. With a single training run, contiguous blocks of its TRs are used instead.
+    outer_cv : int or "groups"
+        Held-out folds over runs; "groups" is leave-one-run-out.
+    criterion : {"r2", "r", "neg_mse"}
+        Alpha-selection criterion (see :class:`RidgeCV`).
+    standardize : bool
+        Standardise features: layers differ in scale by orders of magnitude, and one alpha grid
+        only fits all of them after standardisation.
+    memory_budget_bytes : int
+        Bound on ridge temporaries.
+    """
+
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    inner_cv: int = 5
+    outer_cv: int | str = "groups"
+    criterion: str = "r2"
+    standardize: bool = True
+    memory_budget_bytes: int = 2**29
+
+
+@dataclass
+class EncodingScores:
+    """Held-out scores of one feature set: arrays [n_voxels] (float32)."""
+
+    r: np.ndarray
+    r2: np.ndarray
+    alpha: np.ndarray
+
+
+def encode(X, Y, groups, config: EncodingConfig | None = None) -> EncodingScores:
+    """Nested-CV held-out r and R² per voxel for features ``X`` [n_trs, units] and BOLD ``Y``.
+
+    Parameters
+    ----------
+    X : array [n_trs, n_units]
+    Y : array [n_trs, n_voxels]
+    groups : array [n_trs]
+        Run (or story) of each TR; at least two distinct values.
+    config : EncodingConfig
+
+    Returns
+    -------
+    EncodingScores: r and R² averaged over outer folds; alpha is the geometric mean of the alphas
+    chosen in the outer folds.
+    """
+    config = config or EncodingConfig()
+    X, Y, groups = (
+        np.asarray(X, dtype=np.float32),
+        np.asarray(Y, dtype=np.float32),
+        np.asarray(groups),
+    )
+    if len(np.unique(groups)) < 2:
+        raise ValueError(
+            f"held-out scores need at least 2 runs, got groups {np.unique(groups).tolist()}"
+        )
+    r_folds, r2_folds, log_alphas = [], [], []
+    for train, test in make_splits(len(X), groups, config.outer_cv):
+        n_train_groups = len(np.unique(groups[train]))
+        inner_groups = groups[train] if n_train_groups >= 2 else None
+        model = RidgeCV(
+            alphas=config.alphas,
+            cv=min(config.inner_cv, n_train_groups)
+            if inner_groups is not None
+            else config.inner_cv,
+            criterion=config.criterion,
+            standardize=config.standardize,
+            memory_budget_bytes=config.memory_budget_bytes,
+        ).fit(X[train], Y[train], groups=inner_groups)
+        predictions = model.predict(X[test])
+        r_folds.append(pearson_r(Y[test], predictions))
+        r2_folds.append(r2_score(Y[test], predictions))
+        log_alphas.append(np.log(model.best_alphas_))
+    return EncodingScores(
+        r=np.mean(r_folds, axis=0).astype(np.float32),
+        r2=np.mean(r2_folds, axis=0).astype(np.float32),
+        alpha=np.exp(np.mean(log_alphas, axis=0)).astype(np.float32),
+    )
+
+
+def encode_layers(
+    features: Mapping[str, np.ndarray],
+    Y,
+    groups,
+    config: EncodingConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, EncodingScores]:
+    """One nested-CV ridge model per layer: ``{layer: EncodingScores}``.
+
+    ``features`` maps layer names to arrays [n_trs, units] on the TR grid of ``Y``; ``progress``
+    is called with each layer's name once it is done.
+    """
+    n_trs = np.shape(Y)[0]
+    for name, value in features.items():
+        if np.ndim(value) != 2 or np.shape(value)[0] != n_trs:
+            raise ValueError(
+                f"layer {name!r}: features must be [{n_trs} TRs, units], "
+                f"got shape {np.shape(value)}"
+            )
+    results = {}
+    for name, value in features.items():
+        results[name] = encode(value, Y, groups, config)
+        if progress is not None:
+            progress(name)
+    return results
+
+
+def layer_profile(scores, layer_numbers=None) -> tuple[np.ndarray, np.ndarray]:
+    """Preferred layer of each voxel or ROI from scores [n_layers, n].
+
+    Parameters
+    ----------
+    scores : array [n_layers, n]
+        For example held-out r per layer and voxel (or ROI means, :func:`roi_mean_scores`).
+    layer_numbers : array [n_layers], optional
+        Number of each layer (default ``0 .. n_layers - 1``).
+
+    Returns
+    -------
+    best_layer : float64 [n], the layer with the highest score (NaN where all scores are NaN).
+    preferred_layer : float64 [n], the score-weighted mean layer
+        ``sum_l l max(s_l, 0) / sum_l max(s_l, 0)`` (NaN where no layer scores above 0); it
+        moves smoothly between layers where argmax jumps.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] == 0:
+        raise ValueError(f"scores must be [n_layers >= 1, n], got shape {scores.shape}")
+    numbers = (
+        np.arange(scores.shape[0], dtype=np.float64)
+        if layer_numbers is None
+        else np.asarray(layer_numbers, dtype=np.float64)
+    )
+    if numbers.shape != (scores.shape[0],):
+        raise ValueError(
+            f"layer_numbers must have {scores.shape[0]} entries, got shape {numbers.shape}"
+        )
+    all_nan = np.isnan(scores).all(0)
+    best = np.where(all_nan, np.nan, numbers[np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=0)])
+    weights = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, None)
+    total = weights.sum(0)
+    preferred = np.divide(
+        numbers @ weights, total, out=np.full(total.shape, np.nan), where=total > 0
+    )
+    return best, preferred
+
+
+def roi_mean_scores(scores, labels, background: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean score per ROI: scores [n_layers, n_voxels], integer labels [n_voxels].
+
+    Returns the ROI labels [n_rois] (``background`` excluded) and means [n_layers, n_rois]
+    (NaN-aware).
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    if scores.ndim != 2 or labels.shape != (scores.shape[1],):
+        raise ValueError(f"labels must be [n_voxels={scores.shape[-1]}], got shape {labels.shape}")
+    rois = np.unique(labels[labels != background])
+    members = (labels[None, :] == rois[:, None]).astype(np.float64)  # [n_rois, n_voxels]
+    finite = np.isfinite(scores)
+    totals = np.where(finite, scores, 0.0) @ members.T
+    counts = finite.astype(np.float64) @ members.T
+    means = np.divide(totals, counts, out=np.full(totals.shape, np.nan), where=counts > 0)
+    return rois, means
+
+
+def roi_labels_from_image(label_img, mask_img) -> np.ndarray:
+    """Integer ROI label [n_voxels] of each mask voxel, from a label (atlas) image.
+
+    The label image is resampled to the mask's grid with nearest-neighbour interpolation
+    (nilearn), then read at the mask's voxels in the order of ``bold`` columns.
+    """
+    from nilearn.image import load_img, resample_to_img
+    from nilearn.masking import apply_mask
+
+    mask = load_img(mask_img)
+    labels = resample_to_img(
+        load_img(label_img), mask, interpolation="nearest", copy_header=True, force_resample=True
+    )
+    return np.rint(apply_mask(labels, mask)).astype(np.int64)

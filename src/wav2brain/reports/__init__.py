@@ -1,0 +1,1 @@
+"""Figures, brain maps and the report page."""

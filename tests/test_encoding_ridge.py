@@ -1,0 +1,168 @@
+"""Ridge solver functions, scores and CV splits against scikit-learn and explicit formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score as sk_r2_score
+
+from wav2brain.encoding import (
+    cross_validate_ridge,
+    make_splits,
+    normalized_score,
+    pearson_r,
+    prediction_scores,
+    r2_score,
+    ridge_factors,
+    select_alphas,
+    solve_ridge,
+)
+
+
+def make_data(n_samples: int, n_features: int, n_targets: int, seed: int = 0):
+    """Float32 X [n, p] and Y [n, V] = X W + noise with an offset (so the intercept matters)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, n_features)).astype(np.float32) + 2.0
+    W = rng.standard_normal((n_features, n_targets)) / np.sqrt(n_features)
+    Y = (X @ W + rng.standard_normal((n_samples, n_targets)) + 5.0).astype(np.float32)
+    return X, Y
+
+
+@pytest.mark.parametrize(("n_samples", "n_features"), [(120, 30), (40, 90)])
+@pytest.mark.parametrize("alpha", [0.5, 300.0])
+def test_solve_ridge_matches_sklearn(n_samples, n_features, alpha):
+    X, Y = make_data(n_samples, n_features, 7)
+    coef, intercept = solve_ridge(torch.from_numpy(X), torch.from_numpy(Y), alpha)
+    oracle = Ridge(alpha=alpha, fit_intercept=True).fit(X.astype(np.float64), Y.astype(np.float64))
+    scale = np.abs(oracle.coef_).max()
+    np.testing.assert_allclose(coef.numpy(), oracle.coef_.T, atol=1e-5 * scale)
+    np.testing.assert_allclose(intercept.numpy(), oracle.intercept_, atol=1e-4)
+    assert coef.dtype == torch.float32
+
+
+def test_per_target_alphas_equal_separate_solves_and_batching():
+    X, Y = make_data(80, 20, 9, seed=1)
+    X_t, Y_t = torch.from_numpy(X), torch.from_numpy(Y)
+    alphas = torch.tensor(
+        [1.0, 10.0, 1.0, 100.0, 10.0, 1.0, 1000.0, 100.0, 1.0], dtype=torch.float64
+    )
+    coef, intercept = solve_ridge(X_t, Y_t, alphas, memory_budget_bytes=1)
+    for v, alpha in enumerate(alphas.tolist()):
+        single, single_intercept = solve_ridge(X_t, Y_t[:, [v]], alpha)
+        torch.testing.assert_close(coef[:, v], single[:, 0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(intercept[v], single_intercept[0], rtol=1e-5, atol=1e-5)
+
+
+def test_ridge_factors_drop_the_centring_null_space():
+    X, _ = make_data(30, 50, 1)
+    factors = ridge_factors(torch.from_numpy(X))
+    # centred X has rank n - 1 when n < p: one eigenvector (the constant) must be dropped
+    assert factors.eigenvalues.shape == (29,)
+    assert factors.left.dtype == torch.float32 and factors.eigenvalues.dtype == torch.float64
+
+
+@pytest.mark.parametrize(("n_samples", "n_features"), [(150, 12), (90, 200)])
+def test_cross_validate_ridge_matches_explicit_fits(n_samples, n_features):
+    X, Y = make_data(n_samples, n_features, 6, seed=2)
+    groups = np.repeat(np.arange(3), n_samples // 3)
+    splits = make_splits(n_samples, groups, cv=3)
+    alphas = torch.tensor([0.1, 10.0, 1e4])
+    result = cross_validate_ridge(torch.from_numpy(X), torch.from_numpy(Y), alphas, splits, 1)
+    for s, (train, val) in enumerate(splits):
+        for a, alpha in enumerate(alphas.tolist()):
+            model = Ridge(alpha=alpha).fit(X[train].astype(float), Y[train].astype(float))
+            predicted = model.predict(X[val].astype(float))
+            expected_r2 = sk_r2_score(Y[val], predicted, multioutput="raw_values")
+            expected_r = [np.corrcoef(Y[val][:, v], predicted[:, v])[0, 1] for v in range(6)]
+            mse = ((Y[val] - predicted) ** 2).mean(0)
+            np.testing.assert_allclose(result.r2[s, a].numpy(), expected_r2, atol=2e-5)
+            np.testing.assert_allclose(result.r[s, a].numpy(), expected_r, atol=2e-5)
+            np.testing.assert_allclose(result.neg_mse[s, a].numpy(), -mse, rtol=1e-4)
+
+
+def test_prediction_scores_match_numpy_and_handle_constant_targets():
+    rng = np.random.default_rng(3)
+    targets = rng.standard_normal((50, 4)).astype(np.float32)
+    targets[:, 3] = 2.0
+    predictions = rng.standard_normal((2, 50, 4)).astype(np.float32) + targets
+    scores = prediction_scores(torch.from_numpy(predictions.copy()), torch.from_numpy(targets))
+    for a in range(2):
+        for v in range(3):
+            r = np.corrcoef(targets[:, v], predictions[a, :, v])[0, 1]
+            assert scores.r[a, v].item() == pytest.approx(r, abs=1e-5)
+            assert scores.r2[a, v].item() == pytest.approx(
+                sk_r2_score(targets[:, v], predictions[a, :, v]), abs=1e-5
+            )
+    assert torch.all(scores.r[:, 3] == 0) and torch.all(scores.r2[:, 3] == 0)
+
+
+def test_public_scores_keep_the_input_kind():
+    rng = np.random.default_rng(4)
+    y, p = rng.standard_normal((30, 3)), rng.standard_normal((30, 3))
+    r_np = pearson_r(y, p)
+    assert isinstance(r_np, np.ndarray) and r_np.shape == (3,)
+    r_t = pearson_r(torch.from_numpy(y), torch.from_numpy(p))
+    assert isinstance(r_t, torch.Tensor)
+    np.testing.assert_allclose(r_t.numpy(), r_np, atol=1e-6)
+    assert np.ndim(r2_score(y[:, 0], p[:, 0])) == 0
+    with pytest.raises(ValueError, match="same 1-D or 2-D shape"):
+        pearson_r(y, p[:10])
+
+
+def test_select_alphas_prefers_larger_alpha_on_ties():
+    scores = torch.tensor([[[0.5, 0.2], [0.5, 0.4], [0.1, 0.4]]])  # [1 split, 3 alphas, 2 targets]
+    index, best = select_alphas(scores, torch.tensor([1.0, 10.0, 100.0]))
+    assert index.tolist() == [1, 2]
+    torch.testing.assert_close(best, torch.tensor([0.5, 0.4]))
+
+
+def test_normalized_score_guards_tiny_ceilings():
+    r = np.array([0.2, 0.3, 0.1, 0.4])
+    ceiling = np.array([0.4, 0.05, np.nan, 0.8])
+    out = normalized_score(r, ceiling, min_ceiling=0.1)
+    np.testing.assert_allclose(out, [0.5, np.nan, np.nan, 0.5])
+    out_t = normalized_score(torch.tensor(r), torch.tensor(ceiling))
+    assert isinstance(out_t, torch.Tensor) and torch.isnan(out_t[1])
+    with pytest.raises(ValueError, match="ceiling shape"):
+        normalized_score(r, ceiling[:2])
+    with pytest.raises(ValueError, match="min_ceiling"):
+        normalized_score(r, ceiling, min_ceiling=-1)
+
+
+def test_group_splits_hold_out_whole_runs():
+    groups = np.repeat(["run-1", "run-2", "run-3", "run-4", "run-5"], [10, 12, 8, 10, 10])
+    splits = make_splits(len(groups), groups, cv=3)
+    assert len(splits) == 3
+    held_out = np.concatenate([val for _, val in splits])
+    assert sorted(held_out.tolist()) == list(range(len(groups)))
+    for train, val in splits:
+        assert not set(groups[train]) & set(groups[val])
+    loo = make_splits(len(groups), groups, cv="groups")
+    assert [set(groups[val]) for _, val in loo] == [{g} for g in np.unique(groups)]
+    assert len(make_splits(len(groups), groups, cv=5)) == 5
+
+
+def test_splits_without_groups_are_contiguous_blocks():
+    splits = make_splits(10, None, cv=2)
+    assert [val.tolist() for _, val in splits] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"groups": np.repeat([0, 1], 5), "cv": 3}, "needs at least 3 groups, got 2"),
+        ({"groups": np.zeros(9), "cv": 2}, "one entry per sample"),
+        ({"groups": None, "cv": 1}, "at least 2 folds"),
+        ({"groups": None, "cv": "groups"}, "needs groups"),
+        ({"groups": None, "cv": 11}, "cannot cut 10 samples"),
+        ({"groups": None, "cv": [([0, 1], [1, 2])]}, "overlap"),
+        ({"groups": None, "cv": [([0, 1], [])]}, "non-empty"),
+        ({"groups": None, "cv": [([0, 1], [12])]}, "must lie in"),
+        ({"groups": None, "cv": 2.5}, "must be an int"),
+    ],
+)
+def test_bad_splits_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_splits(10, **kwargs)

@@ -1,0 +1,114 @@
+"""Noise ceilings (repeats: CCmax; subjects: leave one out) and the known-ceiling check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wav2brain.encoding.layers import EncodingConfig, encode
+from wav2brain.encoding.noise_ceiling import (
+    ceiling_agreement,
+    loso_ceiling,
+    repeat_ceiling,
+    select_voxels,
+    signal_power,
+)
+
+
+def repeats(n_repeats: int, n_trs: int, noise_sd: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Unit-variance signal plus independent noise of ``noise_sd`` per voxel: [R, T, V]."""
+    rng = np.random.default_rng(seed)
+    signal = rng.standard_normal((n_trs, len(noise_sd)))
+    return signal[None] + noise_sd * rng.standard_normal((n_repeats, n_trs, len(noise_sd)))
+
+
+def test_repeat_ceiling_recovers_the_true_ceiling():
+    noise_sd = np.array([0.5, 1.0, 2.0, 4.0])
+    data = repeats(10, 20000, noise_sd)
+    single = repeat_ceiling(data, target="single")
+    mean = repeat_ceiling(data, target="mean")
+    np.testing.assert_allclose(single, 1 / np.sqrt(1 + noise_sd**2), atol=0.02)
+    np.testing.assert_allclose(mean, 1 / np.sqrt(1 + noise_sd**2 / 10), atol=0.02)
+    power, _, _ = signal_power(data)
+    np.testing.assert_allclose(power, 1.0, atol=0.1)
+
+
+def test_repeat_ceiling_is_zero_without_signal_and_for_constant_voxels():
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((6, 2000, 20))
+    data[:, :, 0] = 3.0
+    ceiling = repeat_ceiling(data, target="single")
+    assert ceiling[0] == 0
+    assert ceiling.max() < 0.15  # sqrt of a noisy, mostly clipped signal power
+
+
+def test_loso_ceiling_equals_explicit_correlations():
+    data = repeats(4, 200, np.array([1.0, 3.0]), seed=2)
+    per_subject, mean = loso_ceiling(data)
+    for s in range(4):
+        others = np.delete(data, s, axis=0).mean(0)
+        for v in range(2):
+            expected = np.corrcoef(data[s, :, v], others[:, v])[0, 1]
+            assert per_subject[s, v] == pytest.approx(expected, abs=1e-5)
+    np.testing.assert_allclose(mean, per_subject.mean(0))
+    assert mean[0] > mean[1]
+
+
+def test_select_voxels():
+    mask = select_voxels(np.array([0.5, 0.05, np.nan, 0.2]), threshold=0.1)
+    assert mask.tolist() == [True, False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: repeat_ceiling(np.zeros((10, 3))), "must be \\[repeats, TRs, voxels\\]"),
+        (lambda: repeat_ceiling(np.zeros((1, 10, 3))), "at least 2 repeats, got 1"),
+        (lambda: repeat_ceiling(np.zeros((2, 2, 3))), "at least 3 TRs"),
+        (lambda: repeat_ceiling(np.full((2, 5, 3), np.nan)), "NaN"),
+        (lambda: repeat_ceiling(np.zeros((2, 5, 3)), target="both"), "target must be"),
+        (lambda: loso_ceiling(np.zeros((1, 10, 3))), "at least 2 subjects"),
+        (lambda: select_voxels(np.zeros((2, 2)), 0.1), "must be 1-D"),
+        (lambda: select_voxels(np.zeros(2), 1.5), "threshold must be in"),
+        (
+            lambda: ceiling_agreement(np.zeros(3), np.zeros(2), np.zeros(3, bool), 100),
+            "share one 1-D shape",
+        ),
+    ],
+)
+def test_bad_input_is_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_held_out_r_reaches_a_known_ceiling_and_noise_stays_at_chance():
+    """SIMULATED: Y = X w + noise, so each voxel's ceiling is corr(X w, Y) on the held-out data."""
+    rng = np.random.default_rng(3)
+    n_trs, n_driven, n_noise = 1500, 30, 60
+    X = rng.standard_normal((n_trs, 8)).astype(np.float32)
+    signal = X @ rng.standard_normal((8, n_driven))
+    signal /= signal.std(0)
+    target_ceiling = np.linspace(0.3, 0.9, n_driven)
+    noise_sd = np.sqrt(1 / target_ceiling**2 - 1)
+    Y = np.concatenate(
+        [
+            signal + noise_sd * rng.standard_normal((n_trs, n_driven)),
+            rng.standard_normal((n_trs, n_noise)),
+        ],
+        axis=1,
+    ).astype(np.float32)
+    groups = np.repeat(np.arange(5), n_trs // 5)
+    true_ceiling = np.zeros(n_driven + n_noise)
+    true_ceiling[:n_driven] = [
+        np.mean([np.corrcoef(signal[groups == g, v], Y[groups == g, v])[0, 1] for g in range(5)])
+        for v in range(n_driven)
+    ]
+    scores = encode(
+        X, Y, groups, EncodingConfig(alphas=tuple(np.logspace(-1, 4, 6)), standardize=True)
+    )
+    driven = np.arange(n_driven + n_noise) < n_driven
+    check = ceiling_agreement(scores.r, true_ceiling, driven, n_trs=n_trs // 5)
+    assert check["passed"], check
+    assert check["driven_max_gap"] < 0.05
+    wrong = ceiling_agreement(scores.r, true_ceiling + 0.2 * driven, driven, n_trs=n_trs // 5)
+    assert not wrong["passed"]
