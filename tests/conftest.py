@@ -49,10 +49,26 @@ def shared_datasets() -> Path:
     ``WAV2BRAIN_SHARED_DATASETS`` overrides the location. The folder is part of the test contract,
     so its absence is an error, not a skip.
     """
-    root = Path(os.environ.get("WAV2BRAIN_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+    root = Path(
+        os.environ.get("WAV2BRAIN_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets")
+    )
     if not (root / "ds002345").is_dir() or not (root / "ds003020").is_dir():
         raise FileNotFoundError(
             f"real dataset layouts not found at {root}: expected ds002345/ and ds003020/ "
             "(set WAV2BRAIN_SHARED_DATASETS to their parent folder)"
         )
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_thread():
+    """One BLAS/torch thread per test process: ``make test`` runs two processes on two cores, and
+    multithreaded LAPACK (eigh, svd) stalls badly when cores are oversubscribed."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)
