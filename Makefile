@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+BENCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -12,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
@@ -24,11 +25,11 @@ demo: install
 
 bench: install
 	mkdir -p benchmarks/results
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b $(BENCH_ARGS) || exit 1; done
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks dataset_scripts train.py
-	$(BIN)/ruff format --check src tests benchmarks dataset_scripts train.py
+	$(BIN)/ruff check src tests benchmarks dataset_scripts
+	$(BIN)/ruff format --check src tests benchmarks dataset_scripts
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

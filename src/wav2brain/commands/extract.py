@@ -27,7 +27,10 @@ RESPONSE_COLUMNS = ("subject", "session", "task", "run", "stimulus_id", "onset",
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``extract`` on the top-level subparsers."""
+    from wav2brain.features.extract import ExtractionConfig
     from wav2brain.features.taps import TENSORS
+
+    defaults = ExtractionConfig()
 
     parser = subparsers.add_parser(
         "extract",
@@ -58,13 +61,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--stimuli", nargs="+", help="stimulus ids to extract (default: all)")
     parser.add_argument(
-        "--chunk-seconds", type=float, default=20.0, help="kept core per window (s)"
+        "--chunk-seconds",
+        type=float,
+        default=defaults.chunk_seconds,
+        help="kept core per window (s)",
     )
     parser.add_argument(
-        "--context-seconds", type=float, default=5.0, help="context each side of a core (s)"
+        "--context-seconds",
+        type=float,
+        default=defaults.context_seconds,
+        help="context each side of a core (s)",
     )
     parser.add_argument("--causal", action="store_true", help="left context only")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass"
+    )
     parser.add_argument("--device", help="compute device (cpu, cuda, ...)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype")
     parser.set_defaults(func=run)

@@ -33,7 +33,7 @@ from wav2brain.features.resample import (
     stimulus_grid,
 )
 
-RESULT_NEUTRAL_SETTINGS = ("batch_size", "device")
+RESULT_NEUTRAL_SETTINGS = ("batch_size", "device", "front_end_seconds")
 """Extraction settings that do not change the activations, left out of cache keys."""
 
 
