@@ -11,29 +11,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_wav2vec2_kwargs() -> dict:
-    """Keyword arguments of a tiny wav2vec2 config (hidden size 32, 2 layers, real 50 Hz front end).
+    """Keyword arguments of a tiny wav2vec2 config (hidden size 32, 2 layers, real 50 Hz front end)."""
+    from wav2brain.data.simulate import tiny_model_kwargs
 
-    The convolutional strides and kernels are those of wav2vec2-base, so frames are 20 ms apart and
-    the receptive field is 400 samples, while the channel count is small enough for a 2-core CPU.
-    """
-    return dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16, 16, 16, 16, 16, 16, 32),
-        conv_stride=(5, 2, 2, 2, 2, 2, 2),
-        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        layerdrop=0.0,
-        mask_time_prob=0.0,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
-        final_dropout=0.0,
-    )
+    return tiny_model_kwargs()
 
 
 @pytest.fixture

@@ -90,8 +90,14 @@ LEAD_INS: tuple[str, ...] = ("music", "silence")
 SIZES: tuple[str, ...] = ("test", "demo")
 
 
-def _default_model_kwargs() -> dict[str, Any]:
-    """A tiny wav2vec2 config (hidden size 32, 2 layers) with wav2vec2-base's 50 Hz front end."""
+def tiny_model_kwargs() -> dict[str, Any]:
+    """A tiny wav2vec2 config (hidden size 32, 2 layers) with wav2vec2-base's 50 Hz front end.
+
+    The convolutional strides and kernels are those of wav2vec2-base, so frames are 20 ms apart and
+    the receptive field is 400 samples (25 ms), while the channel counts fit a 2-core CPU. Dropout,
+    layerdrop and time masking are off, so hidden states are a fixed function of the audio. It is the
+    simulator's planted model and the model of the test suite.
+    """
     return dict(
         hidden_size=32,
         num_hidden_layers=2,
@@ -240,7 +246,7 @@ class SimulationConfig:
     subject_noise_range: tuple[float, float] = (0.8, 1.25)
     baseline: float = 1000.0
     hrf_model: str = "glover"
-    model_kwargs: dict[str, Any] = field(default_factory=_default_model_kwargs)
+    model_kwargs: dict[str, Any] = field(default_factory=tiny_model_kwargs)
     chunk_s: float = 20.0
     context_s: float = 5.0
 
