@@ -59,15 +59,62 @@ def masker(mask, **kwargs) -> NiftiMasker:
     return NiftiMasker(mask, detrend=True, standardize="zscore_sample", **kwargs).fit()
 
 
+def legendre(n_trs: int, order: int) -> np.ndarray:
+    """Legendre polynomials 1..order on an even grid of [-1, 1] (AFNI's -polort basis)."""
+    return np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, n_trs), order)[:, 1:]
+
+
+def afni_order(n_trs: int, tr: float) -> int:
+    """AFNI's -polort A: 1 + floor(duration / 150 s)."""
+    return 1 + int(n_trs * tr / 150.0)
+
+
 def test_narratives_runs_match_nilearn_masker(narratives, full_mask):
+    orders = set()
     for run in discover_runs(narratives, tasks=["pieman", "milkyway"]):
         bold = load_bold(run, mask=full_mask)
-        expected = masker(full_mask, t_r=run.tr).transform(str(run.bold_path))
+        order = afni_order(bold.n_scan_trs, run.tr)
+        orders.add(order)
+        expected = masker(full_mask, t_r=run.tr).transform(
+            str(run.bold_path), confounds=legendre(bold.n_scan_trs, order)
+        )
         assert bold.data.dtype == np.float32 and bold.data.shape == (bold.n_scan_trs, 48)
         np.testing.assert_allclose(bold.data, expected, atol=1e-5)
         assert bold.tr == run.tr and bold.onset == run.onset and bold.dropped_voxels == 0
         assert bold.n_scan_trs * run.tr >= run.onset + run.duration
     assert {r.tr for r in discover_runs(narratives, subjects="115", tasks="milkyway")} == {1.52}
+    assert max(orders) >= 3  # 5-min stories: the automatic order goes beyond a linear detrend
+
+
+def test_drift_order_removes_polynomial_drift(tmp_path):
+    rng = np.random.default_rng(3)
+    n_trs, tr = 120, 1.5
+    signal = rng.standard_normal((n_trs, 4, 4, 3))
+    drift = legendre(n_trs, 3) @ rng.normal(0, 5.0, (3, 48))
+    data = 1000.0 + signal + drift.reshape(n_trs, 4, 4, 3)
+    path = write_bold(tmp_path / "sub-01_task-x_bold.nii.gz", np.moveaxis(data, 0, -1), tr)
+    run = RunSpec(
+        subject="01", task="x", run=None, session=None, bold_path=path, stimulus_path=path,
+        stimulus_id="x", onset=0.0, tr=tr, duration=None, space="MNI152NLin2009cAsym",
+    )  # fmt: skip
+    mask = nib.Nifti1Image(np.ones((4, 4, 3), np.uint8), AFFINE)
+    for order in (1, 3, 5):
+        config = CleaningConfig(drift_order=order, standardize=False)
+        bold = load_bold(run, mask=mask, cleaning=config)
+        expected = (
+            NiftiMasker(mask, detrend=True, standardize=None, t_r=tr)
+            .fit()
+            .transform(str(path), confounds=legendre(n_trs, order))
+        )
+        np.testing.assert_allclose(bold.data, expected, atol=1e-3)
+        basis = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, n_trs), order)
+        flat = signal.reshape(n_trs, 48)
+        clean_signal = flat - basis @ np.linalg.lstsq(basis, flat, rcond=None)[0]
+        error = np.abs(bold.data - clean_signal).max()
+        assert error > 1.0 if order < 3 else error < 1e-2  # the cubic drift is gone from order 3
+    auto = load_bold(run, mask=mask, cleaning=CleaningConfig(standardize=False))
+    second = load_bold(run, mask=mask, cleaning=CleaningConfig(drift_order=2, standardize=False))
+    np.testing.assert_array_equal(auto.data, second.data)  # 180 s: AFNI's 1 + floor(180 / 150)
 
 
 def test_smoothing_high_pass_and_trimming_match_nilearn(narratives, full_mask):
@@ -76,7 +123,10 @@ def test_smoothing_high_pass_and_trimming_match_nilearn(narratives, full_mask):
     bold = load_bold(run, mask=full_mask, cleaning=config)
     img = nib.load(str(run.bold_path))
     trimmed = img.slicer[..., 5 : img.shape[3] - 3]
-    expected = masker(full_mask, t_r=1.5, smoothing_fwhm=5.0, high_pass=0.01).transform(trimmed)
+    n_kept = img.shape[3] - 8
+    expected = masker(full_mask, t_r=1.5, smoothing_fwhm=5.0, high_pass=0.01).transform(
+        trimmed, confounds=legendre(n_kept, afni_order(n_kept, 1.5))
+    )
     np.testing.assert_allclose(bold.data, expected, atol=1e-5)
     assert bold.data.shape[0] == img.shape[3] - 8 and bold.first_tr == 5
     assert run.onset == 0.0 and bold.onset == pytest.approx(-5 * 1.5)
@@ -274,6 +324,9 @@ def test_bad_cleaning_config_and_file():
         CleaningConfig(trim_start_trs=-1)
     with pytest.raises(ValueError, match="high_pass must be > 0"):
         CleaningConfig(high_pass=0.0)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="drift_order"):
+            CleaningConfig(drift_order=bad)
     run = RunSpec(
         "01", "x", None, None, Path("/nonexistent/bold.nii.gz"), Path("x.wav"), "x", 0, 2.0
     )

@@ -298,6 +298,8 @@ def test_cli_prepare_writes_the_folder_and_reports_errors(bids, tmp_path, capsys
             "cc0-1.0",
             "--trim-start",
             "1",
+            "--drift-order",
+            "2",
         ]
     )
     assert status == 0 and capsys.readouterr().out.strip() == str(out)
@@ -306,6 +308,7 @@ def test_cli_prepare_writes_the_folder_and_reports_errors(bids, tmp_path, capsys
     text = (out / CARD_NAME).read_text()
     assert "A tiny fabricated dataset." in text and "license: cc0-1.0" in text
     assert '"detrend": false' in text and '"trim_start_trs": 1' in text
+    assert '"drift_order": 2' in text
     with pytest.raises(FileNotFoundError, match="--card file not found"):
         run_command(
             [

@@ -23,7 +23,14 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
         "--mapping", type=Path, help="mapping table (TSV/CSV) for runs without events"
     )
     parser.add_argument("--trial-type", default="story", help="events trial_type of the stimulus")
-    parser.add_argument("--no-detrend", action="store_true", help="do not remove linear trends")
+    parser.add_argument("--no-detrend", action="store_true", help="do not remove slow drift")
+    parser.add_argument(
+        "--drift-order",
+        type=int,
+        metavar="K",
+        help="highest Legendre order of the drift removed per run (1 = linear; default: AFNI's "
+        "1 + floor(run duration / 150 s))",
+    )
     parser.add_argument("--no-standardize", action="store_true", help="do not z-score each run")
     parser.add_argument("--high-pass", type=float, metavar="HZ", help="Butterworth high-pass (Hz)")
     parser.add_argument("--low-pass", type=float, metavar="HZ", help="Butterworth low-pass (Hz)")
@@ -39,6 +46,7 @@ def cleaning_from_args(args: argparse.Namespace):
 
     return CleaningConfig(
         detrend=not args.no_detrend,
+        drift_order=args.drift_order,
         standardize=not args.no_standardize,
         high_pass=args.high_pass,
         low_pass=args.low_pass,

@@ -22,7 +22,9 @@ Order of work, and why:
    (:attr:`BoldData.dropped_voxels`): a z-score of a constant is undefined and NaNs would poison
    every ridge fit.
 5. :func:`nilearn.signal.clean` per run: detrend, optional confounds and Butterworth high-pass,
-   then z-score (``zscore_sample``) so every run has unit variance per voxel.
+   then z-score (``zscore_sample``) so every run has unit variance per voxel. Detrending regresses
+   out Legendre polynomials of orders 1..``drift_order`` over the run (passed to nilearn as
+   confounds, next to nilearn's own linear detrend), see :func:`drift_confounds`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ _CLEAN_BLOCK_VOXELS = 8192
 _TR_TOLERANCE = 1e-3
 """Seconds by which header and sidecar TRs may differ without a warning."""
 
+AFNI_POLORT_PERIOD_S = 150.0
+"""Seconds of run per extra polynomial order in the automatic drift order (AFNI ``-polort A``)."""
+
 
 @dataclass
 class CleaningConfig:
@@ -52,7 +57,17 @@ class CleaningConfig:
     Attributes
     ----------
     detrend : bool
-        Remove a linear trend per voxel.
+        Remove slow drift per voxel and run: Legendre polynomials of orders 1..``drift_order``
+        over the kept TRs (and the mean), regressed out with the other confounds.
+    drift_order : int or None
+        Highest polynomial order of the drift (1 = linear). None (default) chooses AFNI's rule
+        (``3dDeconvolve -polort A``): ``1 + floor(run duration / 150 s)``, e.g. 1 for runs under
+        150 s, 3 for a 5-min Narratives story, 25 for a 1-h run. Scanner drift is not linear over
+        a 5- to 60-min story, a linear detrend leaves its curvature in the data, and a
+        polynomial basis sized by run length is the standard remedy for long naturalistic runs
+        (it acts as a high-pass with a cut-off near ``order / (2 * duration)`` Hz, about 0.005 Hz
+        for a 5-min run, far below the 0.01-0.1 Hz band of speech-driven BOLD). Use ``high_pass``
+        instead or in addition for a Butterworth filter.
     standardize : bool
         z-score each voxel over the run (``zscore_sample``).
     high_pass, low_pass : float or None
@@ -69,6 +84,7 @@ class CleaningConfig:
     """
 
     detrend: bool = True
+    drift_order: int | None = None
     standardize: bool = True
     high_pass: float | None = None
     low_pass: float | None = None
@@ -84,6 +100,11 @@ class CleaningConfig:
                 f"trim_start_trs/trim_end_trs must be >= 0 TRs, got "
                 f"{self.trim_start_trs}/{self.trim_end_trs}"
             )
+        order = self.drift_order
+        if order is not None and (
+            isinstance(order, bool) or not isinstance(order, int) or order < 1
+        ):
+            raise ValueError(f"drift_order must be an integer >= 1 or None (auto), got {order!r}")
         for name in ("high_pass", "low_pass", "smoothing_fwhm"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -448,17 +469,44 @@ def _read_confounds(confounds, n_scan: int, cleaning: CleaningConfig, source: Pa
     return np.nan_to_num(matrix)
 
 
+def drift_order(n_trs: int, tr: float, cleaning: CleaningConfig) -> int:
+    """Highest drift polynomial order for a run of ``n_trs`` TRs of ``tr`` s (0 = no detrending)."""
+    if not cleaning.detrend:
+        return 0
+    if cleaning.drift_order is not None:
+        return cleaning.drift_order
+    return 1 + int(n_trs * tr // AFNI_POLORT_PERIOD_S)
+
+
+def drift_confounds(n_trs: int, order: int) -> np.ndarray | None:
+    """Legendre polynomials of orders 1..``order`` over ``n_trs`` TRs, float64 [n_trs, order].
+
+    Evaluated on an even grid of [-1, 1] (AFNI's ``-polort`` basis); None when ``order`` is 0.
+    A run with at most ``order`` TRs gets orders up to ``n_trs - 1``.
+    """
+    order = min(order, n_trs - 1)
+    if order < 1:
+        return None
+    grid = np.linspace(-1.0, 1.0, n_trs)
+    return np.polynomial.legendre.legvander(grid, order)[:, 1:]
+
+
 def _clean(data, tr, cleaning: CleaningConfig, confounds, start: int, stop: int) -> np.ndarray:
     """:func:`nilearn.signal.clean` in place, a block of voxels at a time.
 
-    Every step (detrending, filtering, confound regression, z-scoring) acts on each voxel's time
-    series alone, so cleaning column blocks gives the same result as one call, while nilearn's
+    The drift polynomials (:func:`drift_confounds`) join the user's confounds, so nilearn removes
+    them with its own machinery (confounds detrended and filtered like the signals, then
+    projected out). Every step (detrending, filtering, confound regression, z-scoring) acts on
+    each voxel's time series alone, so cleaning column blocks gives the same result as one call, while nilearn's
     float64 copies stay the size of one block.
     """
     from nilearn.signal import clean
 
     if confounds is not None:
         confounds = confounds[start:stop]
+    drift = drift_confounds(stop - start, drift_order(stop - start, tr, cleaning))
+    if drift is not None:
+        confounds = drift if confounds is None else np.hstack([confounds, drift])
     active = cleaning.detrend or cleaning.standardize or cleaning.high_pass or cleaning.low_pass
     if not active and confounds is None:
         return data
@@ -468,7 +516,7 @@ def _clean(data, tr, cleaning: CleaningConfig, confounds, start: int, stop: int)
         data[:, block] = clean(
             data[:, block],
             detrend=cleaning.detrend,
-            standardize="zscore_sample" if cleaning.standardize else False,
+            standardize="zscore_sample" if cleaning.standardize else None,
             confounds=confounds,
             high_pass=cleaning.high_pass,
             low_pass=cleaning.low_pass,
