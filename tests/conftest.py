@@ -53,3 +53,19 @@ def single_thread():
     with threadpool_limits(limits=1):
         yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def narratives(shared_datasets: Path, tmp_path_factory) -> Path:
+    """A copy of the real Narratives (ds002345) layout with fabricated stand-in binaries."""
+    from fabricate import fabricate_layout
+
+    return fabricate_layout(shared_datasets / "ds002345", tmp_path_factory.mktemp("n") / "ds002345")
+
+
+@pytest.fixture(scope="module")
+def lebel(shared_datasets: Path, tmp_path_factory) -> Path:
+    """A copy of the real LeBel (ds003020) layout with fabricated stand-in binaries."""
+    from fabricate import fabricate_layout
+
+    return fabricate_layout(shared_datasets / "ds003020", tmp_path_factory.mktemp("l") / "ds003020")

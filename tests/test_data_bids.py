@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fabricate import fabricate_layout, lebel_mapping
+from fabricate import lebel_mapping
 from wav2brain.data import RunSpec, discover_runs, read_mapping_table
 
 # key: (stimulus id, WAV onset s, TR s, s of WAV to cover, story offset in the WAV s). The WAV
@@ -26,16 +26,6 @@ NARRATIVES_STORY_RUNS = {
     "sub-115_task-milkyway": ("milkywaysynonyms", 0.0, 1.52, 425.0, 21.0),
 }
 STORY_TASKS = ["pieman", "tunnel", "milkyway", "prettymouth"]
-
-
-@pytest.fixture(scope="module")
-def narratives(shared_datasets, tmp_path_factory) -> Path:
-    return fabricate_layout(shared_datasets / "ds002345", tmp_path_factory.mktemp("n") / "ds002345")
-
-
-@pytest.fixture(scope="module")
-def lebel(shared_datasets, tmp_path_factory) -> Path:
-    return fabricate_layout(shared_datasets / "ds003020", tmp_path_factory.mktemp("l") / "ds003020")
 
 
 def clone(root: Path, tmp_path: Path) -> Path:

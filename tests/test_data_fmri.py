@@ -13,7 +13,7 @@ import pytest
 from nilearn.maskers import NiftiMasker
 from nilearn.masking import compute_epi_mask
 
-from fabricate import fabricate_layout, lebel_mapping
+from fabricate import lebel_mapping
 from wav2brain.data import (
     CleaningConfig,
     RunSpec,
@@ -26,16 +26,6 @@ from wav2brain.data import (
 )
 
 AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
-
-
-@pytest.fixture(scope="module")
-def narratives(shared_datasets, tmp_path_factory) -> Path:
-    return fabricate_layout(shared_datasets / "ds002345", tmp_path_factory.mktemp("n") / "ds002345")
-
-
-@pytest.fixture(scope="module")
-def lebel(shared_datasets, tmp_path_factory) -> Path:
-    return fabricate_layout(shared_datasets / "ds003020", tmp_path_factory.mktemp("l") / "ds003020")
 
 
 @pytest.fixture

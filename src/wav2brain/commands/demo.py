@@ -17,7 +17,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (resumed if present)"
     )
-    parser.add_argument("--size", default="test", choices=("test", "demo"), help="simulation size")
+    parser.add_argument(
+        "--size", default="demo", choices=("test", "demo"), help="simulation preset (test: seconds)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of simulation and training")
     parser.add_argument("--train-steps", type=int, default=20, help="optimiser steps")
     parser.set_defaults(func=run)
