@@ -5,12 +5,18 @@ TORCH_SPEC ?= torch==2.13.0
 BENCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_STAMP := $(VENV)/.torch-spec
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean FORCE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# Rewritten only when TORCH_SPEC changes, so a new spec reinstalls and an unchanged one does no work.
+$(TORCH_STAMP): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(TORCH_SPEC)' | cmp -s - $@ || echo '$(TORCH_SPEC)' > $@
+
+$(STAMP): pyproject.toml Makefile $(TORCH_STAMP)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# No test may reach the Hugging Face Hub: datasets and transformers stay offline for the whole run.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -8,7 +8,7 @@ import math
 from wav2brain.cli import main
 
 
-def test_demo_runs_end_to_end_and_resumes(tmp_path):
+def test_demo_runs_end_to_end_resumes_and_refuses_another_simulation(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--size", "test", "--train-steps", "4"]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -29,3 +29,6 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     simulated = (out / "bids" / "dataset_description.json").stat().st_mtime_ns
     assert main(["demo", "--out", str(out), "--size", "test", "--train-steps", "4"]) == 0
     assert (out / "bids" / "dataset_description.json").stat().st_mtime_ns == simulated
+
+    assert main(["demo", "--out", str(out), "--size", "test", "--seed", "1"]) == 2
+    assert "another size or seed" in capsys.readouterr().err

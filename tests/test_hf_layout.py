@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,6 @@ from wav2brain.data.hf_layout import (
     write_card,
     write_shard,
 )
-
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def exact_wave(n_samples: int) -> np.ndarray:

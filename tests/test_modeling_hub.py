@@ -143,4 +143,4 @@ def test_save_backbone_round_trip(tiny_kwargs, tmp_path):
         torch.testing.assert_close(theirs, ours, rtol=0, atol=0)
     extractor = AutoFeatureExtractor.from_pretrained(target)
     assert isinstance(extractor, Wav2Vec2FeatureExtractor)
-    assert extractor.sampling_rate == 16000 and extractor.do_normalize
+    assert extractor.sampling_rate == 16000 and not extractor.do_normalize

@@ -94,6 +94,16 @@ def test_bad_tables_are_refused(folder, tmp_path):
         BrainWindows(folder["stimuli"], folder["responses"], WindowConfig(sampling_rate=8000))
 
 
+def test_model_tr_must_match_every_run(folder):
+    assert len(BrainWindows(folder["stimuli"], folder["responses"], WindowConfig(tr=1.5))) > 0
+    with pytest.raises(
+        ValueError, match=r"TR other than WindowConfig.tr=2.0 s .*'01' / 'story' at 1.5 s"
+    ):
+        BrainWindows(folder["stimuli"], folder["responses"], WindowConfig(tr=2.0))
+    with pytest.raises(ValueError, match="tr must be a positive number of seconds"):
+        WindowConfig(tr=0.0)
+
+
 def test_collator_pads_right_and_masks(folder):
     collate = BrainWindowCollator()
     items = [

@@ -15,6 +15,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+ROUND_TRIP_TOLERANCE = 1e-5
+"""Largest change (float32 rounding) allowed in predictions and hidden states by save/reload."""
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -69,13 +72,23 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
 
 
 def _simulate(path: Path, config: DemoConfig) -> Path:
+    """Simulate into ``path``, or reuse a complete earlier simulation of the same configuration."""
     from wav2brain.data.simulate import SimulationConfig, simulate_dataset
+    from wav2brain.data.simulate_files import GROUND_TRUTH_DIR
 
+    wanted = SimulationConfig.from_size(config.size, seed=config.seed)
     if path.is_dir():
+        record = path / GROUND_TRUTH_DIR / "simulation.json"
+        found = json.loads(record.read_text())["config"] if record.is_file() else None
+        if found != wanted.to_dict():
+            raise ValueError(
+                f"{path} holds a simulation of another size or seed than --size {config.size} "
+                f"--seed {config.seed} (see {record}); give a new --out"
+            )
         logger.info("reusing the simulated BIDS dataset in %s", path)
         return path
     logger.info("simulating a %s-size BIDS dataset into %s", config.size, path)
-    return simulate_dataset(path, SimulationConfig.from_size(config.size, seed=config.seed))
+    return simulate_dataset(path, wanted)
 
 
 def _prepare(bids: Path, path: Path) -> Path:
@@ -110,7 +123,7 @@ def _train(dataset: Path, bids: Path, path: Path, config: DemoConfig) -> dict[st
     windows = BrainWindows(
         probe.stimuli,
         probe.responses,
-        WindowConfig(history_trs=model.config.history_trs),
+        WindowConfig(history_trs=model.config.history_trs, tr=model.config.tr),
         subjects=model.config.subjects,
     )
     collator = BrainWindowCollator(label_width=model.config.num_voxels)
@@ -142,15 +155,22 @@ def _train(dataset: Path, bids: Path, path: Path, config: DemoConfig) -> dict[st
         after = reloaded(**batch).predictions
         states = model.wav2vec2(batch["input_values"], output_hidden_states=True).hidden_states
         plain_states = plain(batch["input_values"], output_hidden_states=True).hidden_states
+    reload_diff = float((before - after).abs().max())
+    backbone_diff = float(
+        max((a - b).abs().max() for a, b in zip(states, plain_states, strict=True))
+    )
+    if reload_diff > ROUND_TRIP_TOLERANCE or backbone_diff > ROUND_TRIP_TOLERANCE:
+        raise RuntimeError(
+            f"round trip changed the model: predictions after save/reload differ by {reload_diff}, "
+            f"exported backbone hidden states by {backbone_diff} (tolerance {ROUND_TRIP_TOLERANCE})"
+        )
     return {
         "windows": len(windows),
         "subjects": subjects,
         "steps": int(result.global_step),
         "losses": losses,
-        "reload_max_abs_diff": float((before - after).abs().max()),
-        "backbone_max_abs_diff": float(
-            max((a - b).abs().max() for a, b in zip(states, plain_states, strict=True))
-        ),
+        "reload_max_abs_diff": reload_diff,
+        "backbone_max_abs_diff": backbone_diff,
         "layer_weights": np.asarray(reloaded.layer_weights.detach()).round(4).tolist(),
     }
 

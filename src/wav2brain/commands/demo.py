@@ -9,6 +9,9 @@ from pathlib import Path
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``demo`` on the top-level subparsers."""
+    from wav2brain.demo import DemoConfig
+
+    defaults = DemoConfig()
     parser = subparsers.add_parser(
         "demo",
         help="simulate, prepare, train, save/reload and encode a small SIMULATED dataset",
@@ -18,10 +21,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="output folder (resumed if present)"
     )
     parser.add_argument(
-        "--size", default="demo", choices=("test", "demo"), help="simulation preset (test: seconds)"
+        "--size",
+        default=defaults.size,
+        choices=("test", "demo"),
+        help="simulation preset (test: seconds)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of simulation and training")
-    parser.add_argument("--train-steps", type=int, default=20, help="optimiser steps")
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of simulation and training"
+    )
+    parser.add_argument(
+        "--train-steps", type=int, default=defaults.train_steps, help="optimiser steps"
+    )
     parser.set_defaults(func=run)
     return parser
 

@@ -56,16 +56,23 @@ class WindowConfig:
         Audio rate (Hz); must match the stored audio.
     full_windows_only : bool
         Keep only TRs whose whole window lies inside the stimulus.
+    tr : float, optional
+        TR (s) the model bins its input with (``Wav2Vec2BrainEncodingConfig.tr``). When given,
+        every run must have this TR (to 1 ms), because windows are cut with each run's own TR and
+        a model binning them with another TR would silently drop or misplace audio.
     """
 
     history_trs: int = 6
     lag_trs: float = 0.0
     sampling_rate: int = SAMPLING_RATE
     full_windows_only: bool = False
+    tr: float | None = None
 
     def __post_init__(self) -> None:
         if self.history_trs < 1:
             raise ValueError(f"history_trs must be at least 1 TR, got {self.history_trs}")
+        if self.tr is not None and not self.tr > 0:
+            raise ValueError(f"tr must be a positive number of seconds, got {self.tr}")
         if self.sampling_rate <= 0:
             raise ValueError(f"sampling_rate must be positive (Hz), got {self.sampling_rate}")
 
@@ -139,6 +146,7 @@ class BrainWindows(Dataset):
         self._row_stimulus: list[str] = meta["stimulus_id"]
         self._row_subject: list[str] = meta["subject"]
         self._row_tr = np.asarray(meta["tr"], dtype=np.float64)
+        self._check_tr(meta)
         self._row_onset = np.asarray(meta["onset"], dtype=np.float64)
         self.subject_voxels = self._voxel_counts(meta["subject"], meta["n_voxels"])
         stimulus_meta = self.stimuli.select_columns(["id", "n_samples", "sampling_rate"]).to_dict()
@@ -161,6 +169,21 @@ class BrainWindows(Dataset):
         self._audio: dict[str, np.ndarray] = {}
         self._bold_cache: tuple[int, np.ndarray] | None = None
         self._responses_arrow = self.responses.with_format("arrow")
+
+    def _check_tr(self, meta: dict[str, list]) -> None:
+        """Refuse runs whose TR differs from ``config.tr`` (when given) by more than 1 ms."""
+        if self.config.tr is None:
+            return
+        off = np.flatnonzero(np.abs(self._row_tr - self.config.tr) > 1e-3)
+        if off.size:
+            runs = ", ".join(
+                f"subject {meta['subject'][i]!r} / {meta['stimulus_id'][i]!r} at {self._row_tr[i]} s"
+                for i in off[:5]
+            )
+            raise ValueError(
+                f"{off.size} run(s) have a TR other than WindowConfig.tr={self.config.tr} s "
+                f"(the model's TR): {runs}; select runs of one TR or build the model with their TR"
+            )
 
     def _subject_ids(self, subjects) -> dict[str, int] | None:
         if subjects is None:

@@ -41,7 +41,8 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
     Padded batches: TR pooling follows each example's own length, and ``attention_mask`` is passed to
     the backbone. With a layer-norm front end a padded example gives the same predictions as alone;
     with wav2vec2-base's group-norm front end the first convolution normalises over the padded length,
-    so batching examples of equal length (as the window collator does) avoids any difference.
+    so a padded example differs slightly from the same example alone (batch examples of equal
+    length, e.g. ``WindowConfig(full_windows_only=True)``, to avoid any difference).
 
     Mixed subjects in a batch are allowed: predictions (and labels) are ``[B, V]`` with ``V`` the
     largest voxel count among the batch's subjects; each example's loss uses only its subject's own
@@ -366,8 +367,11 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
         save_directory : str or os.PathLike
             Output folder (created if missing; files of the same name are replaced).
         feature_extractor : Wav2Vec2FeatureExtractor, optional
-            Defaults to 16 kHz mono, ``do_normalize=True`` (as wav2vec2-base), and an attention mask
-            only for layer-norm front ends (as transformers' checkpoints do).
+            Defaults to 16 kHz mono, ``do_normalize=False``, and an attention mask only for
+            layer-norm front ends (as transformers' checkpoints do). No normalisation because
+            wav2brain trains and extracts on raw audio (``BrainWindows`` and
+            :mod:`wav2brain.features` do not normalise), as fairseq pretrained wav2vec2-base; pass
+            the starting checkpoint's own extractor for models pretrained on normalised audio.
         """
         target = Path(save_directory)
         target.mkdir(parents=True, exist_ok=True)
@@ -376,7 +380,7 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
                 feature_size=1,
                 sampling_rate=self.config.sampling_rate,
                 padding_value=0.0,
-                do_normalize=True,
+                do_normalize=False,
                 return_attention_mask=self.config.feat_extract_norm == "layer",
             )
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
