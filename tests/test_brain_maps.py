@@ -182,8 +182,10 @@ def test_encode_writes_scores_that_find_the_planted_voxels(encoded):
         "r2",
         "alpha",
         "ceiling",
+        "ceiling_method",
         "r_normalized",
     ]
+    assert set(scores["ceiling_method"]) == {"loso"}
     assert len(scores) == len(SUBJECTS) * 2 * 24
     signal = scores[scores["layer"] == "layer_01"]
     driven = signal[signal["voxel"] < N_DRIVEN]
@@ -196,6 +198,9 @@ def test_encode_writes_scores_that_find_the_planted_voxels(encoded):
     assert np.isfinite(driven["r_normalized"]).all()
     profile = pd.read_parquet(out / "profile.parquet")
     assert set(profile[profile["voxel"] < N_DRIVEN]["best_layer"]) == {"layer_01"}
+    preferred = profile["preferred_layer"].dropna()  # model layer numbers, layer_01 is 1
+    assert preferred.between(1, 2).all()
+    assert profile[profile["voxel"] < N_DRIVEN]["preferred_layer"].between(1, 1.3).all()
 
 
 def test_encode_writes_maps_and_resumes(encoded, caplog):
@@ -233,3 +238,120 @@ def test_encode_bad_input(encoded, tmp_path, change, message):
     with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):
         run_encode([*change(dataset, cache), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o" / "scores.parquet").exists()
+
+
+def test_a_selection_keeps_ceilings_and_layer_numbers_and_reuses_no_part(encoded, tmp_path, caplog):
+    """--subjects 01 --layers 2: LOSO still uses subject 02; the preferred layer is 2, not 1 or 0."""
+    import shutil
+
+    dataset, cache, out, _ = encoded
+    full = pd.read_parquet(out / "scores.parquet")
+    subset = tmp_path / "subset"
+    shutil.copytree(out / "parts", subset / "parts")  # the full run's parts must not be served
+    with caplog.at_level("INFO"):
+        args = [str(dataset), "--features", str(cache), "--out", str(subset), "--alphas", "10"]
+        assert run_encode([*args, "--subjects", "01", "--layers", "2"]) == 0
+    assert "reusing" not in caplog.text
+    scores = pd.read_parquet(subset / "scores.parquet")
+    assert set(scores["subject"]) == {"01"} and set(scores["layer"]) == {"layer_02"}
+    expected = full[(full["subject"] == "01") & (full["layer"] == "layer_02")]
+    np.testing.assert_allclose(scores["ceiling"], expected["ceiling"], rtol=1e-6)
+    np.testing.assert_allclose(scores["ceiling"], loso_oracle(dataset, "01"), atol=1e-6)
+    assert set(scores["ceiling_method"]) == {"loso"}
+    profile = pd.read_parquet(subset / "profile.parquet")
+    assert set(profile["preferred_layer"].dropna()) == {2.0}
+    preferred = nib.load(subset / "maps" / "sub-01_preferred_layer.nii.gz").get_fdata()
+    assert set(np.unique(preferred[np.isfinite(preferred) & (preferred != 0)])) == {2.0}
+
+
+def loso_oracle(dataset, subject):
+    """Oracle: loso_ceiling on the stacked subjects of each story, mean over stories."""
+    from datasets import load_dataset
+
+    from wav2brain.encoding.noise_ceiling import loso_ceiling
+
+    responses = load_dataset(str(dataset), "responses", split="train").with_format("numpy")
+    per_story = []
+    for story in STORIES:
+        rows = [row for row in responses if row["stimulus_id"] == story]
+        stack = np.stack([np.stack(row["bold"]) for row in rows])
+        position = [row["subject"] for row in rows].index(subject)
+        per_story.append(loso_ceiling(stack)[0][position])
+    return np.mean(per_story, axis=0)  # stories of equal length: equal weights
+
+
+def fake_run(subject, story, bold, run="1", source=None):
+    key = f"{subject}||listen|{run}|{story}"
+    return encode_command.RunData(subject, key, story, bold, {}, source or {"entry": "e"})
+
+
+def test_subject_ceilings_name_their_estimator_and_never_blend_them(tmp_path):
+    from wav2brain.encoding.noise_ceiling import repeat_ceiling
+
+    rng = np.random.default_rng(1)
+    signal = rng.standard_normal((40, 5))
+    repeats = [signal + rng.standard_normal((40, 5)) for _ in range(3)]
+    runs = [fake_run("A", "x", bold, run=str(i)) for i, bold in enumerate(repeats)]
+    runs += [fake_run("A", "y", rng.standard_normal((40, 5)), run="9")]  # heard once
+    runs += [fake_run("B", "y", rng.standard_normal((40, 5)))]
+    ceilings = encode_command.subject_ceilings(["A"], runs, tmp_path, "native")
+    values, method = ceilings["A"]
+    assert method == "repeat"  # story y (single presentation, LOSO with B) is not averaged in
+    np.testing.assert_allclose(values, repeat_ceiling(np.stack(repeats), target="single"))
+
+
+def test_settings_digest_tracks_dataset_selection_and_feature_cache(encoded, tmp_path):
+    import shutil
+
+    from wav2brain.encoding.layers import EncodingConfig
+
+    dataset, cache, _, _ = encoded
+    runs = [fake_run(s, "x", np.zeros((3, 2))) for s in ("01", "02")]
+
+    def digest(runs=runs, dataset=dataset):
+        return encode_command.settings_digest(EncodingConfig(), None, dataset, cache, 0.1, runs)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    other_source = [runs[0], fake_run("02", "x", np.zeros((3, 2)), source={"entry": "f"})]
+    variants = [
+        digest(dataset=copy),
+        digest(runs=runs[:1]),
+        digest(runs=[runs[0], fake_run("02", "x", np.zeros((3, 2)), run="2")]),
+        digest(runs=other_source),
+    ]
+    assert len({digest(), *variants}) == 5
+    assert digest() == digest(runs=list(reversed(runs)))  # order of loading is irrelevant
+
+
+@pytest.mark.parametrize(("name", "value"), [("layer_07", 7), ("layer_00", 0), ("layer_12", 12)])
+def test_layer_numbers_come_from_the_names(name, value):
+    assert encode_command.layer_number(name) == value
+
+
+def test_unnumbered_layer_names_are_refused():
+    with pytest.raises(ValueError, match="cached layer 'conv' has no number"):
+        encode_command.select_layers(["layer_01", "conv"], None)
+    assert encode_command.select_layers(["layer_03", "layer_07"], ["7"]) == ["layer_07"]
+
+
+def test_cli_defaults_follow_the_config_and_scores(monkeypatch):
+    """The parser reads its defaults from EncodingConfig and normalized_score."""
+    import dataclasses
+
+    from wav2brain.encoding import layers, scores
+
+    @dataclasses.dataclass
+    class Other(layers.EncodingConfig):
+        inner_cv: int = 3
+        criterion: str = "r"
+
+    def normalized(score, ceiling, min_ceiling=0.25):
+        return score
+
+    monkeypatch.setattr(layers, "EncodingConfig", Other)
+    monkeypatch.setattr(scores, "normalized_score", normalized)
+    parser = argparse.ArgumentParser()
+    encode_command.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["encode", "d", "--features", "f", "--out", "o"])
+    assert (args.inner_cv, args.criterion, args.min_ceiling) == (3, "r", 0.25)

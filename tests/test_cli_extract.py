@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 import pandas as pd
@@ -22,9 +21,6 @@ from wav2brain.data.hf_layout import (
     write_card,
     write_shard,
 )
-
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RUNS = (  # subject, stimulus, TR (s), onset (s), TRs
     ("01", "alpha", 1.5, 3.0, 10),
@@ -142,6 +138,32 @@ def test_extract_writes_cache_and_index_then_reuses_it(dataset, model_dir, tmp_p
     assert main(argv) == 0
     assert len(passes) == 2  # second run: cache hits only, no model work
     pd.testing.assert_frame_equal(pd.read_parquet(out / "index.parquet"), index)
+    assert main([*argv, "--stimuli", "beta"]) == 0  # a selection keeps the other stimuli's rows
+    assert len(passes) == 2
+    for name, full in (("index", index), ("runs", runs)):
+        merged = pd.read_parquet(out / f"{name}.parquet")
+        pd.testing.assert_frame_equal(
+            merged.sort_values(["stimulus_id", "path"]).reset_index(drop=True),
+            full.sort_values(["stimulus_id", "path"]).reset_index(drop=True),
+        )
+
+
+def test_tables_grow_with_selections_and_bad_old_tables_are_named(
+    dataset, model_dir, tmp_path, passes
+):
+    out = tmp_path / "features"
+    argv = [str(dataset), "--model", str(model_dir), "--out", str(out), "--layers", "1"]
+    assert main([*argv, "--stimuli", "beta"]) == 0
+    assert main([*argv, "--stimuli", "alpha"]) == 0
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert sorted(zip(runs["subject"], runs["stimulus_id"], strict=True)) == sorted(
+        (subject, sid) for subject, sid, *_ in RUNS
+    )
+    assert set(pd.read_parquet(out / "index.parquet")["stimulus_id"]) == {"alpha", "beta"}
+    (out / "runs.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=r"runs.parquet: unreadable table .* delete it"):
+        main([*argv, "--stimuli", "beta"])
+    assert len(passes) == 2  # refused before any model work
 
 
 def test_extract_fir_layers_and_stimulus_selection(dataset, model_dir, tmp_path, passes):

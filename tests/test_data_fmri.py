@@ -108,9 +108,10 @@ def test_drift_order_removes_polynomial_drift(tmp_path):
 
 
 def test_smoothing_high_pass_and_trimming_match_nilearn(narratives, full_mask):
-    run = pieman(narratives)
+    run = dataclasses.replace(pieman(narratives), duration=400.0)  # room for the end trim
     config = CleaningConfig(smoothing_fwhm=5.0, high_pass=0.01, trim_start_trs=5, trim_end_trs=3)
-    bold = load_bold(run, mask=full_mask, cleaning=config)
+    with pytest.warns(UserWarning, match="trim_start_trs 5 drops 7.50 s .* first 7.50 s have no"):
+        bold = load_bold(run, mask=full_mask, cleaning=config)
     img = nib.load(str(run.bold_path))
     trimmed = img.slicer[..., 5 : img.shape[3] - 3]
     n_kept = img.shape[3] - 8
@@ -177,6 +178,29 @@ def test_volume_coverage(narratives, tmp_path, full_mask):
     assert bold.data.shape[0] == 291
     with pytest.raises(ValueError, match="leaves 1; need at least 2 TRs"):
         load_bold(run, mask=full_mask, cleaning=CleaningConfig(trim_start_trs=200, trim_end_trs=91))
+
+
+def test_trimming_into_the_stimulus_is_caught(narratives, full_mask):
+    run = pieman(narratives)  # 292 volumes x 1.5 s = 438 s; the stimulus ends at 437 s
+    with pytest.raises(
+        ValueError,
+        match=r"pieman_run-1_bold.nii.gz: 289 volumes x 1.5 s = 433.50 s after trimming 0 \+ 3 "
+        r"TRs of 292, but the stimulus ends at onset 0.00 s .* = 437.00 s",
+    ):
+        load_bold(run, mask=full_mask, cleaning=CleaningConfig(trim_end_trs=3))
+    with (
+        pytest.warns(UserWarning, match="trim_start_trs 4 drops 6.00 s"),
+        pytest.raises(ValueError, match=r"286 volumes .* = 429.00 s after trimming 4 \+ 2 TRs"),
+    ):
+        load_bold(run, mask=full_mask, cleaning=CleaningConfig(trim_start_trs=4, trim_end_trs=2))
+    with pytest.warns(UserWarning, match=r"291 volumes after trimming 0 \+ 1 TRs of 292 cover"):
+        bold = load_bold(run, mask=full_mask, cleaning=CleaningConfig(trim_end_trs=1))
+    assert bold.data.shape[0] == 291
+    late = dataclasses.replace(run, onset=9.0, duration=420.0)  # 9 s of scan before the story
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bold = load_bold(late, mask=full_mask, cleaning=CleaningConfig(trim_start_trs=6))
+    assert bold.onset == pytest.approx(0.0) and bold.first_tr == 6
 
 
 def test_nan_and_constant_voxels_are_dropped_and_counted(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import wav2brain
 from wav2brain.features.cache import (
     CACHE_FORMAT_VERSION,
     METADATA_FIELD,
@@ -169,6 +170,10 @@ def corrupt_version(path):
     rewrite_record(path, lambda record: record.update(format_version=CACHE_FORMAT_VERSION - 1))
 
 
+def corrupt_package_version(path):
+    rewrite_record(path, lambda record: record.update(wav2brain_version="0.0.1-other"))
+
+
 def corrupt_key(path):
     rewrite_record(path, lambda record: record["key"].update(tr_s=9.9))
 
@@ -184,6 +189,7 @@ def corrupt_units(path):
         (corrupt_garbage, "not a valid safetensors"),
         (corrupt_no_metadata, "no 'wav2brain' metadata"),
         (corrupt_version, "cache format"),
+        (corrupt_package_version, "written by wav2brain 0.0.1-other, this is "),
         (corrupt_key, "another key"),
         (corrupt_units, "expected F32"),
     ],
@@ -203,6 +209,22 @@ def test_bad_entries_are_detected_and_recomputed(model, audio, tmp_path, counter
     for name, value in reference.items():
         np.testing.assert_array_equal(fresh[name], value)
     assert open_entry(path).metadata["format_version"] == CACHE_FORMAT_VERSION
+    assert open_entry(path).metadata["wav2brain_version"] == wav2brain.__version__
+
+
+def test_an_upgrade_of_wav2brain_makes_entries_stale(tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path)
+    key = FeatureKey({"name": "m"}, "s", audio_sha256(np.zeros(4)), {}, {}, 1.5, 0.0, FS)
+    cache.put(key, TRGrid(1.5, 0.0, 4), {"a": np.ones((4, 2), np.float32)})
+    assert cache.get(key) is not None
+    monkeypatch.setattr(wav2brain, "__version__", "99.0.0")
+    assert cache.get(key) is None
+    assert (
+        cache.put(key, TRGrid(1.5, 0.0, 4), {"a": np.ones((4, 2), np.float32)}).metadata[
+            "wav2brain_version"
+        ]
+        == "99.0.0"
+    )
 
 
 def test_writes_are_atomic_and_leave_no_partial_file(tmp_path, monkeypatch):

@@ -252,6 +252,13 @@ def test_short_scans_and_mixed_grids_fail_before_any_writing(tmp_path):
     assert not out.exists()
 
 
+def test_an_end_trim_into_the_stimulus_fails_before_any_writing(bids, tmp_path):
+    out = tmp_path / "hf"
+    with pytest.raises(ValueError, match="trim"):
+        prepare_dataset(bids["root"], out, cleaning=CleaningConfig(trim_end_trs=6))
+    assert not out.exists()
+
+
 def test_mapping_arrays_with_different_column_counts_are_refused(tmp_path):
     root = tmp_path / "bids"
     make_bids(root, subjects=("01",), tasks=("alpha", "beta"))

@@ -12,6 +12,8 @@ resamples to the TR grids of the runs that played it, and writes the feature cac
   scan starts before the stimulus; see :func:`wav2brain.features.pipeline.run_features`).
 
 Running it again reuses every entry whose key matches (no model work) and recomputes the rest.
+The tables are merged, not overwritten: the rows of the stimuli extracted now replace their old
+rows, and the rows of other stimuli (an earlier ``--stimuli`` selection) are kept.
 """
 
 from __future__ import annotations
@@ -202,9 +204,34 @@ def _run_rows(played, entries, slice_time_ref: float, out: Path) -> list[dict]:
     return rows
 
 
+def _previous_table(path: Path):
+    """The table an earlier extract wrote at ``path`` (pandas), or None; read before any work."""
+    import pandas as pd
+
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"{path}: unreadable table ({error}); delete it to rebuild it") from error
+    if "stimulus_id" not in table.columns:
+        raise ValueError(f"{path}: no stimulus_id column; expected a table of wav2brain extract")
+    return table
+
+
+def _merged(previous, rows: list[dict], extracted: set[str]):
+    """``rows`` plus the ``previous`` rows of stimuli not in ``extracted`` (pandas)."""
+    import pandas as pd
+
+    current = pd.DataFrame(rows)
+    if previous is None:
+        return current
+    kept = previous[~previous["stimulus_id"].isin(extracted)]
+    return pd.concat([kept, current], ignore_index=True) if len(kept) else current
+
+
 def run(args: argparse.Namespace) -> int:
     """Extract, resample and cache every selected stimulus; write the index tables."""
-    import pandas as pd
     import pyarrow as pa
     from tqdm.auto import tqdm
 
@@ -215,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
 
     extraction, grid_config = _configs(args)
     stimuli, runs = _load_tables(args.dataset, args.stimuli)
+    tables = ("index", "runs")
+    previous = {name: _previous_table(args.out / f"{name}.parquet") for name in tables}
     model = _load_model(args.model, args.revision)
     activation_units(model, extraction)  # model family, tensor and layers, before any work
     model_id = model_identity(model, args.model, args.revision)
@@ -240,8 +269,9 @@ def run(args: argparse.Namespace) -> int:
             bar.update(frames - (bar.n - done))  # cache hits: no blocks were streamed
             index_rows += _index_rows(row["id"], entries, out)
             run_rows += _run_rows(played, entries, grid_config.slice_time_ref, out)
-    for name, rows in (("index", index_rows), ("runs", run_rows)):
-        table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
-        write_shard(table, out / f"{name}.parquet")
+    extracted = set(stimuli["id"])
+    for name, rows in zip(tables, (index_rows, run_rows), strict=True):
+        table = _merged(previous[name], rows, extracted)
+        write_shard(pa.Table.from_pandas(table, preserve_index=False), out / f"{name}.parquet")
     logger.info("%d stimuli, %d runs: features in %s", stimuli.num_rows, len(run_rows), out)
     return 0

@@ -5,8 +5,9 @@ right), and preprocessed arrays (LeBel's ``.hf5`` ``data`` [TRs, voxels] float64
 
 Order of work, and why:
 
-1. Header checks before reading any data: the scan must cover ``onset + duration`` seconds of
-   stimulus. A shortfall above one TR is an error (a truncated scan or a wrong onset); a shortfall
+1. Header checks before reading any data: the volumes kept after trimming must cover
+   ``onset + duration`` seconds of stimulus (:func:`check_coverage`). A shortfall above one TR
+   is an error (a truncated scan, a wrong onset or an end trim into the stimulus); a shortfall
    of at most one TR is accepted with a warning (the last partial TR of audio is never a window
    end, so nothing is lost but that fraction of a TR). Header TR vs sidecar TR: the sidecar wins,
    with a warning, because BIDS makes the sidecar authoritative and converters often leave
@@ -203,13 +204,13 @@ def load_bold(
             f"{path}: smoothing_fwhm applies to NIfTI volumes only; not smoothed", stacklevel=2
         )
     n_scan = reader.n_volumes
-    check_coverage(n_scan, run, path)
     start, stop = cleaning.trim_start_trs, n_scan - cleaning.trim_end_trs
     if stop - start < 2:
         raise ValueError(
             f"{path}: trimming {cleaning.trim_start_trs} + {cleaning.trim_end_trs} TRs of "
             f"{n_scan} leaves {max(stop - start, 0)}; need at least 2 TRs"
         )
+    check_coverage(n_scan, run, path, cleaning.trim_start_trs, cleaning.trim_end_trs)
     confound_matrix = _read_confounds(confounds, n_scan, cleaning, path)
     reader.set_mask(mask, mask_config)
     data = reader.read(start, stop)
@@ -239,29 +240,56 @@ def load_bold(
     )
 
 
-def check_coverage(n_volumes: int, run: RunSpec, source: Path | str) -> None:
-    """Check that ``n_volumes`` TRs cover ``onset + duration`` seconds of stimulus.
+def check_coverage(
+    n_volumes: int,
+    run: RunSpec,
+    source: Path | str,
+    trim_start_trs: int = 0,
+    trim_end_trs: int = 0,
+) -> None:
+    """Check that the kept volumes (TRs) cover ``onset + duration`` seconds of stimulus.
 
-    A shortfall of more than one TR raises; up to one TR warns. Nothing is checked when
-    ``run.duration`` is None: preprocessed arrays from a mapping table without a ``duration``
-    column, which their authors cropped to the span they model.
+    The kept volumes are the ``n_volumes`` of the scan less ``trim_start_trs`` and
+    ``trim_end_trs``, and the onset is re-expressed from the first kept volume
+    (``onset - trim_start_trs * tr``), so an end trim that cuts into the stimulus is caught like
+    a short scan: a shortfall of more than one TR raises, up to one TR warns. A start trim past
+    the onset only warns: the responses of the first seconds are lost but the features still see
+    the whole stimulus (negative onsets are supported end to end), and dropping non-steady-state
+    volumes of a story that starts with the scan is the usual practice. The duration is not
+    checked when ``run.duration`` is None: preprocessed arrays from a mapping table without a
+    ``duration`` column, which their authors cropped to the span they model.
     """
+    kept = n_volumes - trim_start_trs - trim_end_trs
+    onset = run.onset - trim_start_trs * run.tr
+    trimmed = (
+        f" after trimming {trim_start_trs} + {trim_end_trs} TRs of {n_volumes}"
+        if trim_start_trs or trim_end_trs
+        else ""
+    )
+    lost = trim_start_trs * run.tr - max(run.onset, 0.0)
+    if lost > 1e-6:
+        warnings.warn(
+            f"{source}: trim_start_trs {trim_start_trs} drops {trim_start_trs * run.tr:.2f} s of "
+            f"scan, past the stimulus onset at {run.onset} s: its first {lost:.2f} s have no "
+            f"kept volume (onset re-expressed as {onset:.2f} s)",
+            stacklevel=3,
+        )
     if run.duration is None:
         return
-    needed = run.onset + run.duration
-    available = n_volumes * run.tr
+    needed = onset + run.duration
+    available = kept * run.tr
     shortfall = needed - available
     if shortfall > run.tr + 1e-6:
         raise ValueError(
-            f"{source}: {n_volumes} volumes x {run.tr} s = {available:.2f} s, but the stimulus "
-            f"ends at onset {run.onset} s + duration {run.duration:.2f} s = {needed:.2f} s "
+            f"{source}: {kept} volumes x {run.tr} s = {available:.2f} s{trimmed}, but the "
+            f"stimulus ends at onset {onset:.2f} s + duration {run.duration:.2f} s = {needed:.2f} s "
             f"({math.ceil(needed / run.tr - 1e-9)} volumes needed)"
         )
     if shortfall > 1e-6:
         warnings.warn(
-            f"{source}: {n_volumes} volumes cover {available:.2f} s, {shortfall:.2f} s (<= 1 TR) "
-            f"short of the stimulus end at {needed:.2f} s; the last {shortfall:.2f} s of audio "
-            "have no volume and are trimmed",
+            f"{source}: {kept} volumes{trimmed} cover {available:.2f} s, {shortfall:.2f} s "
+            f"(<= 1 TR) short of the stimulus end at {needed:.2f} s; the last {shortfall:.2f} s "
+            "of audio have no volume and are trimmed",
             stacklevel=3,
         )
 

@@ -78,8 +78,10 @@ class RunProbe:
     n_columns: int | None
 
 
-def probe_run(run: RunSpec) -> RunProbe:
+def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
     """Read a run's header only (NIfTI shape/affine, array shape) and check its coverage.
+
+    The coverage check counts the volumes that ``cleaning``'s start and end trims (TRs) keep.
 
     Raises
     ------
@@ -107,7 +109,8 @@ def probe_run(run: RunSpec) -> RunProbe:
         shape = _array_shape(run.bold_path)
         probe = RunProbe(shape[-2], None, shape[-1])
     if probe.n_volumes is not None and (not run.is_array or run.duration is not None):
-        check_coverage(probe.n_volumes, run, run.bold_path)
+        trims = (cleaning.trim_start_trs, cleaning.trim_end_trs) if cleaning else (0, 0)
+        check_coverage(probe.n_volumes, run, run.bold_path, *trims)
     return probe
 
 
@@ -454,7 +457,7 @@ def prepare_dataset(
                 f"stimulus id {run.stimulus_id!r} names two files: "
                 f"{stimulus_paths[run.stimulus_id]} and {run.stimulus_path}"
             )
-    probes = [probe_run(run) for run in found]
+    probes = [probe_run(run, cleaning) for run in found]
     check_subject_consistency(found, probes)
     if isinstance(mask, (str, Path)) and not Path(mask).is_file():
         raise FileNotFoundError(f"mask file not found: {mask}")

@@ -3,18 +3,21 @@
 An entry holds one float32 tensor ``[rows, units]`` per layer (the ANs' temporal responses on a
 stimulus-relative TR grid) and, in the safetensors header, a JSON record of everything that made
 it: the :class:`FeatureKey` (model identity, stimulus id and audio hash, extraction settings,
-TR-grid settings, TR and grid phase), the grid, the layers and units, and the cache format version.
+TR-grid settings, TR and grid phase), the grid, the layers and units, the cache format version
+and the wav2brain version.
 
 - **Key.** The file name is a SHA-256 of the key; the stored key is compared on every read, so a
   collision or a hand-copied file cannot be served for another key. Run onsets are not part of the
   key, only the TR and the onset's phase within a TR (see :mod:`wav2brain.features.resample`):
   runs that differ by whole TRs share an entry, runs at TR 1.5 and 1.52 s do not.
-- **Versions.** :data:`CACHE_FORMAT_VERSION` is stored, not hashed: an entry written by another
-  version sits at the same path, is detected and is recomputed in place.
+- **Versions.** :data:`CACHE_FORMAT_VERSION` and ``wav2brain.__version__`` are stored, not
+  hashed: an entry written by another format or another release of wav2brain sits at the same
+  path, is detected and is recomputed in place (a release may change the numbers for a key
+  without anyone bumping the format).
 - **Atomic writes.** Entries are written to a temporary name in the same folder and renamed; a
   crash leaves at most a ``*.partial`` file (never read), never a half entry under the real name.
   A file that is truncated, has a garbage header, lacks the wav2brain record, holds another key
-  or version, or whose tensors disagree with the record fails validation and is recomputed in
+  or either version, or whose tensors disagree with the record fails validation and is recomputed in
   place. (Bytes flipped inside the tensor data with an intact header are not detected: hashing
   the data on every read would defeat the memory maps.)
 - **Reads** are memory maps (``numpy.memmap`` at the offsets of the safetensors header, after
@@ -44,6 +47,13 @@ CACHE_FORMAT_VERSION = 1
 
 METADATA_FIELD = "wav2brain"
 PARTIAL_SUFFIX = ".partial"
+
+
+def package_version() -> str:
+    """The installed ``wav2brain.__version__`` (stored in every entry)."""
+    from wav2brain import __version__
+
+    return __version__
 
 
 def sha256_json(value: Any) -> str:
@@ -146,7 +156,7 @@ class CachedFeatures:
     layers : dict of str to np.memmap
         Read-only float32 ``[n_rows, units]`` per layer name.
     metadata : dict
-        The stored record (key, grid, layers, units, format version).
+        The stored record (key, grid, layers, units, format and wav2brain versions).
     """
 
     path: Path
@@ -198,7 +208,8 @@ def open_entry(path: Path, key: FeatureKey | None = None) -> CachedFeatures:
     ------
     InvalidEntry
         If the file is not a complete safetensors file, lacks wav2brain metadata, was written by
-        another cache format version, holds another key, or its tensors disagree with the record.
+        another cache format version or wav2brain version, holds another key, or its tensors
+        disagree with the record.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -213,6 +224,7 @@ def open_entry(path: Path, key: FeatureKey | None = None) -> CachedFeatures:
     try:
         record = json.loads(stored[METADATA_FIELD])
         version = record["format_version"]
+        written_by = record["wav2brain_version"]
         grid = TRGrid(**record["grid"])
         units = {str(k): int(v) for k, v in record["units"].items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
@@ -220,6 +232,10 @@ def open_entry(path: Path, key: FeatureKey | None = None) -> CachedFeatures:
     if version != CACHE_FORMAT_VERSION:
         raise InvalidEntry(
             f"{path}: cache format {version}, this version reads {CACHE_FORMAT_VERSION}"
+        )
+    if written_by != package_version():
+        raise InvalidEntry(
+            f"{path}: written by wav2brain {written_by}, this is {package_version()}"
         )
     if key is not None and record.get("key") != key.to_dict():
         raise InvalidEntry(f"{path}: holds another key than the one requested")
@@ -277,16 +293,9 @@ class FeatureCache:
             return None
 
     def put(
-        self,
-        key: FeatureKey,
-        grid: TRGrid,
-        features: Mapping[str, np.ndarray],
-        extra: Mapping[str, Any] | None = None,
+        self, key: FeatureKey, grid: TRGrid, features: Mapping[str, np.ndarray]
     ) -> CachedFeatures:
-        """Write ``features`` (``{layer: [grid.n_rows, units]}``) atomically and open the entry.
-
-        ``extra`` is stored in the record (JSON-ready values: e.g. the wav2brain version).
-        """
+        """Write ``features`` (``{layer: [grid.n_rows, units]}``) atomically and open the entry."""
         from safetensors.numpy import save_file
 
         tensors = {}
@@ -301,10 +310,10 @@ class FeatureCache:
             raise ValueError("no layers to cache")
         record = {
             "format_version": CACHE_FORMAT_VERSION,
+            "wav2brain_version": package_version(),
             "key": key.to_dict(),
             "grid": asdict(grid),
             "units": {name: int(value.shape[1]) for name, value in tensors.items()},
-            **dict(extra or {}),
         }
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
