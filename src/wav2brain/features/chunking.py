@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from wav2brain.modeling.tr_pooling import receptive_field
+
 
 @dataclass(frozen=True)
 class FrameGeometry:
@@ -36,19 +38,12 @@ class FrameGeometry:
     @property
     def stride(self) -> int:
         """Samples between consecutive frames (320 for wav2vec2)."""
-        total = 1
-        for s in self.strides:
-            total *= s
-        return total
+        return receptive_field(self.kernels, self.strides)[0]
 
     @property
     def receptive_field(self) -> int:
         """Samples one frame depends on (400 for wav2vec2)."""
-        field, jump = 1, 1
-        for k, s in zip(self.kernels, self.strides, strict=True):
-            field += (k - 1) * jump
-            jump *= s
-        return field
+        return receptive_field(self.kernels, self.strides)[1]
 
     def n_frames(self, n_samples: int) -> int:
         """Frames a pass over ``n_samples`` samples yields (0 when shorter than the receptive field)."""
