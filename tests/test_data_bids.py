@@ -11,6 +11,7 @@ import pytest
 
 from fabricate import lebel_mapping
 from wav2brain.data import RunSpec, discover_runs, read_mapping_table
+from wav2brain.data.bids import find_confounds
 
 # key: (stimulus id, WAV onset s, TR s, s of WAV to cover, story offset in the WAV s). The WAV
 # starts at the first events row naming it (the music row when there is one).
@@ -204,6 +205,12 @@ def test_mapping_table_csv_absolute_paths_and_tr_column(lebel, tmp_path):
             ValueError,
             "needs a 'tr' column",
         ),
+        (
+            "subject,task,run,bold,stimulus,onset,confounds",
+            "UTS01,souls,,BOLD,souls.wav,10,nosuch_confounds.tsv",
+            FileNotFoundError,
+            "row 2: file not found: .*nosuch_confounds.tsv",
+        ),
     ],
 )
 def test_mapping_table_bad_input(lebel, tmp_path, header, row, error, match):
@@ -297,3 +304,51 @@ def test_alignment_is_kept_with_the_stimulus(narratives, tmp_path):
         FileNotFoundError, match="row 2: file not found: .*gentle/pieman/align.json"
     ):
         read_mapping_table(table, root=root)
+
+
+def test_fmriprep_confounds_are_found_beside_the_run(narratives, tmp_path):
+    root = clone(narratives, tmp_path)
+    func = root / "sub-001" / "func"
+    run1 = func / "sub-001_task-pieman_run-1_desc-confounds_timeseries.tsv"
+    run2 = func / "sub-001_task-pieman_run-2_desc-confounds_regressors.tsv"
+    for path in (run1, run2, func / "._sub-001_task-tunnel_desc-confounds_timeseries.tsv"):
+        path.write_text("trans_x\n0\n")
+    runs = {r.key: r for r in discover_runs(root, subjects="001", tasks=["pieman", "tunnel"])}
+    assert runs["sub-001_task-pieman_run-1"].confounds_path == run1
+    assert runs["sub-001_task-pieman_run-2"].confounds_path == run2
+    assert runs["sub-001_task-tunnel"].confounds_path is None
+
+
+def test_find_confounds_matches_run_entities_not_space_or_desc(tmp_path):
+    func = tmp_path / "sub-01" / "ses-1" / "func"
+    func.mkdir(parents=True)
+    names = [
+        "sub-01_ses-1_task-x_run-1_desc-confounds_timeseries.tsv",
+        "sub-01_ses-1_task-x_run-1_desc-confounds_regressors.tsv",
+        "sub-01_ses-1_task-x_run-2_desc-confounds_regressors.tsv",
+        "sub-01_ses-2_task-x_run-3_desc-confounds_timeseries.tsv",
+        "sub-01_ses-1_task-y_run-3_desc-confounds_timeseries.tsv",
+        "sub-01_ses-1_task-x_run-3_desc-other_timeseries.tsv",
+    ]
+    for name in names:
+        (func / name).write_text("trans_x\n0\n")
+    preproc = "sub-01_ses-1_task-x_run-{}_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.nii.gz"
+    assert find_confounds(func / preproc.format(1)) == func / names[0]
+    assert find_confounds(func / preproc.format(2)) == func / names[2]
+    assert find_confounds(func / preproc.format(3)) is None
+    surface = "sub-01_ses-1_task-x_run-2_hemi-L_space-fsaverage5_bold.func.gii"
+    assert find_confounds(func / surface) == func / names[2]
+
+
+def test_mapping_table_confounds_column(lebel, tmp_path):
+    confounds = tmp_path / "souls_confounds.tsv"
+    confounds.write_text("trans_x\n0\n")
+    table = tmp_path / "map.csv"
+    bold = "sub-UTS01/ses-2/func/sub-UTS01_ses-2_task-souls_bold.nii.gz"
+    table.write_text(
+        "subject,task,run,bold,stimulus,onset,confounds\n"
+        f"UTS01,souls,,{bold},souls.wav,10,{confounds}\n"
+        f"UTS02,souls,,{bold.replace('UTS01', 'UTS02')},souls.wav,10,n/a\n"
+    )
+    first, second = read_mapping_table(table, root=lebel)
+    assert first.confounds_path == confounds and second.confounds_path is None

@@ -24,6 +24,7 @@ from wav2brain.data import (
     load_mask,
     mean_image,
 )
+from wav2brain.data.fmri import read_confounds_table, trim_confounds
 
 AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
 
@@ -245,8 +246,49 @@ def test_confounds_are_regressed_out(tmp_path):
         load_bold(
             run, confounds=np.zeros((59, 2)), mask=nib.Nifti1Image(np.ones((4, 4, 3)), AFFINE)
         )
-    with pytest.raises(ValueError, match="lack column\\(s\\) \\['csf'\\]"):
+    with pytest.raises(
+        ValueError, match=r"no column matches \['csf'\]; available columns: \['motion', 'other'\]"
+    ):
         load_bold(run, confounds=table, cleaning=CleaningConfig(confound_columns=("csf",)))
+
+
+def test_confound_columns_by_name_and_pattern(tmp_path):
+    table = tmp_path / "sub-01_task-x_desc-confounds_timeseries.tsv"
+    table.write_text(
+        "csf\trot_x\ttrans_x\ta_comp_cor_00\ta_comp_cor_06\tframewise_displacement\tnote\n"
+        "1\t2\t3\t4\t5\tn/a\tok\n"
+        "6\t7\t8\t9\t10\t0.5\tok\n"
+    )
+    matrix, names = read_confounds_table(
+        table, ("trans_*", "a_comp_cor_0[0-5]", "rot_*", "trans_x", "framewise_displacement")
+    )
+    assert names == ["trans_x", "a_comp_cor_00", "rot_x", "framewise_displacement"]
+    np.testing.assert_array_equal(matrix, [[3, 4, 2, np.nan], [8, 9, 7, 0.5]])
+    with pytest.raises(ValueError, match=r"column\(s\) \['note'\] are not numeric"):
+        read_confounds_table(table, ("csf", "note"))
+    with pytest.raises(ValueError, match=r"no column matches \['Trans_\*'\]; available.*'note'"):
+        read_confounds_table(table, ("Trans_*",))
+    for bad in ("trans_x", (), ("trans_x", "")):
+        with pytest.raises(ValueError, match="confound_columns"):
+            CleaningConfig(confound_columns=bad)
+    assert CleaningConfig(confound_columns=["trans_x"]).confound_columns == ("trans_x",)
+
+
+def test_trim_confounds_fills_leading_na_with_the_kept_mean():
+    matrix = np.array([[np.nan, 1.0], [np.nan, 2.0], [3.0, 3.0], [5.0, 4.0], [7.0, 9.0]])
+    np.testing.assert_array_equal(
+        trim_confounds(matrix, 0, 4), [[4.0, 1.0], [4.0, 2.0], [3.0, 3.0], [5.0, 4.0]]
+    )
+    np.testing.assert_array_equal(trim_confounds(matrix, 2, 5), matrix[2:])
+    holes = matrix.copy()
+    holes[3, 1] = np.nan
+    with pytest.raises(ValueError, match="confound 'rot_x' is n/a or infinite at row 3"):
+        trim_confounds(holes, 1, 5, ["fd", "rot_x"], "table.tsv")
+    holes[3, 1] = np.inf
+    with pytest.raises(ValueError, match="'column 1' is n/a or infinite at row 3"):
+        trim_confounds(holes, 0, 5)
+    with pytest.raises(ValueError, match=r"\['fd'\] have no value in volumes 0-1"):
+        trim_confounds(matrix, 0, 2, ["fd", "rot_x"])
 
 
 def brain_image(tmp_path: Path, n_volumes: int = 12, seed: int = 0) -> Path:

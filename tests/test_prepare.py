@@ -271,6 +271,121 @@ def test_mapping_arrays_with_different_column_counts_are_refused(tmp_path):
         prepare_dataset(root, tmp_path / "hf", mapping=root / "map.tsv")
 
 
+FMRIPREP_PATTERNS = ("trans_*", "a_comp_cor_0[0-5]", "framewise_displacement")
+FMRIPREP_CHOSEN = ["trans_x", "trans_y"] + [f"a_comp_cor_0{i}" for i in range(6)]
+FMRIPREP_CHOSEN.append("framewise_displacement")
+
+
+def write_confounds(bold: Path, n_rows: int, seed: int = 0) -> Path:
+    """An fMRIPrep-style ``desc-confounds_timeseries.tsv`` beside ``bold`` (n/a in FD's row 0)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    names = ["csf", "trans_x", "trans_y", "rot_x"] + [f"a_comp_cor_0{i}" for i in range(8)]
+    table = pd.DataFrame(rng.standard_normal((n_rows, len(names))), columns=names)
+    table["framewise_displacement"] = np.abs(rng.standard_normal(n_rows)) + 0.2
+    table.loc[0, "framewise_displacement"] = np.nan
+    stem = bold.name[: -len("_bold.nii.gz")]
+    path = bold.with_name(f"{stem}_desc-confounds_timeseries.tsv")
+    table.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    return path
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, 0), (2, 1)])
+def test_confounds_are_regressed_like_nilearn_clean(tmp_path, start, end):
+    import pandas as pd
+    from nilearn.masking import apply_mask
+    from nilearn.signal import clean
+
+    made = make_bids(tmp_path / "bids", subjects=("01",), tasks=("alpha",), n_trs=30)
+    bold = made["images"][("01", "alpha")]
+    table = pd.read_csv(write_confounds(bold, 30), sep="\t")
+    cleaning = CleaningConfig(
+        detrend=False, trim_start_trs=start, trim_end_trs=end, confound_columns=FMRIPREP_PATTERNS
+    )
+    out = prepare_dataset(
+        tmp_path / "bids",
+        tmp_path / "hf",
+        mask=made["mask"],
+        cleaning=cleaning,
+        progress=False,
+    )
+    row = load(out, RESPONSES).with_format("numpy")[0]
+    confounds = table[FMRIPREP_CHOSEN].to_numpy()[start : 30 - end]
+    confounds = np.where(np.isnan(confounds), np.nanmean(confounds, axis=0), confounds)
+    signals = apply_mask(str(bold), str(made["mask"]))[start : 30 - end]
+    expected = clean(
+        signals, detrend=False, standardize="zscore_sample", confounds=confounds, t_r=TR
+    )
+    np.testing.assert_allclose(row["bold"], expected, atol=1e-5)
+    unconfounded = clean(signals, detrend=False, standardize="zscore_sample", t_r=TR)
+    assert np.abs(row["bold"] - unconfounded).max() > 0.1
+    text = (out / CARD_NAME).read_text()
+    assert '"confounds_used"' in text and '"a_comp_cor_05"' in text
+    assert '"a_comp_cor_06"' not in text and '"trans_*"' in text
+    settings = json.loads((out / MANIFEST_NAME).read_text())["settings"]
+    assert settings["runs"][0]["confound_columns"] == FMRIPREP_CHOSEN
+
+
+def test_bad_confounds_fail_before_any_writing(tmp_path):
+    import pandas as pd
+
+    made = make_bids(tmp_path / "bids", subjects=("01",), tasks=("alpha", "beta"), n_trs=12)
+    root, out = tmp_path / "bids", tmp_path / "hf"
+    alpha, beta = made["images"][("01", "alpha")], made["images"][("01", "beta")]
+    write_confounds(alpha, 12)
+    cleaning = CleaningConfig(confound_columns=FMRIPREP_PATTERNS)
+    with pytest.raises(ValueError, match=f"{beta.name}: confound columns .* no confounds table"):
+        prepare_dataset(root, out, cleaning=cleaning, progress=False)
+    argv = ["prepare", str(root), "--out", str(out), "--quiet", "--confounds", "trans_*", "rot_*"]
+    with pytest.raises(ValueError, match=f"{beta.name}: confound columns \\['trans_\\*', 'rot_"):
+        run_command(argv)
+    assert not out.exists()
+    short = write_confounds(beta, 11)
+    with pytest.raises(ValueError, match=f"{short.name} have 11 rows but .*{beta.name} has 12 vol"):
+        prepare_dataset(root, out, cleaning=cleaning, progress=False)
+    write_confounds(beta, 12)
+    with pytest.raises(ValueError, match=r"no column matches \['wm'\]; available columns: \['csf'"):
+        prepare_dataset(
+            root, out, cleaning=CleaningConfig(confound_columns=("csf", "wm")), progress=False
+        )
+    table = pd.read_csv(short, sep="\t")
+    table.loc[5, "trans_x"] = np.nan
+    table.to_csv(short, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(ValueError, match="confound 'trans_x' is n/a or infinite at row 5"):
+        prepare_dataset(root, out, cleaning=cleaning, progress=False)
+    assert not out.exists()
+
+
+def test_mapping_table_confounds_reach_preprocessed_arrays(tmp_path):
+    from nilearn.signal import clean
+
+    root = tmp_path / "bids"
+    make_bids(root, subjects=("01",), tasks=("alpha",))
+    rng = np.random.default_rng(3)
+    motion = rng.standard_normal(20)
+    np.save(root / "alpha.npy", rng.standard_normal((20, 6)) + 2 * motion[:, None])
+    lines = "\n".join(f"{value}\t{rng.standard_normal()}" for value in motion)
+    (root / "motion.tsv").write_text(f"motion\tother\n{lines}\n")
+    (root / "map.tsv").write_text(
+        "subject\ttask\trun\tbold\tstimulus\tonset\ttr\tconfounds\n"
+        "01\talpha\t\talpha.npy\talpha_audio.wav\t0\t1.5\tmotion.tsv\n"
+    )
+    cleaning = CleaningConfig(detrend=False, confound_columns=("motion",))
+    out = prepare_dataset(
+        root, tmp_path / "hf", mapping=root / "map.tsv", cleaning=cleaning, progress=False
+    )
+    row = load(out, RESPONSES).with_format("numpy")[0]
+    expected = clean(
+        np.load(root / "alpha.npy"),
+        detrend=False,
+        standardize="zscore_sample",
+        confounds=motion[:, None],
+        t_r=TR,
+    )
+    np.testing.assert_allclose(row["bold"], expected, atol=1e-5)
+
+
 def run_command(argv: list[str]) -> int:
     """Parse ``wav2brain prepare`` arguments with the command's own parser and run it."""
     import argparse

@@ -37,6 +37,14 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
     parser.add_argument("--smoothing-fwhm", type=float, metavar="MM", help="spatial smoothing (mm)")
     parser.add_argument("--trim-start", type=int, default=0, metavar="TRS", help="TRs cut at start")
     parser.add_argument("--trim-end", type=int, default=0, metavar="TRS", help="TRs cut at end")
+    parser.add_argument(
+        "--confounds",
+        nargs="+",
+        metavar="COL",
+        help="confound columns to regress out, exact names or shell patterns (e.g. 'trans_*' "
+        "'rot_*' 'a_comp_cor_0[0-5]'), from each run's fMRIPrep *_desc-confounds_timeseries.tsv "
+        "or a mapping table's 'confounds' file; leading n/a are filled with the column mean",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -53,6 +61,7 @@ def cleaning_from_args(args: argparse.Namespace):
         smoothing_fwhm=args.smoothing_fwhm,
         trim_start_trs=args.trim_start,
         trim_end_trs=args.trim_end,
+        confound_columns=tuple(args.confounds) if args.confounds else None,
     )
 
 

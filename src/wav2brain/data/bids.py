@@ -20,6 +20,9 @@ Sources, in the order they are used:
 * A user mapping table (:func:`read_mapping_table`) for datasets without events (LeBel stories,
   LeBel's preprocessed ``.hf5`` responses). When a table is given it is the list of runs; the BIDS
   tree only fills in a missing TR from the sidecars.
+* fMRIPrep confounds (``*_desc-confounds_timeseries.tsv``, or the older
+  ``*_desc-confounds_regressors.tsv``) in the BOLD file's folder, matched by the run's entities
+  (:func:`find_confounds`), or a mapping table's ``confounds`` column.
 
 Junk (``._*`` AppleDouble files, ``.DS_Store``, hidden folders) is never read.
 """
@@ -43,7 +46,16 @@ ARRAY_SUFFIXES = (".hf5", ".h5", ".hdf5", ".npy")
 """File endings of already-preprocessed response arrays [TRs, voxels] (mapping tables only)."""
 
 MAPPING_COLUMNS = ("subject", "task", "run", "bold", "stimulus", "onset")
-"""Required columns of a mapping table; optional: session, tr, duration, space, alignment."""
+"""Required columns of a mapping table; optional: session, tr, duration, space, alignment,
+confounds."""
+
+CONFOUNDS_SUFFIXES = ("timeseries", "regressors")
+"""Suffixes of fMRIPrep's ``desc-confounds`` tables, preferred first: ``timeseries`` since
+fMRIPrep 20.2, ``regressors`` in 1.2-20.1."""
+
+_NON_RUN_ENTITIES = ("space", "res", "den", "hemi", "desc")
+"""Entities that name a derivative of a run (output space, resolution, hemisphere, description),
+not the run: a run's confounds table lacks them."""
 
 _ENTITY = re.compile(r"^([a-zA-Z0-9]+)-([a-zA-Z0-9.+]+)$")
 
@@ -80,6 +92,9 @@ class RunSpec:
     story_offset : float
         Seconds from the WAV's first sample to the story (Narratives pieman: 15 s of music and
         silence first); 0 when the WAV is the story.
+    confounds_path : Path or None
+        Confounds table of the run, one row per volume (TR) of the scan before trimming
+        (fMRIPrep ``desc-confounds_timeseries.tsv``), when one was found.
     """
 
     subject: str
@@ -95,6 +110,7 @@ class RunSpec:
     space: str = "native"
     alignment_path: Path | None = None
     story_offset: float = 0.0
+    confounds_path: Path | None = None
 
     @property
     def is_array(self) -> bool:
@@ -195,6 +211,36 @@ def find_events(bold_path: Path, root: Path) -> Path | None:
     return None if best is None else best[1]
 
 
+def find_confounds(bold_path: Path) -> Path | None:
+    """The fMRIPrep confounds table beside a BOLD file, or None.
+
+    A candidate in the BOLD file's folder is ``*_desc-confounds_timeseries.tsv`` (or
+    ``_regressors.tsv``) whose entities, without ``desc``, equal the BOLD's without
+    ``space``/``res``/``den``/``hemi``/``desc`` (``sub``, ``ses``, ``task``, ``acq``, ``run``...):
+    ``sub-01_task-x_run-1_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz`` ->
+    ``sub-01_task-x_run-1_desc-confounds_timeseries.tsv``. ``timeseries`` wins over
+    ``regressors`` when both exist.
+    """
+    entities = _run_entities(bold_path.name)
+    found = {}
+    for candidate in bold_path.parent.glob("*_desc-confounds_*.tsv"):
+        cand_entities, suffix = parse_entities(candidate.name)
+        if (
+            not is_junk(Path(candidate.name))
+            and suffix in CONFOUNDS_SUFFIXES
+            and cand_entities.get("desc") == "confounds"
+            and _run_entities(candidate.name) == entities
+        ):
+            found[suffix] = candidate
+    return next((found[s] for s in CONFOUNDS_SUFFIXES if s in found), None)
+
+
+def _run_entities(name: str) -> dict[str, str]:
+    """A file name's entities without those of derivatives (:data:`_NON_RUN_ENTITIES`)."""
+    entities, _ = parse_entities(name)
+    return {k: v for k, v in entities.items() if k not in _NON_RUN_ENTITIES}
+
+
 def discover_runs(
     root: str | Path,
     subjects: Iterable[str] | None = None,
@@ -274,9 +320,12 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
     """Read a CSV/TSV that maps runs to stimuli for datasets without events.
 
     Columns: ``subject, task, run, bold, stimulus, onset`` (required; ``run`` may be empty or
-    ``n/a``) and ``session, tr, duration, space, alignment`` (optional). ``bold``, ``stimulus`` and
-    ``alignment`` are paths relative to ``root`` (default: the table's folder) or absolute;
-    ``stimulus`` may also be relative to ``<root>/stimuli``. ``onset`` and ``duration`` are in
+    ``n/a``) and ``session, tr, duration, space, alignment, confounds`` (optional). ``bold``,
+    ``stimulus``, ``alignment`` and ``confounds`` are paths relative to ``root`` (default: the
+    table's folder) or absolute; ``stimulus`` may also be relative to ``<root>/stimuli``.
+    ``confounds`` is a TSV/CSV with one row per volume of the scan (before trimming) and named
+    columns; without it, an fMRIPrep table beside the BOLD file is used
+    (:func:`find_confounds`). ``onset`` and ``duration`` are in
     seconds, ``tr`` in seconds; without ``tr`` the run's ``*_bold.json`` sidecars give it (images
     only). Without ``duration`` the WAV's length is used for images, and no coverage is checked for
     preprocessed arrays (their authors crop them to the span they model).
@@ -284,7 +333,7 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
     Raises
     ------
     FileNotFoundError
-        Table, BOLD or stimulus file missing (the row is named).
+        Table, BOLD, stimulus, alignment or confounds file missing (the row is named).
     ValueError
         Missing columns, non-numeric onset/tr/duration, no TR found (the row is named).
     """
@@ -325,6 +374,10 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
         alignment_path = _resolve(root, alignment) if alignment else find_alignment(root, stimulus)
         if alignment:
             _require(alignment_path, where)
+        confounds = _label(row.get("confounds", ""))
+        confounds_path = _resolve(root, confounds) if confounds else find_confounds(bold)
+        if confounds:
+            _require(confounds_path, where)
         specs.append(
             RunSpec(
                 subject=_strip(row["subject"], "sub"),
@@ -339,6 +392,7 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
                 duration=duration,
                 space=_label(row.get("space", "")) or _space(bold),
                 alignment_path=alignment_path,
+                confounds_path=confounds_path,
             )
         )
     return specs
@@ -553,6 +607,7 @@ def _run_from_events(root: Path, bold_path: Path, entities: dict, trial_type: st
         space=_space(bold_path),
         alignment_path=find_alignment(root, stimulus),
         story_offset=event.story_offset,
+        confounds_path=find_confounds(bold_path),
     )
 
 

@@ -22,7 +22,8 @@ Order of work, and why:
 4. Voxels with any NaN/inf, or constant over the kept TRs, are dropped and counted
    (:attr:`BoldData.dropped_voxels`): a z-score of a constant is undefined and NaNs would poison
    every ridge fit.
-5. :func:`nilearn.signal.clean` per run: detrend, optional confounds and Butterworth high-pass,
+5. :func:`nilearn.signal.clean` per run: detrend, optional confounds (trimmed like the volumes,
+   see :func:`read_confounds_table` and :func:`trim_confounds`) and Butterworth high-pass,
    then z-score (``zscore_sample``) so every run has unit variance per voxel. Detrending regresses
    out Legendre polynomials of orders 1..``drift_order`` over the run (passed to nilearn as
    confounds, next to nilearn's own linear detrend), see :func:`drift_confounds`.
@@ -32,8 +33,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +81,11 @@ class CleaningConfig:
     trim_start_trs, trim_end_trs : int
         Volumes (TRs) dropped at the start and end before cleaning.
     confound_columns : tuple of str or None
-        Columns to use when confounds come as a TSV (fMRIPrep ``desc-confounds_timeseries.tsv``);
-        None uses all columns.
+        Columns to use when confounds come as a table (fMRIPrep ``desc-confounds_timeseries.tsv``):
+        exact names or case-sensitive :mod:`fnmatch` patterns (``"trans_*"``, ``"rot_*"``,
+        ``"a_comp_cor_0[0-5]"``), see :func:`select_confound_columns`. None uses all columns of
+        a table passed to :func:`load_bold`; :func:`wav2brain.data.prepare.prepare_dataset`
+        regresses confounds only when this is set.
     drop_invalid_voxels : bool
         Drop (and count) NaN/inf or constant voxels. When False they raise an error instead.
     """
@@ -110,6 +116,16 @@ class CleaningConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None, got {value}")
+        columns = self.confound_columns
+        if columns is not None:
+            if isinstance(columns, str) or not all(isinstance(c, str) and c for c in columns):
+                raise ValueError(
+                    f"confound_columns must be a sequence of column names or patterns, e.g. "
+                    f"('trans_*', 'rot_*'), got {columns!r}"
+                )
+            if not columns:
+                raise ValueError("confound_columns is empty; name at least one column, or None")
+            self.confound_columns = tuple(columns)
 
 
 @dataclass
@@ -173,7 +189,9 @@ def load_bold(
     cleaning : CleaningConfig, optional
         Defaults: detrend and z-score, no filter, no smoothing, no trimming.
     confounds : array [TRs, k], path to a TSV/CSV/NPY, or None
-        One row per scan volume (before trimming).
+        One row per scan volume (before trimming); rows are trimmed like the volumes, and
+        leading n/a are filled (:func:`trim_confounds`). Columns of a table are picked by
+        ``cleaning.confound_columns``.
     mask_config : MaskConfig, optional
         Settings of the EPI mask and of the resample-or-refuse decision.
 
@@ -183,7 +201,8 @@ def load_bold(
         Missing image, mask or confounds file.
     ValueError
         Too few volumes for onset + duration (both numbers given), bad shapes, confounds of the
-        wrong length, every voxel invalid, trimming that leaves fewer than 2 TRs.
+        wrong length, without the requested columns or with n/a past their first rows, every
+        voxel invalid, trimming that leaves fewer than 2 TRs.
     """
     cleaning = cleaning or CleaningConfig()
     path = Path(run.bold_path)
@@ -211,7 +230,7 @@ def load_bold(
             f"{n_scan} leaves {max(stop - start, 0)}; need at least 2 TRs"
         )
     check_coverage(n_scan, run, path, cleaning.trim_start_trs, cleaning.trim_end_trs)
-    confound_matrix = _read_confounds(confounds, n_scan, cleaning, path)
+    confound_matrix = _read_confounds(confounds, n_scan, cleaning, path, start, stop)
     reader.set_mask(mask, mask_config)
     data = reader.read(start, stop)
     with np.errstate(invalid="ignore"):
@@ -224,7 +243,7 @@ def load_bold(
     if dropped:
         warnings.warn(f"{path}: dropped {dropped} NaN/inf or constant voxel(s)", stacklevel=2)
         data = data[:, valid]
-    data = _clean(data, run.tr, cleaning, confound_matrix, start, stop)
+    data = _clean(data, run.tr, cleaning, confound_matrix)
     kept = reader.kept.copy()
     kept[kept] = valid
     return BoldData(
@@ -467,34 +486,142 @@ def _rows(array, start: int, stop: int, repeat: int | None = None) -> np.ndarray
     return np.asarray(array[index], dtype=np.float32)
 
 
-def _read_confounds(confounds, n_scan: int, cleaning: CleaningConfig, source: Path):
-    """Confounds as float [n_scan, k], or None."""
+def _read_confounds(
+    confounds, n_scan: int, cleaning: CleaningConfig, source: Path, start: int, stop: int
+) -> np.ndarray | None:
+    """Confounds of the kept volumes ``start:stop`` as float64 [stop - start, k], or None."""
     if confounds is None:
         return None
-    if isinstance(confounds, (str, Path)):
-        path = Path(confounds)
-        require_file(path)
-        if path.suffix == ".npy":
-            matrix = np.load(path)
-        else:
-            import pandas as pd
-
-            table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
-            if cleaning.confound_columns is not None:
-                missing = [c for c in cleaning.confound_columns if c not in table.columns]
-                if missing:
-                    raise ValueError(f"confounds {path} lack column(s) {missing}")
-                table = table[list(cleaning.confound_columns)]
-            matrix = table.to_numpy(dtype=np.float64)
+    names = None
+    if isinstance(confounds, (str, Path)) and Path(confounds).suffix.lower() != ".npy":
+        matrix, names = read_confounds_table(confounds, cleaning.confound_columns)
     else:
-        matrix = np.asarray(confounds, dtype=np.float64)
+        if isinstance(confounds, (str, Path)):
+            require_file(Path(confounds))
+        matrix = np.load(confounds) if isinstance(confounds, (str, Path)) else confounds
+        matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim == 1:
         matrix = matrix[:, None]
     if matrix.ndim != 2 or matrix.shape[0] != n_scan:
         raise ValueError(
             f"confounds for {source} have shape {matrix.shape}; expected [{n_scan} volumes, k]"
         )
-    return np.nan_to_num(matrix)
+    return trim_confounds(matrix, start, stop, names, confounds)
+
+
+def select_confound_columns(
+    available: Sequence[str], patterns: Sequence[str] | None, source: Path | str
+) -> list[str]:
+    """Columns of a confounds table chosen by exact names or :func:`fnmatch.fnmatchcase` patterns.
+
+    Order: the patterns' order, then the table's; each column once. None chooses every column.
+
+    Raises
+    ------
+    ValueError
+        A pattern matches no column (the patterns and the available columns are listed).
+    """
+    available = [str(c) for c in available]
+    if patterns is None:
+        return available
+    chosen: list[str] = []
+    unmatched = []
+    for pattern in patterns:
+        matches = [c for c in available if c == pattern or fnmatchcase(c, pattern)]
+        if not matches:
+            unmatched.append(pattern)
+        chosen.extend(c for c in matches if c not in chosen)
+    if unmatched:
+        raise ValueError(
+            f"confounds {source}: no column matches {unmatched}; available columns: {available}"
+        )
+    return chosen
+
+
+def read_confounds_table(
+    path: Path | str, patterns: Sequence[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Read a confounds TSV/CSV (header row, one row per volume) and pick its columns.
+
+    Returns float64 [rows, k] (NaN where the table says ``n/a``, as fMRIPrep writes) and the
+    chosen column names (:func:`select_confound_columns`).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Unreadable table, unmatched patterns, non-numeric chosen columns (named).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    require_file(path)
+    try:
+        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read confounds table {path}: {err}") from err
+    names = select_confound_columns(table.columns, patterns, path)
+    chosen = table[names].apply(pd.to_numeric, errors="coerce")
+    bad = [n for n in names if (chosen[n].isna() & table[n].notna()).any()]
+    if bad:
+        raise ValueError(f"confounds {path}: column(s) {bad} are not numeric (or n/a)")
+    return chosen.to_numpy(dtype=np.float64), names
+
+
+def trim_confounds(
+    matrix: np.ndarray,
+    start: int,
+    stop: int,
+    names: Sequence[str] | None = None,
+    source: object = "confounds",
+) -> np.ndarray:
+    """Keep rows ``start:stop`` (the kept volumes) and fill each column's leading NaN with its mean.
+
+    fMRIPrep writes ``n/a`` in the first row of columns that compare a volume with the previous
+    one (``*_derivative1``, ``framewise_displacement``, ``dvars``): there is no previous volume.
+    Those rows are filled with the column's mean over the kept rows, so that once nilearn centres
+    the confounds they are zero there and neither add nor remove signal at a volume where the
+    value is unknown (a zero fill would be an outlier for displacement-like columns, which are
+    positive). nilearn's ``load_confounds`` copies the second row instead; the two differ on one
+    volume, and a start trim usually drops it anyway. NaN after a column's first finite value,
+    infinities, or a column with no finite value in the kept rows are errors: those are not
+    fMRIPrep's first-row n/a, and a silent fill would hide a broken table.
+
+    Parameters
+    ----------
+    matrix : np.ndarray
+        float [scan volumes, k], one row per volume (TR) before trimming.
+    start, stop : int
+        First kept volume and one past the last (TRs).
+    names : sequence of str, optional
+        Column names, for error messages.
+    source : object
+        The table (path) named in error messages.
+
+    Returns
+    -------
+    np.ndarray
+        float64 [stop - start, k].
+    """
+    kept = np.array(matrix[start:stop], dtype=np.float64)
+    names = list(names) if names is not None else [f"column {j}" for j in range(kept.shape[1])]
+    missing = np.isnan(kept)
+    leading = np.cumprod(missing, axis=0).astype(bool)
+    for j in np.flatnonzero((missing & ~leading).any(axis=0) | np.isinf(kept).any(axis=0)):
+        row = start + int(np.flatnonzero(~np.isfinite(kept[:, j]) & ~leading[:, j])[0])
+        raise ValueError(
+            f"{source}: confound {names[j]!r} is n/a or infinite at row {row} (volume {row}); "
+            "only n/a in a column's first rows (fMRIPrep's first-row n/a) are filled"
+        )
+    if leading.all(axis=0).any():
+        empty = [names[j] for j in np.flatnonzero(leading.all(axis=0))]
+        raise ValueError(
+            f"{source}: confound(s) {empty} have no value in volumes {start}-{stop - 1}"
+        )
+    if missing.any():
+        kept = np.where(missing, np.nanmean(kept, axis=0), kept)
+    return kept
 
 
 def drift_order(n_trs: int, tr: float, cleaning: CleaningConfig) -> int:
@@ -519,20 +646,20 @@ def drift_confounds(n_trs: int, order: int) -> np.ndarray | None:
     return np.polynomial.legendre.legvander(grid, order)[:, 1:]
 
 
-def _clean(data, tr, cleaning: CleaningConfig, confounds, start: int, stop: int) -> np.ndarray:
+def _clean(data, tr, cleaning: CleaningConfig, confounds) -> np.ndarray:
     """:func:`nilearn.signal.clean` in place, a block of voxels at a time.
 
-    The drift polynomials (:func:`drift_confounds`) join the user's confounds, so nilearn removes
-    them with its own machinery (confounds detrended and filtered like the signals, then
-    projected out). Every step (detrending, filtering, confound regression, z-scoring) acts on
-    each voxel's time series alone, so cleaning column blocks gives the same result as one call, while nilearn's
-    float64 copies stay the size of one block.
+    ``confounds`` are float64 [TRs, k] of the kept volumes (:func:`trim_confounds`) or None. The
+    drift polynomials (:func:`drift_confounds`) join them, so nilearn removes them with its own
+    machinery (confounds detrended and filtered like the signals, then projected out). Every step
+    (detrending, filtering, confound regression, z-scoring) acts on each voxel's time series
+    alone, so cleaning column blocks gives the same result as one call, while nilearn's float64
+    copies stay the size of one block.
     """
     from nilearn.signal import clean
 
-    if confounds is not None:
-        confounds = confounds[start:stop]
-    drift = drift_confounds(stop - start, drift_order(stop - start, tr, cleaning))
+    n_trs = data.shape[0]
+    drift = drift_confounds(n_trs, drift_order(n_trs, tr, cleaning))
     if drift is not None:
         confounds = drift if confounds is None else np.hstack([confounds, drift])
     active = cleaning.detrend or cleaning.standardize or cleaning.high_pass or cleaning.low_pass

@@ -5,7 +5,9 @@ preparation can be finished by running the same call again:
 
 1. Discovery (:func:`wav2brain.data.bids.discover_runs`) and a header-only preflight of every run:
    the files exist, each scan covers onset + stimulus duration, the runs of one subject share a
-   grid (images) or a column count (arrays). Errors name the files.
+   grid (images) or a column count (arrays), and, when ``CleaningConfig.confound_columns`` is set,
+   every run has a confounds table with one row per volume and the requested columns
+   (:func:`check_confounds`). Errors name the files.
 2. The output folder is claimed: a new or empty folder gets a manifest (``wav2brain_prepare.json``:
    settings, then one entry per finished shard); a folder with a manifest written with the same
    settings is resumed; anything else is refused.
@@ -34,7 +36,12 @@ from typing import Any
 import numpy as np
 
 from wav2brain.data.bids import RunSpec, discover_runs, require_file
-from wav2brain.data.fmri import CleaningConfig, check_coverage
+from wav2brain.data.fmri import (
+    CleaningConfig,
+    check_coverage,
+    read_confounds_table,
+    trim_confounds,
+)
 from wav2brain.data.hf_layout import (
     CARD_NAME,
     MASK_NAME,
@@ -148,6 +155,58 @@ def check_subject_consistency(runs: Sequence[RunSpec], probes: Sequence[RunProbe
                 )
 
 
+def check_confounds(
+    runs: Sequence[RunSpec], probes: Sequence[RunProbe], cleaning: CleaningConfig
+) -> dict[str, list[str]]:
+    """Check every run's confounds table before any writing; the columns each run will use.
+
+    Does nothing (returns ``{}``) unless ``cleaning.confound_columns`` is set. Tables are small
+    (one row per TR), so they are read whole here and again when the run is cleaned.
+
+    Returns
+    -------
+    dict
+        ``{run key: chosen column names}``.
+
+    Raises
+    ------
+    ValueError
+        A run without a confounds table (its BOLD file is named); a table whose row count
+        differs from the scan's volume count (both numbers given); patterns that match no column
+        (the available columns are listed); n/a past a column's first rows.
+    """
+    if cleaning.confound_columns is None:
+        return {}
+    used = {}
+    for run, probe in zip(runs, probes, strict=True):
+        if run.confounds_path is None:
+            raise ValueError(
+                f"{run.bold_path}: confound columns {list(cleaning.confound_columns)} were "
+                "requested but the run has no confounds table (looked beside it for "
+                "*_desc-confounds_timeseries.tsv or *_desc-confounds_regressors.tsv with the "
+                "same sub/ses/task/run; a mapping table can name one in a 'confounds' column)"
+            )
+        matrix, names = read_confounds_table(run.confounds_path, cleaning.confound_columns)
+        if probe.n_volumes is not None:
+            if matrix.shape[0] != probe.n_volumes:
+                raise ValueError(
+                    f"confounds {run.confounds_path} have {matrix.shape[0]} rows but "
+                    f"{run.bold_path} has {probe.n_volumes} volumes; expected one row per volume "
+                    "(before trimming)"
+                )
+            start, stop = cleaning.trim_start_trs, probe.n_volumes - cleaning.trim_end_trs
+            if stop > start:
+                trim_confounds(matrix, start, stop, names, run.confounds_path)
+        used[run.key] = names
+    return used
+
+
+def _confounds_summary(used: dict[str, list[str]]) -> list[str] | dict[str, list[str]]:
+    """What the card says about the confounds: the columns, or per run when runs differ."""
+    distinct = {tuple(names) for names in used.values()}
+    return list(distinct.pop()) if len(distinct) == 1 else used
+
+
 def _mask_fingerprint(mask: Any) -> Any:
     """JSON-friendly identity of a mask argument (path, or a hash of an in-memory image)."""
     if mask is None or isinstance(mask, (str, Path)):
@@ -160,24 +219,30 @@ def _mask_fingerprint(mask: Any) -> Any:
     return f"sha1:{digest.hexdigest()}"
 
 
-def _run_plan(run: RunSpec) -> dict:
-    """The parts of a RunSpec that define its shard (paths, onset, TR)."""
+def _run_plan(run: RunSpec, confound_columns: list[str] | None) -> dict:
+    """The parts of a RunSpec that define its shard (paths, onset, TR, confound columns used)."""
     plan = {
         key: str(value) if isinstance(value, Path) else value for key, value in asdict(run).items()
     }
     plan["key"] = run.key
+    if confound_columns is not None:
+        plan["confound_columns"] = confound_columns
     return plan
 
 
 def _settings(
-    bids_root: Path, runs: Sequence[RunSpec], mask: Any, cleaning: CleaningConfig
+    bids_root: Path,
+    runs: Sequence[RunSpec],
+    mask: Any,
+    cleaning: CleaningConfig,
+    confounds_used: dict[str, list[str]],
 ) -> dict:
     """Everything that determines the folder's content; a resumed folder must match it."""
     settings = {
         "bids_root": str(bids_root.resolve()),
         "mask": _mask_fingerprint(mask),
         "cleaning": asdict(cleaning),
-        "runs": [_run_plan(run) for run in runs],
+        "runs": [_run_plan(run, confounds_used.get(run.key)) for run in runs],
     }
     return json.loads(json.dumps(settings, default=str))
 
@@ -323,7 +388,8 @@ def _write_run(
     from wav2brain.data.fmri import load_bold
     from wav2brain.data.masks import feature_mask
 
-    bold = load_bold(run, mask=mask, cleaning=cleaning)
+    confounds = run.confounds_path if cleaning.confound_columns is not None else None
+    bold = load_bold(run, mask=mask, cleaning=cleaning, confounds=confounds)
     if mask is None or mask_name is not None:
         base = np.ones(bold.kept.size, dtype=bool)
     else:
@@ -402,7 +468,10 @@ def prepare_dataset(
     mapping : path or sequence of RunSpec, optional
         Mapping table for datasets without events (see :func:`wav2brain.data.bids.read_mapping_table`).
     cleaning : CleaningConfig, optional
-        Detrending, z-scoring, filtering, smoothing, trimming (TRs).
+        Detrending, z-scoring, filtering, smoothing, trimming (TRs). With ``confound_columns``
+        set, each run's confounds table (:attr:`wav2brain.data.bids.RunSpec.confounds_path`)
+        gives those columns, trimmed like the volumes, to :func:`nilearn.signal.clean`; the card
+        and the manifest record the columns used. Without it no confounds are regressed.
     card : CardText, optional
         Title, licence and source text of the dataset card.
     trial_type : str
@@ -421,7 +490,8 @@ def prepare_dataset(
         Missing BIDS root, BOLD, stimulus or mask file (named).
     ValueError
         No run matched the filters; a scan shorter than its stimulus; runs of a subject on
-        different grids or with different voxel counts; an ``out`` folder that is not ours or was
+        different grids or with different voxel counts; requested confounds missing or not
+        matching the scan (:func:`check_confounds`); an ``out`` folder that is not ours or was
         prepared with other settings.
     """
     from tqdm.auto import tqdm
@@ -459,10 +529,11 @@ def prepare_dataset(
             )
     probes = [probe_run(run, cleaning) for run in found]
     check_subject_consistency(found, probes)
+    confounds_used = check_confounds(found, probes, cleaning)
     if isinstance(mask, (str, Path)) and not Path(mask).is_file():
         raise FileNotFoundError(f"mask file not found: {mask}")
 
-    manifest = _Manifest.claim(out, _settings(root, found, mask, cleaning))
+    manifest = _Manifest.claim(out, _settings(root, found, mask, cleaning, confounds_used))
     if manifest.state["complete"] and (out / CARD_NAME).is_file():
         logger.info("%s is already complete; nothing to do", out)
         return out
@@ -485,12 +556,15 @@ def prepare_dataset(
             (RunSummary(**entry) for entry in manifest.state["runs"].values()), found
         )
 
+    cleaning_card = asdict(cleaning)
+    if confounds_used:
+        cleaning_card["confounds_used"] = _confounds_summary(confounds_used)
     summary = DatasetSummary(
         stimuli=[
             StimulusSummary(**manifest.state["stimuli"][sid]) for sid in sorted(first_of_stimulus)
         ],
         runs=[RunSummary(**manifest.state["runs"][run.key]) for run in found],
-        cleaning=asdict(cleaning),
+        cleaning=cleaning_card,
         mask=_mask_description(masks, mask),
     )
     write_card(out, summary, card)
