@@ -12,8 +12,9 @@ import pytest
 import soundfile as sf
 
 from test_hf_layout import load
+from wav2brain.atomic import PARTIAL_SUFFIX
 from wav2brain.data.fmri import CleaningConfig
-from wav2brain.data.hf_layout import CARD_NAME, MASK_NAME, PARTIAL_SUFFIX, RESPONSES, STIMULI
+from wav2brain.data.hf_layout import CARD_NAME, MASK_NAME, RESPONSES, STIMULI
 from wav2brain.data.prepare import MANIFEST_NAME, prepare_dataset
 
 TR = 1.5

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from wav2brain.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
     summary: dict[str, Any] = {"simulated": True, "config": asdict(config)}
     summary["training"] = _train(dataset, bids, out / "model", config)
     summary["encoding"] = _encode(dataset, bids, out, config)
-    _write_json(out / "summary.json", summary)
+    write_text_atomic(json.dumps(summary, indent=2, default=str), out / "summary.json")
     return summary
 
 
@@ -230,9 +231,3 @@ def _encode(dataset: Path, bids: Path, out: Path, config: DemoConfig) -> dict[st
             "subjects": recovery["subjects"],
         },
     }
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)

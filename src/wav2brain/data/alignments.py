@@ -8,12 +8,12 @@ look like a phoneme to selectivity analyses.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from wav2brain.atomic import write_text_atomic
 
 SILENCE_LABELS = frozenset({"", "sp", "sil", "<sil>", "{sl}", "{lg}", "{ns}"})
 """Interval labels treated as silence (compared lower-case, stripped)."""
@@ -148,7 +148,7 @@ def write_gentle_json(alignment: Alignment, path: str | Path, transcript: str) -
         entry["start"] = word.start
         entry["word"] = word.label
         entries.append(entry)
-    _atomic_write_text(path, json.dumps({"transcript": transcript, "words": entries}, indent=1))
+    write_text_atomic(json.dumps({"transcript": transcript, "words": entries}, indent=1), path)
     return path
 
 
@@ -286,15 +286,3 @@ def _position(index: int, count: int) -> str:
     if count == 1:
         return "S"
     return "B" if index == 0 else "E" if index == count - 1 else "I"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

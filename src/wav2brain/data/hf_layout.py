@@ -43,12 +43,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wav2brain.atomic import partial_path, write_text_atomic
+
 SAMPLING_RATE = 16_000
 STIMULI = "stimuli"
 RESPONSES = "responses"
 CARD_NAME = "README.md"
 MASK_NAME = "mask.nii.gz"
-PARTIAL_SUFFIX = ".partial"
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "use_dictionary": ["subject", "task", "run", "session", "stimulus_id", "space", "id"],
@@ -333,11 +334,6 @@ def response_table(meta: Mapping[str, Any], bold: np.ndarray, dropped: np.ndarra
     return pa.table(columns)
 
 
-def partial_path(path: Path) -> Path:
-    """Temporary name of ``path`` while it is written (never matched by ``*.parquet``)."""
-    return path.with_name(path.name + PARTIAL_SUFFIX)
-
-
 def write_shard(table: pa.Table, path: Path) -> Path:
     """Write ``table`` to the Parquet file ``path`` atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,14 +347,6 @@ def write_shard(table: pa.Table, path: Path) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_text_atomic(text: str, path: Path) -> Path:
-    """Write ``text`` to ``path`` through a temporary name and a rename."""
-    tmp = partial_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
     return path
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from wav2brain.atomic import PARTIAL_SUFFIX, write_text_atomic
 from wav2brain.data.bids import RunSpec, discover_runs, require_file
 from wav2brain.data.fmri import (
     CleaningConfig,
@@ -45,7 +46,6 @@ from wav2brain.data.fmri import (
 from wav2brain.data.hf_layout import (
     CARD_NAME,
     MASK_NAME,
-    PARTIAL_SUFFIX,
     RESPONSES,
     SAMPLING_RATE,
     STIMULI,
@@ -57,7 +57,6 @@ from wav2brain.data.hf_layout import (
     stimulus_table,
     write_card,
     write_shard,
-    write_text_atomic,
 )
 
 logger = logging.getLogger(__name__)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from wav2brain.atomic import PARTIAL_SUFFIX
 from wav2brain.features.resample import TRGrid
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ CACHE_FORMAT_VERSION = 1
 """Bump when the layout of an entry or the numbers written for a key change."""
 
 METADATA_FIELD = "wav2brain"
-PARTIAL_SUFFIX = ".partial"
 
 
 def package_version() -> str:
