@@ -6,7 +6,7 @@ Peer: the naive layout that stores one training example per row, i.e. the 9-s au
 serves; it is written IN FULL in the same run with the same encodings (FLAC audio, float32 BOLD,
 the same Parquet options), so the size ratio is exact, not extrapolated.
 
-Data: :func:`wav2brain.data.simulate.simulate_dataset` (Narratives layout, simulated BOLD on an MNI
+Data: :func:`wav2brain.simulation.simulate_dataset` (Narratives layout, simulated BOLD on an MNI
 grid), 4 subjects × 2 stories = 8 runs. Sizes are reported for two masks: an auditory ROI of the
 ``--roi-voxels`` brain voxels nearest the two superior temporal gyri (±58, -22, 8 mm; the ~5,000
 auditory voxels of Li et al. 2024), and the whole brain mask of the simulation.
@@ -219,7 +219,7 @@ def main(argv=None) -> dict:
     import warnings
 
     from wav2brain.data.prepare import prepare_dataset
-    from wav2brain.data.simulate import SimulationConfig, simulate_dataset
+    from wav2brain.simulation import SimulationConfig, simulate_dataset
 
     warnings.simplefilter("ignore")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -267,7 +267,7 @@ def main(argv=None) -> dict:
     peak8 = memory["8_runs"]["peak_rss_above_baseline_mb"]
     result = {
         "benchmark": "prepare",
-        "data": "SIMULATED (wav2brain.data.simulate)",
+        "data": "SIMULATED (wav2brain.simulation)",
         "quick": args.quick,
         "story_s": args.story_s,
         "voxel_mm": args.voxel_mm,

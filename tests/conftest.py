@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny model configs and the real dataset layouts in ``../shared/datasets``."""
+"""Shared fixtures: tiny model configs and the real dataset layouts in ``tests/data``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 def tiny_wav2vec2_kwargs() -> dict:
     """Keyword arguments of a tiny wav2vec2 config (hidden size 32, 2 layers, real 50 Hz front end)."""
-    from wav2brain.data.simulate import tiny_model_kwargs
+    from wav2brain.simulation import tiny_model_kwargs
 
     return tiny_model_kwargs()
 
@@ -28,21 +28,13 @@ def tiny_kwargs() -> dict:
 
 
 @pytest.fixture(scope="session")
-def shared_datasets() -> Path:
-    """The folder of real OpenNeuro metadata (``ds002345``, ``ds003020``) beside the repository.
+def real_layouts() -> Path:
+    """The real OpenNeuro metadata (``ds002345``, ``ds003020``) kept in ``tests/data``.
 
-    ``WAV2BRAIN_SHARED_DATASETS`` overrides the location. The folder is part of the test contract,
-    so its absence is an error, not a skip.
+    The folder travels with the repository (metadata only, CC0; see ``tests/data/README.md``), so
+    the suite needs nothing outside the clone.
     """
-    root = Path(
-        os.environ.get("WAV2BRAIN_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets")
-    )
-    if not (root / "ds002345").is_dir() or not (root / "ds003020").is_dir():
-        raise FileNotFoundError(
-            f"real dataset layouts not found at {root}: expected ds002345/ and ds003020/ "
-            "(set WAV2BRAIN_SHARED_DATASETS to their parent folder)"
-        )
-    return root
+    return TEST_DATA
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -60,16 +52,16 @@ def single_thread():
 
 
 @pytest.fixture(scope="module")
-def narratives(shared_datasets: Path, tmp_path_factory) -> Path:
+def narratives(real_layouts: Path, tmp_path_factory) -> Path:
     """A copy of the real Narratives (ds002345) layout with fabricated stand-in binaries."""
     from fabricate import fabricate_layout
 
-    return fabricate_layout(shared_datasets / "ds002345", tmp_path_factory.mktemp("n") / "ds002345")
+    return fabricate_layout(real_layouts / "ds002345", tmp_path_factory.mktemp("n") / "ds002345")
 
 
 @pytest.fixture(scope="module")
-def lebel(shared_datasets: Path, tmp_path_factory) -> Path:
+def lebel(real_layouts: Path, tmp_path_factory) -> Path:
     """A copy of the real LeBel (ds003020) layout with fabricated stand-in binaries."""
     from fabricate import fabricate_layout
 
-    return fabricate_layout(shared_datasets / "ds003020", tmp_path_factory.mktemp("l") / "ds003020")
+    return fabricate_layout(real_layouts / "ds003020", tmp_path_factory.mktemp("l") / "ds003020")

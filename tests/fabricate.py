@@ -1,6 +1,6 @@
-"""Fabricate stand-in binaries for the real dataset layouts in ``../shared/datasets``.
+"""Fabricate stand-in binaries for the real dataset layouts in ``tests/data``.
 
-The shared folders hold the real metadata (events, sidecars, respdict) of Narratives (ds002345)
+The folders under ``tests/data`` hold the real metadata (events, sidecars, respdict) of Narratives (ds002345)
 and LeBel (ds003020) and a ``MANIFEST.tsv`` of the binaries they lack. :func:`fabricate_layout`
 copies a layout (writable) and writes a small stand-in at each manifest path, with the durations
 the metadata implies:

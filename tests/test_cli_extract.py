@@ -251,7 +251,7 @@ def simulated(tmp_path_factory):
     import warnings
 
     from wav2brain.data.prepare import prepare_dataset
-    from wav2brain.data.simulate import SimulationConfig, simulate_dataset
+    from wav2brain.simulation import SimulationConfig, simulate_dataset
 
     root = tmp_path_factory.mktemp("simulated")
     config = SimulationConfig(n_subjects=1, n_stories=1, story_duration_s=8.0, post_stimulus_s=4.0)

@@ -122,8 +122,8 @@ def test_missing_alignment_files(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def lebel_textgrids(shared_datasets, tmp_path_factory):
-    root = fabricate_layout(shared_datasets / "ds003020", tmp_path_factory.mktemp("l") / "ds003020")
+def lebel_textgrids(real_layouts, tmp_path_factory):
+    root = fabricate_layout(real_layouts / "ds003020", tmp_path_factory.mktemp("l") / "ds003020")
     return sorted((root / "derivative" / "TextGrids").glob("*.TextGrid"))
 
 

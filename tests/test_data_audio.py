@@ -49,8 +49,8 @@ def test_other_target_rate_and_identity():
     assert len(resample_audio(wave, 16000, 8000)) == len(wave) // 2
 
 
-def test_fabricated_narratives_wavs_last_as_long_as_the_story(shared_datasets, tmp_path):
-    root = fabricate_layout(shared_datasets / "ds002345", tmp_path / "ds002345")
+def test_fabricated_narratives_wavs_last_as_long_as_the_story(real_layouts, tmp_path):
+    root = fabricate_layout(real_layouts / "ds002345", tmp_path / "ds002345")
     rates = set()
     for name, seconds in [("pieman", 437.0), ("milkywaysynonyms", 425.0), ("tunnel", 1534.0)]:
         path = root / "stimuli" / f"{name}_audio.wav"

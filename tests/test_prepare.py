@@ -449,7 +449,7 @@ def test_cli_prepare_writes_the_folder_and_reports_errors(bids, tmp_path, capsys
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    from wav2brain.data.simulate import SimulationConfig, simulate_dataset
+    from wav2brain.simulation import SimulationConfig, simulate_dataset
 
     root = tmp_path_factory.mktemp("sim") / "bids"
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -523,13 +523,13 @@ item []:
 """
 
 
-def test_lebel_converter_on_the_real_layout_with_stand_in_binaries(shared_datasets, tmp_path):
+def test_lebel_converter_on_the_real_layout_with_stand_in_binaries(real_layouts, tmp_path):
     import shutil
 
     import h5py
 
     root = tmp_path / "ds003020"
-    shutil.copytree(shared_datasets / "ds003020", root)
+    shutil.copytree(real_layouts / "ds003020", root)
     respdict = json.loads((root / "derivative" / "respdict.json").read_text())
     n_rows = respdict["souls"] - 20  # DERIVED_SHAPES.tsv: (respdict - 20, voxels)
     responses = root / "derivative" / "preprocessed_data" / "UTS01"
@@ -561,15 +561,15 @@ def test_lebel_converter_on_the_real_layout_with_stand_in_binaries(shared_datase
     assert "license: cc0-1.0" in text and "LeBel" in text and "-10 s" in text
 
 
-def test_lebel_converter_needs_responses(shared_datasets, tmp_path):
+def test_lebel_converter_needs_responses(real_layouts, tmp_path):
     lebel = load_script("lebel")
     with pytest.raises(FileNotFoundError, match="preprocessed_data"):
-        lebel.mapping_rows(shared_datasets / "ds003020", -10.0)
+        lebel.mapping_rows(real_layouts / "ds003020", -10.0)
 
 
-def test_generic_and_narratives_cards(shared_datasets, bids, tmp_path):
+def test_generic_and_narratives_cards(real_layouts, bids, tmp_path):
     generic = load_script("generic_bids")
-    card = generic.card_from_description(shared_datasets / "ds002345", "story")
+    card = generic.card_from_description(real_layouts / "ds002345", "story")
     assert card.pretty_name == "Narratives" and card.license == "cc0-1.0"
     assert "Nastase" in card.source and "10.18112/openneuro.ds002345.v1.1.4" in card.source
     bare = generic.card_from_description(bids["root"], "story")

@@ -13,13 +13,13 @@ import pytest
 import soundfile as sf
 
 from wav2brain.commands import simulate as simulate_command
-from wav2brain.data import simulate as simulate_module
-from wav2brain.data.simulate import (
+from wav2brain.simulation import (
     GROUND_TRUTH_DIR,
     ClusterSpec,
     SimulationConfig,
     simulate_dataset,
 )
+from wav2brain.simulation import dataset as simulate_module
 
 SMALL = dict(n_subjects=1, n_stories=1, story_duration_s=4.0, post_stimulus_s=6.0)
 

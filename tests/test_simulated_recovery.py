@@ -2,7 +2,7 @@
 
 Voxels driven by a planted hidden unit must reach held-out r within 0.05 of their true (held-out
 oracle) ceiling with the encoding model of the planted layer, and noise-only voxels must stay at
-chance. See :mod:`wav2brain.encoding.recovery` for the ceiling and layer choices.
+chance. See :mod:`wav2brain.simulation.recovery` for the ceiling and layer choices.
 
 Sizing, measured: with the simulator's default model (32 units per layer) the planted voxels fall
 short of their oracle ceiling by a ridge estimation loss that shrinks with training TRs (about
@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 
 from wav2brain.cli import main
-from wav2brain.data.simulate import SimulationConfig, simulate_dataset
-from wav2brain.data.simulate_files import GROUND_TRUTH_DIR
-from wav2brain.encoding.recovery import held_out_oracle, simulated_recovery
+from wav2brain.simulation import SimulationConfig, simulate_dataset
+from wav2brain.simulation.files import GROUND_TRUTH_DIR
+from wav2brain.simulation.recovery import held_out_oracle, simulated_recovery
 
 CONFIG = SimulationConfig(n_subjects=2, n_stories=4, story_duration_s=240.0, tr_s=1.0)
 ALPHAS = [str(a) for a in np.logspace(-1, 4, 8)]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from wav2brain.data.alignments import AlignedToken
-from wav2brain.data.speech import (
+from wav2brain.simulation.speech import (
     SynthesizedSpeech,
     _Event,
     check_voices,
@@ -18,7 +18,7 @@ from wav2brain.data.speech import (
     synthesize,
     synthesize_many,
 )
-from wav2brain.data.stories import iter_sentences
+from wav2brain.simulation.stories import iter_sentences
 
 TEXT = "The old sailor carried a golden lantern. Maria waited beside the quiet river."
 

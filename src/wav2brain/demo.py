@@ -74,8 +74,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
 
 def _simulate(path: Path, config: DemoConfig) -> Path:
     """Simulate into ``path``, or reuse a complete earlier simulation of the same configuration."""
-    from wav2brain.data.simulate import SimulationConfig, simulate_dataset
-    from wav2brain.data.simulate_files import GROUND_TRUTH_DIR
+    from wav2brain.simulation import SimulationConfig, simulate_dataset
+    from wav2brain.simulation.files import GROUND_TRUTH_DIR
 
     wanted = SimulationConfig.from_size(config.size, seed=config.seed)
     if path.is_dir():
@@ -95,7 +95,7 @@ def _simulate(path: Path, config: DemoConfig) -> Path:
 def _prepare(bids: Path, path: Path) -> Path:
     """Prepare inside the simulator's brain mask, so that columns map exactly to its voxels."""
     from wav2brain.data.prepare import prepare_dataset
-    from wav2brain.data.simulate_files import GROUND_TRUTH_DIR
+    from wav2brain.simulation.files import GROUND_TRUTH_DIR
 
     logger.info("preparing the Hugging Face dataset folder %s", path)
     return prepare_dataset(bids, path, mask=bids / GROUND_TRUTH_DIR / "brain_mask.nii.gz")
@@ -113,8 +113,8 @@ def _train(dataset: Path, bids: Path, path: Path, config: DemoConfig) -> dict[st
     from transformers import AutoModel, Trainer, TrainingArguments, Wav2Vec2Model
 
     from wav2brain import Wav2Vec2ForBrainEncoding
-    from wav2brain.data.simulate_files import GROUND_TRUTH_DIR
     from wav2brain.data.windows import BrainWindowCollator, BrainWindows, WindowConfig
+    from wav2brain.simulation.files import GROUND_TRUTH_DIR
 
     backbone = bids / GROUND_TRUTH_DIR / "model"
     probe = BrainWindows.from_folder(dataset)
@@ -185,7 +185,7 @@ def _encode(dataset: Path, bids: Path, out: Path, config: DemoConfig) -> dict[st
     """Extract TR-grid features of the simulator's model, fit ridge encoding per layer, and score
     the planted voxels against their true ceilings (SIMULATED ground truth).
 
-    Recovery (:func:`wav2brain.encoding.recovery.simulated_recovery`): ``planted_within`` is the
+    Recovery (:func:`wav2brain.simulation.recovery.simulated_recovery`): ``planted_within`` is the
     fraction of unit-driven voxels whose held-out r (planted layer) is within 0.05 of their
     held-out oracle ceiling, ``noise_false_positive`` the fraction of noise-only voxel-layer
     scores above 3 / sqrt(held-out TRs). The ``"test"`` size has too few TRs for ridge to reach
@@ -194,8 +194,8 @@ def _encode(dataset: Path, bids: Path, out: Path, config: DemoConfig) -> dict[st
     import pandas as pd
 
     from wav2brain.cli import main as cli_main
-    from wav2brain.data.simulate_files import GROUND_TRUTH_DIR
-    from wav2brain.encoding.recovery import simulated_recovery
+    from wav2brain.simulation.files import GROUND_TRUTH_DIR
+    from wav2brain.simulation.recovery import simulated_recovery
 
     truth = bids / GROUND_TRUTH_DIR
     features = out / "features"

@@ -52,7 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configuration from the preset and overrides, then simulate."""
-    from wav2brain.data.simulate import SimulationConfig, simulate_dataset
+    from wav2brain.simulation import SimulationConfig, simulate_dataset
 
     overrides = {
         field: getattr(args, option)

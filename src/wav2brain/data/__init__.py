@@ -24,12 +24,6 @@ from wav2brain.data.masks import iter_volumes as iter_volumes
 from wav2brain.data.masks import load_mask as load_mask
 from wav2brain.data.masks import mean_image as mean_image
 from wav2brain.data.prepare import prepare_dataset as prepare_dataset
-from wav2brain.data.simulate import ClusterSpec as ClusterSpec
-from wav2brain.data.simulate import SimulationConfig as SimulationConfig
-from wav2brain.data.simulate import simulate_dataset as simulate_dataset
-from wav2brain.data.speech import SynthesizedSpeech as SynthesizedSpeech
-from wav2brain.data.speech import synthesize as synthesize
-from wav2brain.data.speech import synthesize_many as synthesize_many
 from wav2brain.data.windows import BrainWindowCollator as BrainWindowCollator
 from wav2brain.data.windows import BrainWindows as BrainWindows
 from wav2brain.data.windows import WindowConfig as WindowConfig

@@ -408,7 +408,7 @@ def find_alignment(root: Path, stimulus_path: Path) -> Path | None:
     """Look for a stimulus's word/phoneme alignment in the usual places, by stimulus id.
 
     Order: ``stimuli/gentle/<id>/align.json`` (Narratives, full dataset; also what
-    :mod:`wav2brain.data.simulate` writes), ``stimuli/<id>_align.json``, ``stimuli/<id>.json``,
+    :mod:`wav2brain.simulation` writes), ``stimuli/<id>_align.json``, ``stimuli/<id>.json``,
     ``derivative[s]/TextGrids/<id>.TextGrid`` (LeBel), ``stimuli/<id>.TextGrid``. The task name is
     not used: one task may play several stimuli (milkyway), each with its own alignment.
     """
