@@ -62,6 +62,10 @@ def audio_info(path: str | Path) -> tuple[int, int, float]:
     return int(info.samplerate), int(info.channels), info.frames / info.samplerate
 
 
+NORMALIZE_EPSILON = 1e-7
+"""Variance floor of :func:`normalize_audio` (transformers' value)."""
+
+
 def load_audio(path: str | Path, sampling_rate: int = TARGET_SAMPLING_RATE) -> np.ndarray:
     """Read a sound file as mono float32 at ``sampling_rate``.
 
@@ -132,3 +136,13 @@ def resample_audio(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray
     factor = gcd(int(orig_sr), int(target_sr))
     out = resample_poly(wave, int(target_sr) // factor, int(orig_sr) // factor)
     return out.astype(np.float32, copy=False)
+
+
+def normalize_audio(wave: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance float32 audio, as ``Wav2Vec2FeatureExtractor(do_normalize=True)``.
+
+    Checkpoints pretrained on normalised audio (the lv60 family) expect it. The statistics are
+    those of ``wave`` as given: one training window, or a whole stimulus when extracting features.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    return (wave - wave.mean()) / np.sqrt(wave.var() + NORMALIZE_EPSILON)

@@ -95,6 +95,18 @@ class RunSpec:
     confounds_path : Path or None
         Confounds table of the run, one row per volume (TR) of the scan before trimming
         (fMRIPrep ``desc-confounds_timeseries.tsv``), when one was found.
+    tr_sources : tuple of (str, float) pairs
+        Every source that gave this run a TR (mapping-table row, sidecar), named, for
+        :func:`wav2brain.data.timing.check_tr` once the image header is read too.
+    slice_time_reference : float
+        Seconds into each volume at which its signal is sampled
+        (:func:`wav2brain.data.timing.slice_time_reference`); 0 = acquisition start.
+    slice_time_source : str
+        How ``slice_time_reference`` was decided, for the dataset card.
+    mask_path : Path or None
+        A brain mask that comes with the image (fMRIPrep ``desc-brain_mask``), when one was found.
+    echo : str or None
+        ``echo-`` entity of a multi-echo file, None for single-echo data.
     """
 
     subject: str
@@ -111,6 +123,11 @@ class RunSpec:
     alignment_path: Path | None = None
     story_offset: float = 0.0
     confounds_path: Path | None = None
+    tr_sources: tuple[tuple[str, float], ...] = ()
+    slice_time_reference: float = 0.0
+    slice_time_source: str = "acquisition start (no slice-timing correction)"
+    mask_path: Path | None = None
+    echo: str | None = None
 
     @property
     def is_array(self) -> bool:
