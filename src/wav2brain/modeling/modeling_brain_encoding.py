@@ -402,22 +402,36 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
         save_directory : str or os.PathLike
             Output folder (created if missing; files of the same name are replaced).
         feature_extractor : Wav2Vec2FeatureExtractor, optional
-            Defaults to 16 kHz mono, ``do_normalize=False``, and an attention mask only for
-            layer-norm front ends (as transformers' checkpoints do). No normalisation because
-            wav2brain trains and extracts on raw audio (``BrainWindows`` and
-            :mod:`wav2brain.features` do not normalise), as fairseq pretrained wav2vec2-base; pass
-            the starting checkpoint's own extractor for models pretrained on normalised audio.
+            Defaults to mono audio at ``config.sampling_rate``, ``do_normalize=config.do_normalize``
+            (the audio the model was trained and features extracted on: ``BrainWindows`` and
+            :mod:`wav2brain.features` normalise exactly when it is True, as the checkpoint it
+            started from did), and an attention mask only for layer-norm front ends (as
+            transformers' checkpoints do). One given must agree with the config on
+            ``do_normalize`` and ``sampling_rate``.
+
+        Raises
+        ------
+        ValueError
+            When ``feature_extractor`` disagrees with the config, before anything is written.
         """
-        target = Path(save_directory)
-        target.mkdir(parents=True, exist_ok=True)
         if feature_extractor is None:
             feature_extractor = Wav2Vec2FeatureExtractor(
                 feature_size=1,
                 sampling_rate=self.config.sampling_rate,
                 padding_value=0.0,
-                do_normalize=False,
+                do_normalize=self.config.do_normalize,
                 return_attention_mask=self.config.feat_extract_norm == "layer",
             )
+        for name in ("do_normalize", "sampling_rate"):
+            given, own = getattr(feature_extractor, name), getattr(self.config, name)
+            if given != own:
+                raise ValueError(
+                    f"feature_extractor.{name}={given!r} disagrees with the model's config "
+                    f"({name}={own!r}): the exported backbone would be fed other audio than it "
+                    "was trained on; set the config's value or pass a matching extractor"
+                )
+        target = Path(save_directory)
+        target.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             own_config = self.wav2vec2.config
