@@ -202,3 +202,41 @@ def test_trainer_predict_with_subjects_of_different_sizes(tiny_kwargs, tmp_path)
     np.testing.assert_allclose(result.predictions[:2, :5], small.numpy(), rtol=1e-5, atol=1e-6)
     # the Trainer pads the narrower batch's predictions with its padding index, -100
     assert np.all(result.predictions[:2, 5:] == -100)
+
+
+def accumulating_trainer(model, windows, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        learning_rate=0.0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    return Trainer(model=model, args=arguments, train_dataset=windows)
+
+
+def test_trainer_training_loss_is_the_models_mean_loss_under_accumulation(tiny_kwargs, tmp_path):
+    # accepts_loss_kwargs=False: the Trainer scales the loss for gradient accumulation itself, so
+    # the logged loss over two accumulated batches of 2 is the model's loss on all 4 windows
+    model = make_model(tiny_kwargs)
+    windows = Windows([0, 0, 0, 0], [5], width=5)
+    result = accumulating_trainer(model, windows, tmp_path).train()
+    with torch.no_grad():
+        expected = model.train()(windows.values, labels=windows.labels).loss
+    assert result.training_loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_without_accepts_loss_kwargs_the_trainer_would_pass_a_token_count(
+    tiny_kwargs, tmp_path, monkeypatch
+):
+    # negative control: what the Trainer infers from **kwargs in forward when the flag is absent
+    monkeypatch.setattr(Wav2Vec2ForBrainEncoding, "accepts_loss_kwargs", True)
+    model = make_model(tiny_kwargs)
+    trainer = accumulating_trainer(model, Windows([0, 0, 0, 0], [5], width=5), tmp_path)
+    with pytest.raises(ValueError, match="num_items_in_batch is not supported"):
+        trainer.train()

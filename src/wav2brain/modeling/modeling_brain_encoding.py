@@ -176,8 +176,11 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
         output_hidden_states, output_attentions, return_dict : bool, optional
             As in every transformers model: a keyword wins, otherwise ``config.output_hidden_states``,
             ``config.output_attentions`` and ``config.return_dict`` (``use_return_dict``) apply
-            (attention weights need ``attn_implementation="eager"``). The backbone always computes
-            the hidden states the layer aggregation reads; they are returned only when asked for.
+            (attention weights need ``attn_implementation="eager"``). As with
+            ``Wav2Vec2ForSequenceClassification``'s ``filter_output_hidden_states``, the backbone
+            is always asked for every hidden state (the layer aggregation reads them) and they are
+            returned only when asked for; an index selection (``output_hidden_states=[-1]``)
+            returns only those.
 
         Returns
         -------
