@@ -40,8 +40,11 @@ def test_padded_batch_shapes_and_left_padding(tiny_kwargs):
     assert output.predictions.shape == (3, 5)
     assert output.loss is None
     assert len(output.hidden_states) == tiny_kwargs["num_hidden_layers"] + 1
-    assert output.valid_bins.tolist() == [[True] * 3, [True] * 3, [False, False, True]]
     assert torch.isfinite(output.predictions).all()
+    assert list(output.keys()) == ["predictions", "hidden_states"]  # no bool mask among the outputs
+    backbone = model.wav2vec2(values, attention_mask=mask, output_hidden_states=True)
+    _, valid_bins = model.pool_trs(backbone, mask.sum(dim=-1))
+    assert valid_bins.tolist() == [[True] * 3, [True] * 3, [False, False, True]]
 
 
 def test_padding_does_not_change_an_example(tiny_kwargs):
@@ -80,6 +83,24 @@ def test_each_head_and_aggregation(tiny_kwargs, head, aggregation):
         assert model.layer_weight_logits.grad.abs().sum() > 0
     else:
         assert weights[aggregation if isinstance(aggregation, int) else -1] == 1.0
+
+
+@pytest.mark.parametrize("head", ["conv", "linear", "mean"])
+def test_every_history_length_builds_with_the_default_head(tiny_kwargs, head):
+    # the refinement paper sweeps the history from 1 to 12 TRs; the conv kernel (3 TRs by default)
+    # is clamped to the history. TR 0.1 s (5 frames per bin) keeps the sweep fast.
+    for history in range(1, 13):
+        torch.manual_seed(0)
+        config = Wav2Vec2BrainEncodingConfig(
+            **tiny_kwargs, num_voxels=4, tr=0.1, history_trs=history, head=head, head_hidden_size=8
+        )
+        assert config.head_kernel_size == min(3, history)
+        model = Wav2Vec2ForBrainEncoding(config).train()
+        output = model(audio(2, int(history * 0.1 * RATE)), labels=torch.randn(2, 4))
+        assert output.predictions.shape == (2, 4)
+        assert torch.isfinite(output.loss)
+        output.loss.backward()
+        assert all(p.grad is not None for p in model.head.parameters())
 
 
 def test_aggregation_uses_the_named_layer(tiny_kwargs):
@@ -155,6 +176,35 @@ def test_per_subject_heads_and_mixed_batches(tiny_kwargs):
         ]
     )
     torch.testing.assert_close(loss, (own**2).mean())
+
+
+@pytest.mark.parametrize("subjects", [[0, 0, 0], [0, 1, 0]])
+def test_labels_padded_to_the_widest_subject(tiny_kwargs, subjects):
+    # 5- and 9-voxel heads; labels as wide as the batch's widest subject or padded (NaN) to the
+    # model's widest give the same loss: the padding is never scored
+    model = make_model(tiny_kwargs, subject_voxels={"small": 5, "large": 9}, head_l2=0.0)
+    values, ids = audio(3), torch.tensor(subjects)
+    width = 9 if 1 in subjects else 5
+    labels = torch.full((3, 9), float("nan"))
+    for row, subject in enumerate(subjects):
+        count = (5, 9)[subject]
+        labels[row, :count] = torch.randn(count, generator=torch.Generator().manual_seed(row))
+    padded = model(values, subject_ids=ids, labels=labels)
+    exact = model(values, subject_ids=ids, labels=labels[:, :width])
+    assert padded.predictions.shape == (3, width)
+    assert torch.isfinite(padded.loss)
+    torch.testing.assert_close(padded.loss, exact.loss)
+    own = torch.cat(
+        [
+            padded.predictions[r, : (5, 9)[s]] - labels[r, : (5, 9)[s]]
+            for r, s in enumerate(subjects)
+        ]
+    )
+    torch.testing.assert_close(padded.loss, (own**2).mean())
+    # negative control: a real value in a scored column changes the loss
+    changed = labels.clone()
+    changed[0, 0] += 1.0
+    assert model(values, subject_ids=ids, labels=changed).loss != padded.loss
 
 
 def backbone_grads(model: Wav2Vec2ForBrainEncoding) -> dict[str, bool]:
@@ -236,6 +286,8 @@ def guarded_model(tiny_kwargs, monkeypatch):
         ("short_padded", r"example 1 is 4000 samples \(0\.2500 s\)"),
         ("labels_voxels", r"labels of shape \(2, 3\) .* expected \(2, 4\)"),
         ("labels_rank", r"labels of shape \(2, 4, 1\)"),
+        ("labels_too_wide", r"labels of shape \(2, 5\) .* padded up to \(2, 4\)"),
+        ("labels_small_subject", r"labels of shape \(2, 2\) .* expected \(2, 3\)"),
         ("unknown_subject", r"unknown subject_ids \[2\]: expected indices 0\.\.1"),
         ("negative_subject", r"unknown subject_ids \[-1\]"),
         ("missing_subjects", "subject_ids \\[batch\\] is required"),
@@ -261,6 +313,10 @@ def test_bad_input_raises_before_computation(guarded_model, case, message):
         labels = labels[:, :3]
     elif case == "labels_rank":
         labels = labels[..., None]
+    elif case == "labels_too_wide":
+        labels = torch.randn(2, 5)
+    elif case == "labels_small_subject":
+        subjects, labels = torch.tensor([0, 0]), labels[:, :2]
     elif case == "unknown_subject":
         subjects = torch.tensor([1, 2])
     elif case == "negative_subject":

@@ -48,6 +48,11 @@ def test_subjects_keep_their_order_through_json(tiny_kwargs, tmp_path):
         ({"num_voxels": 10, "layer_aggregation": 3}, "out of range for 3 hidden states"),
         ({"num_voxels": 10, "layer_aggregation": -4}, "out of range"),
         ({"num_voxels": 10, "head_kernel_size": 7}, "head_kernel_size=7"),
+        ({"num_voxels": 10, "history_trs": 2, "head_kernel_size": 3}, "history_trs=2"),
+        ({"num_voxels": 10, "head_kernel_size": 0}, "head_kernel_size=0"),
+        ({"num_voxels": 10, "readout_rank": 0}, r"readout_rank=0 must lie in \[1, 1024\)"),
+        ({"num_voxels": 10, "readout_rank": 1024}, "saves nothing over the full readout"),
+        ({"num_voxels": 10, "head": "mean", "readout_rank": 32}, r"\[1, 32\): the 'mean' head"),
         ({"num_voxels": 10, "head_hidden_size": 0}, "head_hidden_size"),
         ({"num_voxels": 10, "head_l2": -1.0}, "head_l2"),
         ({"num_voxels": 10, "backbone_l2_sp": float("inf")}, "backbone_l2_sp"),
@@ -63,6 +68,20 @@ def test_subjects_keep_their_order_through_json(tiny_kwargs, tmp_path):
 def test_bad_values_raise(tiny_kwargs, kwargs, message):
     with pytest.raises(ValueError, match=message):
         Wav2Vec2BrainEncodingConfig(**kwargs, **tiny_kwargs)
+
+
+@pytest.mark.parametrize(("history", "kernel"), [(1, 1), (2, 2), (3, 3), (6, 3), (12, 3)])
+def test_default_kernel_is_clamped_to_the_history(tiny_kwargs, tmp_path, history, kernel):
+    config = Wav2Vec2BrainEncodingConfig(num_voxels=4, history_trs=history, **tiny_kwargs)
+    assert config.head_kernel_size == kernel
+    assert config.head_features == 256 * (history - kernel + 1)
+    config.save_pretrained(tmp_path)
+    assert Wav2Vec2BrainEncodingConfig.from_pretrained(tmp_path).head_kernel_size == kernel
+    # an explicit kernel is kept as given
+    explicit = Wav2Vec2BrainEncodingConfig(
+        num_voxels=4, history_trs=history, head_kernel_size=1, **tiny_kwargs
+    )
+    assert explicit.head_kernel_size == 1
 
 
 def test_consistent_num_voxels_with_subjects_is_accepted(tiny_kwargs):

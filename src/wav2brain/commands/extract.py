@@ -78,6 +78,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass"
     )
+    parser.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="zero-mean, unit-variance audio per stimulus (default: the checkpoint's do_normalize)",
+    )
     parser.add_argument("--device", help="compute device (cpu, cuda, ...)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype")
     parser.set_defaults(func=run)
@@ -98,6 +104,7 @@ def _configs(args: argparse.Namespace):
         batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
+        normalize=args.normalize,
     )
     grid = TRGridConfig(
         method=args.method,
@@ -154,6 +161,23 @@ def _load_model(name: str, revision: str | None):
     if (name.startswith((".", "/")) or path.exists()) and not (path / "config.json").is_file():
         raise FileNotFoundError(f"--model {name}: no config.json in that folder")
     return AutoModel.from_pretrained(name, revision=revision)
+
+
+def _checkpoint_normalization(extraction, model, name: str, revision: str | None):
+    """``extraction`` with ``normalize`` decided: ``--[no-]normalize``, else the checkpoint's.
+
+    A brain-encoding checkpoint carries ``do_normalize`` in its config; a plain wav2vec2 one in its
+    ``preprocessor_config.json`` (False when it has none).
+    """
+    from dataclasses import replace
+
+    from wav2brain.modeling import checkpoint_do_normalize
+
+    if extraction.normalize is None and not hasattr(model.config, "do_normalize"):
+        extraction = replace(
+            extraction, normalize=bool(checkpoint_do_normalize(name, revision=revision))
+        )
+    return extraction.for_model(model)
 
 
 def _index_rows(stimulus_id: str, entries, out: Path) -> list[dict]:
@@ -246,6 +270,10 @@ def run(args: argparse.Namespace) -> int:
     previous = {name: _previous_table(args.out / f"{name}.parquet") for name in tables}
     model = _load_model(args.model, args.revision)
     activation_units(model, extraction)  # model family, tensor and layers, before any work
+    extraction = _checkpoint_normalization(extraction, model, args.model, args.revision)
+    logger.info(
+        "audio normalisation (zero mean, unit variance per stimulus): %s", extraction.normalize
+    )
     model_id = model_identity(model, args.model, args.revision)
     cache = FeatureCache(args.out)
     out = args.out.resolve()

@@ -41,12 +41,12 @@ restored and the hooks removed when the iterator is exhausted or closed.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wav2brain.data.audio import resample_audio
+from wav2brain.data.audio import normalize_audio, resample_audio
 from wav2brain.features.chunking import Window, batch_windows, plan_windows
 from wav2brain.features.frontend import TransformerInputs, geometry_of
 from wav2brain.features.taps import TENSORS, Taps, layer_units, resolve_backbone
@@ -90,6 +90,16 @@ class ExtractionConfig:
     device
         Compute device (``"cpu"``, ``"cuda"``, ...); ``None`` keeps the model's. The backbone is
         moved in place when this or ``dtype`` differs from the model's.
+    normalize
+        Zero-mean, unit-variance audio before the model (``wav2brain.data.audio.normalize_audio``),
+        as the checkpoint's feature extractor does with ``do_normalize``. The statistics are those of
+        the whole stimulus, not of each window: a window of a story is a slice of one normalised
+        recording, as a single pass over it would see. ``None`` (default) takes the model's
+        ``config.do_normalize`` (:class:`~wav2brain.Wav2Vec2BrainEncodingConfig` carries it), or
+        False for a model config without one: a plain ``Wav2Vec2Model`` keeps the setting in its
+        checkpoint's ``preprocessor_config.json``, which ``wav2brain extract`` reads
+        (:func:`wav2brain.modeling.checkpoint_do_normalize`); pass ``True`` for lv60-family models
+        loaded by hand. Part of the cache key (see :meth:`for_model`).
     """
 
     tensor: str = "hidden_states"
@@ -101,6 +111,7 @@ class ExtractionConfig:
     front_end_seconds: float = 5.0
     dtype: str | None = None
     device: str | None = None
+    normalize: bool | None = None
 
     def __post_init__(self) -> None:
         if self.tensor not in TENSORS:
@@ -127,6 +138,21 @@ class ExtractionConfig:
             raise ValueError(
                 f"ExtractionConfig.dtype must be float32, bfloat16, float16 or None, got {self.dtype!r}"
             )
+        if self.normalize not in (None, True, False):
+            raise ValueError(
+                f"ExtractionConfig.normalize must be True, False or None, got {self.normalize!r}"
+            )
+
+    def for_model(self, model: Any) -> ExtractionConfig:
+        """This config with ``normalize`` decided: as given, else the model's ``do_normalize``.
+
+        Cache keys are built from the decided config, so features of raw and of normalised audio
+        never share an entry.
+        """
+        if self.normalize is not None:
+            return self
+        config = getattr(resolve_backbone(model), "config", None)
+        return replace(self, normalize=bool(getattr(config, "do_normalize", False)))
 
 
 @dataclass
@@ -221,9 +247,10 @@ def iter_activations(
     audio
         Waveform ``[samples]`` or ``[samples, channels]`` at ``sampling_rate`` Hz.
     config
-        Tensor, layers and chunking (:class:`ExtractionConfig`).
+        Tensor, layers, chunking and audio normalisation (:class:`ExtractionConfig`).
     sampling_rate
-        Rate of ``audio`` (Hz); converted to 16 kHz mono first.
+        Rate of ``audio`` (Hz); converted to 16 kHz mono first, then normalised over the whole
+        stimulus when ``config.normalize`` (or the model's ``do_normalize``) says so.
 
     Yields
     ------
@@ -237,10 +264,12 @@ def iter_activations(
         For a model outside the wav2vec2 family (naming its class), bad layers, or audio shorter
         than the front end's receptive field (25 ms), before any model work.
     """
-    config = config or ExtractionConfig()
+    config = (config or ExtractionConfig()).for_model(model)
     backbone = resolve_backbone(model)
     taps = Taps(backbone, config.tensor, config.layers)
     wave = prepare_audio(audio, sampling_rate)
+    if config.normalize:
+        wave = normalize_audio(wave)
     geometry = geometry_of(backbone)
     n_frames = geometry.n_frames(wave.shape[0])
     if n_frames < 1:

@@ -111,7 +111,7 @@ def stimulus_features(
     dict of RunTiming to CachedFeatures
         The entry serving each timing (stimulus-relative grid; see :func:`run_features`).
     """
-    extraction = extraction or ExtractionConfig()
+    extraction = (extraction or ExtractionConfig()).for_model(model)  # normalize decided, keyed
     grid_config = grid_config or TRGridConfig()
     if not timings:
         raise ValueError(f"stimulus {stimulus_id!r}: no run timings (TR, onset) to sample at")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from .configuration_brain_encoding import Wav2Vec2BrainEncodingConfig
+from .configuration_brain_encoding import Wav2Vec2BrainEncodingConfig, checkpoint_do_normalize
 from .modeling_brain_encoding import Wav2Vec2ForBrainEncoding
 from .outputs import BrainEncodingOutput
 
-__all__ = ["BrainEncodingOutput", "Wav2Vec2BrainEncodingConfig", "Wav2Vec2ForBrainEncoding"]
+__all__ = [
+    "BrainEncodingOutput",
+    "Wav2Vec2BrainEncodingConfig",
+    "Wav2Vec2ForBrainEncoding",
+    "checkpoint_do_normalize",
+]

@@ -19,9 +19,7 @@ class ConvBody(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(config.hidden_size, config.head_hidden_size, config.head_kernel_size)
         self.activation = nn.GELU()
-        self.output_size = config.head_hidden_size * (
-            config.history_trs - config.head_kernel_size + 1
-        )
+        self.output_size = config.head_features
 
     def forward(self, pooled: torch.Tensor, valid_bins: torch.Tensor) -> torch.Tensor:
         """Map pooled bins ``[B, H, D]`` (empty bins are zeros) to features ``[B, output_size]``."""
@@ -38,7 +36,7 @@ class LinearBody(nn.Module):
     def __init__(self, config: Wav2Vec2BrainEncodingConfig) -> None:
         super().__init__()
         self.projection = nn.Linear(config.hidden_size, config.head_hidden_size)
-        self.output_size = config.head_hidden_size * config.history_trs
+        self.output_size = config.head_features
 
     def forward(self, pooled: torch.Tensor, valid_bins: torch.Tensor) -> torch.Tensor:
         """Map pooled bins ``[B, H, D]`` to features ``[B, H * C]``."""
@@ -50,7 +48,7 @@ class MeanBody(nn.Module):
 
     def __init__(self, config: Wav2Vec2BrainEncodingConfig) -> None:
         super().__init__()
-        self.output_size = config.hidden_size
+        self.output_size = config.head_features
 
     def forward(self, pooled: torch.Tensor, valid_bins: torch.Tensor) -> torch.Tensor:
         """Average the bins flagged valid in ``valid_bins`` ``[B, H]``."""
@@ -65,16 +63,22 @@ BODIES: dict[str, type[nn.Module]] = {"conv": ConvBody, "linear": LinearBody, "m
 class BrainEncodingHead(nn.Module):
     """Shared body, dropout, and one linear readout per subject.
 
-    Predictions of a batch are ``[B, V]`` with ``V`` the largest voxel count among the subjects in the
-    batch; entries beyond a subject's own count are zero.
+    With ``config.readout_rank`` the readout is factorised: a shared ``low_rank`` projection
+    ``Linear(head_features, rank)`` without bias (the subjects' readouts carry the bias), then one
+    ``Linear(rank, V)`` per subject; without it (``low_rank`` is None) each subject's readout is
+    ``Linear(head_features, V)``. Predictions of a batch are ``[B, V]`` with ``V`` the largest voxel
+    count among the subjects in the batch; entries beyond a subject's own count are zero.
     """
 
     def __init__(self, config: Wav2Vec2BrainEncodingConfig) -> None:
         super().__init__()
         self.body = BODIES[config.head](config)
         self.dropout = nn.Dropout(config.final_dropout)
+        rank = config.readout_rank
+        self.low_rank = None if rank is None else nn.Linear(self.body.output_size, rank, bias=False)
+        width = self.body.output_size if rank is None else rank
         self.readouts = nn.ModuleList(
-            nn.Linear(self.body.output_size, count) for count in config.subject_voxel_counts
+            nn.Linear(width, count) for count in config.subject_voxel_counts
         )
 
     def forward(
@@ -82,6 +86,8 @@ class BrainEncodingHead(nn.Module):
     ) -> torch.Tensor:
         """Predict voxels from pooled bins ``[B, H, D]`` for the heads ``subject_ids`` ``[B]``."""
         features = self.dropout(self.body(pooled, valid_bins))
+        if self.low_rank is not None:
+            features = self.low_rank(features)
         present = torch.unique(subject_ids).tolist()
         if len(present) == 1:
             return self.readouts[present[0]](features)

@@ -13,8 +13,12 @@ import torch
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
 from transformers import initialization as init
+from transformers.backbone_utils import filter_output_hidden_states
 from transformers.modeling_outputs import Wav2Vec2BaseModelOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model, Wav2Vec2PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_brain_encoding import Wav2Vec2BrainEncodingConfig
 from .heads import BrainEncodingHead
@@ -44,9 +48,15 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
     so a padded example differs slightly from the same example alone (batch examples of equal
     length, e.g. ``WindowConfig(full_windows_only=True)``, to avoid any difference).
 
-    Mixed subjects in a batch are allowed: predictions (and labels) are ``[B, V]`` with ``V`` the
-    largest voxel count among the batch's subjects; each example's loss uses only its subject's own
-    first voxels, so labels may hold any finite value (or NaN) beyond them.
+    Mixed subjects in a batch are allowed: predictions are ``[B, V]`` with ``V`` the largest voxel
+    count among the batch's subjects; labels are that wide or padded further, up to
+    ``config.num_voxels``. Each example's loss uses only its subject's own first voxels, so labels
+    may hold any value (NaN included) beyond them.
+
+    transformers conformance: ``output_hidden_states``, ``output_attentions`` and ``return_dict``
+    follow the keyword, else the config, as in ``Wav2Vec2ForSequenceClassification`` (the same
+    ``can_return_tuple`` and ``filter_output_hidden_states`` decorators); the Trainer's
+    ``predict`` returns the predictions alone (``config.keys_to_ignore_at_inference``).
 
     The L2-SP reference (``backbone_l2_sp > 0``) is a copy of the backbone weights taken at the first
     training forward with labels (or by :meth:`set_l2_sp_reference`); it is kept in non-persistent
@@ -55,6 +65,10 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
 
     config_class = Wav2Vec2BrainEncodingConfig
     config: Wav2Vec2BrainEncodingConfig
+    # The loss is a mean over each subject's own voxels, never a sum to be divided by the Trainer's
+    # num_items_in_batch (a token count): the Trainer must scale it for gradient accumulation itself
+    # and pass no num_items_in_batch, which it infers from ``**kwargs`` in forward without this.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: Wav2Vec2BrainEncodingConfig) -> None:
         super().__init__(config)
@@ -134,15 +148,15 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
             reference.register_buffer(_buffer_name(name), param.detach().clone(), persistent=False)
         self.l2_sp_reference = reference
 
+    @can_return_tuple
+    @filter_output_hidden_states
     def forward(
         self,
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         subject_ids: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BrainEncodingOutput | tuple:
         r"""Predict BOLD at the TR that ends each audio window.
 
@@ -153,23 +167,41 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
         attention_mask : torch.Tensor, optional
             ``[B, samples]``, 1 on the valid samples (a prefix of each row), 0 on padding.
         labels : torch.FloatTensor, optional
-            ``[B, V]`` measured BOLD; ``V`` is the largest voxel count among the batch's subjects.
+            ``[B, W]`` measured BOLD, with ``W`` from the largest voxel count among the batch's
+            subjects up to ``config.num_voxels``: a collator may pad every batch to the widest
+            subject of the model. Each example's loss uses only its subject's own first voxels, so
+            the columns beyond them are padding (any value, NaN included) and are never scored.
         subject_ids : torch.LongTensor, optional
             ``[B]`` indices into ``config.subjects``; may be omitted with a single head.
         output_hidden_states, output_attentions, return_dict : bool, optional
-            As in transformers.
+            As in every transformers model: a keyword wins, otherwise ``config.output_hidden_states``,
+            ``config.output_attentions`` and ``config.return_dict`` (``use_return_dict``) apply
+            (attention weights need ``attn_implementation="eager"``). As with
+            ``Wav2Vec2ForSequenceClassification``'s ``filter_output_hidden_states``, the backbone
+            is always asked for every hidden state (the layer aggregation reads them) and they are
+            returned only when asked for; an index selection (``output_hidden_states=[-1]``)
+            returns only those.
+
+        Returns
+        -------
+        BrainEncodingOutput or tuple
+            ``loss`` (with ``labels``), ``predictions`` ``[B, V]`` (``V``: the largest voxel count
+            among the batch's subjects), ``hidden_states`` and ``attentions`` when asked for; as a
+            tuple of the fields that are not None with ``return_dict=False``.
         """
+        if kwargs.pop("num_items_in_batch", None) is not None:
+            raise ValueError(
+                "num_items_in_batch is not supported: the loss is a mean over each subject's own "
+                "voxels (accepts_loss_kwargs=False tells the Trainer so)"
+            )
         subject_ids, lengths = self._check_inputs(input_values, attention_mask, subject_ids)
         counts = self.voxel_counts(subject_ids.device)
         width = int(counts[torch.unique(subject_ids)].max())
         if labels is not None:
-            self._check_labels(labels, subject_ids, counts, width)
+            labels = self._check_labels(labels, subject_ids, counts, width)
+        # return_dict=True: the backbone shares this config, whose return_dict=False is for callers
         outputs = self.wav2vec2(
-            input_values,
-            attention_mask=attention_mask,
-            output_hidden_states=bool(output_hidden_states)
-            or self.config.layer_aggregation != "last",
-            output_attentions=bool(output_attentions),
+            input_values, attention_mask=attention_mask, return_dict=True, **kwargs
         )
         pooled, valid_bins = self.pool_trs(outputs, lengths)
         predictions = self.head(pooled, valid_bins, subject_ids)
@@ -190,14 +222,12 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
                 + self._penalty()
             )
 
-        output = BrainEncodingOutput(
+        return BrainEncodingOutput(
             loss=loss,
             predictions=predictions,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions if output_attentions else None,
-            valid_bins=valid_bins,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
-        return output if return_dict is not False else output.to_tuple()
 
     def pool_trs(
         self, outputs: Wav2Vec2BaseModelOutput, lengths: torch.Tensor
@@ -207,7 +237,7 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
         Parameters
         ----------
         outputs : Wav2Vec2BaseModelOutput
-            Backbone output, with ``hidden_states`` unless ``layer_aggregation="last"``.
+            Backbone output with ``hidden_states`` (``forward`` always asks the backbone for them).
         lengths : torch.Tensor
             ``[B]`` valid audio length of each example (samples).
 
@@ -321,14 +351,21 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
 
     def _check_labels(
         self, labels: torch.Tensor, subject_ids: torch.Tensor, counts: torch.Tensor, width: int
-    ) -> None:
-        """Validate labels ``[B, width]``: shape, finiteness over each subject's voxels."""
+    ) -> torch.Tensor:
+        """Validate labels ``[B, W]`` (``width <= W <= num_voxels``); return their first ``width`` columns.
+
+        Checks the shape and the finiteness of each subject's own voxels; columns beyond ``width``
+        are padding to a wider subject that is not in the batch.
+        """
         batch = subject_ids.shape[0]
-        if labels.shape != (batch, width):
+        widest = self.config.num_voxels
+        if labels.ndim != 2 or labels.shape[0] != batch or not width <= labels.shape[1] <= widest:
             raise ValueError(
                 f"labels of shape {tuple(labels.shape)} do not match the predictions: expected "
-                f"({batch}, {width}) (batch, voxels of the largest head among the batch's subjects)"
+                f"({batch}, {width}) (batch, voxels of the largest head among the batch's subjects), "
+                f"or padded up to ({batch}, {widest}) (the model's widest head)"
             )
+        labels = labels[:, :width]
         mask = voxel_mask(subject_ids, counts, width)
         bad = ~torch.isfinite(labels) & mask
         if bad.any():
@@ -342,6 +379,7 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
                 f"loss={self.config.loss!r} needs at least 2 examples of one subject in the batch "
                 f"(correlation across examples), got subject_ids {subject_ids.tolist()}"
             )
+        return labels
 
     def backbone_config(self) -> Wav2Vec2Config:
         """A plain :class:`~transformers.Wav2Vec2Config` with this model's backbone settings."""
@@ -367,22 +405,36 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
         save_directory : str or os.PathLike
             Output folder (created if missing; files of the same name are replaced).
         feature_extractor : Wav2Vec2FeatureExtractor, optional
-            Defaults to 16 kHz mono, ``do_normalize=False``, and an attention mask only for
-            layer-norm front ends (as transformers' checkpoints do). No normalisation because
-            wav2brain trains and extracts on raw audio (``BrainWindows`` and
-            :mod:`wav2brain.features` do not normalise), as fairseq pretrained wav2vec2-base; pass
-            the starting checkpoint's own extractor for models pretrained on normalised audio.
+            Defaults to mono audio at ``config.sampling_rate``, ``do_normalize=config.do_normalize``
+            (the audio the model was trained and features extracted on: ``BrainWindows`` and
+            :mod:`wav2brain.features` normalise exactly when it is True, as the checkpoint it
+            started from did), and an attention mask only for layer-norm front ends (as
+            transformers' checkpoints do). One given must agree with the config on
+            ``do_normalize`` and ``sampling_rate``.
+
+        Raises
+        ------
+        ValueError
+            When ``feature_extractor`` disagrees with the config, before anything is written.
         """
-        target = Path(save_directory)
-        target.mkdir(parents=True, exist_ok=True)
         if feature_extractor is None:
             feature_extractor = Wav2Vec2FeatureExtractor(
                 feature_size=1,
                 sampling_rate=self.config.sampling_rate,
                 padding_value=0.0,
-                do_normalize=False,
+                do_normalize=self.config.do_normalize,
                 return_attention_mask=self.config.feat_extract_norm == "layer",
             )
+        for name in ("do_normalize", "sampling_rate"):
+            given, own = getattr(feature_extractor, name), getattr(self.config, name)
+            if given != own:
+                raise ValueError(
+                    f"feature_extractor.{name}={given!r} disagrees with the model's config "
+                    f"({name}={own!r}): the exported backbone would be fed other audio than it "
+                    "was trained on; set the config's value or pass a matching extractor"
+                )
+        target = Path(save_directory)
+        target.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             own_config = self.wav2vec2.config

@@ -12,6 +12,12 @@ from transformers.utils import ModelOutput
 class BrainEncodingOutput(ModelOutput):
     """Output of a brain-encoding forward pass.
 
+    Every field is a float tensor (or a tuple of them), so the tuple and dict forms compare
+    element-wise as transformers' output-equivalence checks do. Which TR bins of each window held
+    audio is internal to the head (the ``valid_bins`` that
+    :meth:`~wav2brain.modeling.Wav2Vec2ForBrainEncoding.pool_trs` returns): it is a boolean mask,
+    and the Trainer would gather it into ``EvalPrediction.predictions``.
+
     Parameters
     ----------
     loss : torch.FloatTensor, optional
@@ -25,12 +31,9 @@ class BrainEncodingOutput(ModelOutput):
     attentions : tuple of torch.FloatTensor, optional
         Backbone attention weights, returned with ``output_attentions=True`` (needs
         ``attn_implementation="eager"``).
-    valid_bins : torch.BoolTensor, optional
-        ``[B, history_trs]``, False for TR bins without audio (left padding of short windows).
     """
 
     loss: torch.FloatTensor | None = None
     predictions: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-    valid_bins: torch.BoolTensor | None = None
