@@ -491,7 +491,7 @@ def timing_text(runs: Sequence[RunSummary]) -> str:
     ]
     for (reference, source), names in sorted(groups.items()):
         which = "every run" if len(groups) == 1 else f"{len(names)} run(s): {', '.join(names)}"
-        lines.append(f"- slice-time reference {reference:g} s ({source}): {which}")
+        lines.append(f"- slice-time reference {reference:g} s, {source}: {which}")
     return "\n".join(lines)
 
 

@@ -52,7 +52,7 @@ TR_TOLERANCE: float = 0.01
 
 REFERENCE_NONE = "acquisition start (no slice-timing correction)"
 REFERENCE_CORRECTED = "slice-time corrected (sidecar StartTime)"
-REFERENCE_USER = "set by the user (prepare_dataset slice_time_reference / --slice-time-reference)"
+REFERENCE_USER = "set by the user: prepare --slice-time-reference"
 
 REFERENCE_COLUMN = "slice_time_reference"
 """Column of the ``responses`` table holding each run's slice-time reference (s, float64)."""
