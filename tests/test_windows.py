@@ -340,3 +340,49 @@ def test_five_and_nine_voxel_subjects_train_through_the_trainer(tmp_path):
     assert result.global_step == 3 and np.isfinite(result.training_loss)
     metrics = trainer.evaluate()
     assert np.isfinite(metrics["eval_loss"])
+
+
+def readme_python_example() -> str:
+    """The first Python block under the README's ``## Python example``."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Python example", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_python_example_runs_as_written(narratives, tmp_path, monkeypatch):
+    """The README's example, with the dataset and checkpoint names pointed at local stand-ins.
+
+    The fabricated BOLD is noise, from which nilearn's EPI mask keeps nothing, so the mask
+    computation is replaced by an all-brain mask; everything else runs as printed.
+    """
+    import datasets
+    import nibabel as nib
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from conftest import tiny_wav2vec2_kwargs
+    from wav2brain.data import masks
+
+    code = readme_python_example()
+    assert code.count('"ds002345"') == 1 and code.count('"facebook/wav2vec2-base"') == 1
+    checkpoint = tmp_path / "wav2vec2-tiny"
+    torch.manual_seed(0)
+    Wav2Vec2Model(Wav2Vec2Config(**tiny_wav2vec2_kwargs())).save_pretrained(checkpoint)
+    code = code.replace('"ds002345"', repr(str(narratives)))
+    code = code.replace('"facebook/wav2vec2-base"', repr(str(checkpoint)))
+
+    def whole_grid(paths, **kwargs):
+        image = nib.load(str(paths[0]))
+        return nib.Nifti1Image(np.ones(image.shape[:3], np.uint8), image.affine)
+
+    monkeypatch.setattr(masks, "compute_mask", whole_grid)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    out, windows, model = namespace["out"], namespace["windows"], namespace["model"]
+    assert windows.config == WindowConfig(tr=1.5, history_trs=6, full_windows_only=True)
+    assert out.predictions.shape[0] == 2 and torch.isfinite(out.loss)
+    assert (tmp_path / "refined-wav2vec2" / "config.json").is_file()
+    assert set(model.config.subjects) == set(windows.subject_voxels)

@@ -446,6 +446,7 @@ def card_body(summary: DatasetSummary, text: CardText) -> str:
         'stimuli = load_dataset(DIR, "stimuli", split="train")      # audio, words, phonemes\n'
         "from wav2brain.data.windows import BrainWindows, BrainWindowCollator\n"
         "windows = BrainWindows(stimuli, responses)  # item t: 6 TRs of audio ending at TR t\n"
+        "windows = BrainWindows.for_model(DIR, model)  # the model's TR, history and subjects\n"
         "```",
         "Column `j` of `bold` is voxel `j` of the mask in C order; `onset` (s) is when the "
         "stimulus starts, counted from the first stored TR.",
