@@ -348,3 +348,20 @@ def test_each_run_is_sampled_at_its_own_slice_time_reference(model_dir, tmp_path
         for s, ref in (("01", 0.0), ("03", 0.75))
     )  # fmt: skip
     assert not np.allclose(first, late)  # the negative control: the reference matters
+
+
+def test_a_folder_prepared_before_the_reference_column_extracts_at_zero(
+    model_dir, tmp_path, caplog
+):
+    from test_windows import drop_reference_column
+
+    dataset = write_folder(tmp_path / "old", RUNS[:1])
+    drop_reference_column(dataset)
+    out = tmp_path / "features"
+    with caplog.at_level("WARNING", logger="wav2brain.data.timing"):
+        assert (
+            main([str(dataset), "--model", str(model_dir), "--out", str(out), "--layers", "1"]) == 0
+        )
+    assert "no slice_time_reference column" in caplog.text
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert runs["slice_time_reference"].tolist() == [0.0]

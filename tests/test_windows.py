@@ -227,17 +227,21 @@ def test_the_slice_time_reference_moves_every_window_end(tmp_path):
         BrainWindows(load(bad, STIMULI), load(bad, RESPONSES))
 
 
-def test_folders_without_the_reference_column_read_as_acquisition_start(tmp_path, caplog):
+def drop_reference_column(root) -> None:
+    """Make a folder look prepared by an older wav2brain: no reference column, nor in the card."""
     import yaml
 
-    made = make_folder(tmp_path, {"01": 7})
-    rewrite_responses(tmp_path, lambda table: table.drop_columns([REFERENCE_COLUMN]))
-    card = (tmp_path / CARD_NAME).read_text()
-    _, header, body = card.split("---\n", 2)
+    rewrite_responses(root, lambda table: table.drop_columns([REFERENCE_COLUMN]))
+    _, header, body = (root / CARD_NAME).read_text().split("---\n", 2)
     meta = yaml.safe_load(header)
     for info in meta["dataset_info"]:
         info["features"] = [f for f in info["features"] if f["name"] != REFERENCE_COLUMN]
-    (tmp_path / CARD_NAME).write_text(f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n{body}")
+    (root / CARD_NAME).write_text(f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n{body}")
+
+
+def test_folders_without_the_reference_column_read_as_acquisition_start(tmp_path, caplog):
+    made = make_folder(tmp_path, {"01": 7})
+    drop_reference_column(tmp_path)
     responses = load(tmp_path, RESPONSES)
     assert REFERENCE_COLUMN not in responses.column_names
     with caplog.at_level("WARNING", logger="wav2brain.data.timing"):
