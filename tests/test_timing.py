@@ -172,6 +172,8 @@ def test_prepare_stores_the_reference_per_run_and_in_the_card(tmp_path):
     assert "`k * tr + slice_time_reference - onset`" in card
     windows = BrainWindows.from_folder(mid, cache_dir=str(tmp_path / "cache"))
     np.testing.assert_array_equal(windows.tr_times(0), np.arange(10) * 1.5 + 0.75 - 3.0)
+    with pytest.raises(ValueError, match="prepared with other settings"):  # no silent mix
+        prepare_dataset(tmp_path / "bids", mid, mask=made["mask"], slice_time_reference=0.5)
 
 
 def test_a_reference_outside_the_tr_fails_before_anything_is_written(tmp_path):
