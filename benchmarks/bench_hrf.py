@@ -81,7 +81,7 @@ def conv_weight(config: TRGridConfig) -> np.ndarray:
 
 def run_ours(args, pool, n_trs, config) -> tuple[float, float, np.ndarray]:
     """Time the streaming sampler over the cycled pool; return wall and CPU seconds and rows [n_trs, units]."""
-    grid = run_grid(args.tr, 0.0, n_trs, config.slice_time_ref)
+    grid = run_grid(args.tr, 0.0, n_trs)
     resampler = FrameToTRResampler(config, grid, FRAME_RATE_HZ)
     rows = []
     start, cpu = time.perf_counter(), time.process_time()

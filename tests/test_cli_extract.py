@@ -30,10 +30,11 @@ RUNS = (  # subject, stimulus, TR (s), onset (s), TRs
 )
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """A prepared folder: stimuli alpha (5 s) and beta (3 s), four runs of 3 voxels."""
-    root = tmp_path_factory.mktemp("prepared")
+def write_folder(root, runs, references=None):
+    """A prepared folder: stimuli alpha (5 s) and beta (3 s), ``runs`` of 3 voxels.
+
+    ``references`` maps a run's position in ``runs`` to its slice-time reference (s; default 0).
+    """
     rng = np.random.default_rng(0)
     waves = {"alpha": 5.0, "beta": 3.0}
     stimuli = []
@@ -41,8 +42,8 @@ def dataset(tmp_path_factory):
         wave = (0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32)
         write_shard(stimulus_table(sid, wave, None), root / STIMULI / f"{sid}.parquet")
         stimuli.append(StimulusSummary(f"{STIMULI}/{sid}.parquet", sid, seconds, 0, 0))
-    runs = []
-    for subject, sid, tr, onset, n_trs in RUNS:
+    summaries = []
+    for position, (subject, sid, tr, onset, n_trs) in enumerate(runs):
         meta = dict(
             subject=subject,
             session=None,
@@ -51,15 +52,22 @@ def dataset(tmp_path_factory):
             stimulus_id=sid,
             onset=onset,
             tr=tr,
+            slice_time_reference=(references or {}).get(position, 0.0),
             space="MNI",
         )
         shard = f"{RESPONSES}/sub-{subject}_task-{sid}.parquet"
         bold = rng.standard_normal((n_trs, 3)).astype(np.float32)
         write_shard(response_table(meta, bold, np.array([], int)), root / shard)
-        runs.append(RunSummary(shard, subject, sid, "1", None, sid, "MNI", n_trs, 3, tr, 0))
-    summary = DatasetSummary(stimuli=stimuli, runs=runs, mask={"n_voxels": 3})
+        summaries.append(RunSummary(shard, subject, sid, "1", None, sid, "MNI", n_trs, 3, tr, 0))
+    summary = DatasetSummary(stimuli=stimuli, runs=summaries, mask={"n_voxels": 3})
     write_card(root, summary, CardText(pretty_name="Tiny"))
     return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Stimuli alpha (5 s) and beta (3 s) and the four :data:`RUNS`, 3 voxels each."""
+    return write_folder(tmp_path_factory.mktemp("prepared"), RUNS)
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +297,71 @@ def test_extract_on_a_simulated_prepared_dataset_aligns_runs(simulated, model_di
         np.testing.assert_allclose(features[layer], direct, atol=1e-5 * np.abs(direct).max())
     silent = int(np.floor(run["onset"] / run["tr"])) + 1  # TRs sampled before the story starts
     assert np.all(features["layer_01"][:silent] == 0) and np.any(features["layer_01"][silent:])
+
+
+def test_each_run_is_sampled_at_its_own_slice_time_reference(model_dir, tmp_path, passes):
+    from datasets import load_dataset
+    from transformers import Wav2Vec2Model
+
+    from wav2brain.data.hf_layout import decode_audio
+    from wav2brain.data.timing import sample_times
+    from wav2brain.features.cache import open_entry
+    from wav2brain.features.extract import extract_activations
+    from wav2brain.features.hrf import resample_frames
+    from wav2brain.features.pipeline import RunTiming, run_features
+    from wav2brain.features.resample import TRGridConfig
+
+    runs = (
+        ("01", "alpha", 1.5, 0.0, 8),  # acquisition start: samples at 1.5 k s
+        ("02", "alpha", 1.5, 0.75, 8),  # story 0.75 s later, sampled mid-TR: the same times
+        ("03", "alpha", 1.5, 0.0, 8),  # sampled mid-TR: 0.75 s later than subject 01
+    )
+    dataset = write_folder(tmp_path / "prepared", runs, references={1: 0.75, 2: 0.75})
+    out = tmp_path / "features"
+    assert main([str(dataset), "--model", str(model_dir), "--out", str(out), "--layers", "1"]) == 0
+    table = pd.read_parquet(out / "runs.parquet").set_index("subject")
+    assert table["slice_time_reference"].to_dict() == {"01": 0.0, "02": 0.75, "03": 0.75}
+    assert table.loc["01", "path"] == table.loc["02", "path"] != table.loc["03", "path"]
+    assert table.loc["01", "row_offset"] == table.loc["02", "row_offset"]
+    assert len(pd.read_parquet(out / "index.parquet")) == 2  # two sub-TR phases: 0 and 0.75 s
+    assert len(passes) == 1  # one model pass for both grids
+
+    stimuli = load_dataset(str(dataset), "stimuli", split="train")
+    frames = extract_activations(
+        Wav2Vec2Model.from_pretrained(model_dir), decode_audio(stimuli[0]["audio"])
+    )["layer_01"]
+    for subject, row in table.iterrows():
+        timing = RunTiming(row["tr"], row["onset"], row["slice_time_reference"])
+        entry = open_entry(out / row["path"])
+        grid = timing.grid(8)
+        assert np.array_equal(
+            grid.times(), sample_times(np.arange(8), 1.5, row["onset"], timing.reference_s)
+        )
+        ours = run_features(entry, timing, 8, TRGridConfig(), ["layer_01"])["layer_01"]
+        direct = resample_frames(
+            frames, 50.0, 1.5, 8, row["onset"], TRGridConfig(), timing.reference_s
+        )
+        np.testing.assert_allclose(ours, direct, atol=1e-5 * np.abs(direct).max(), err_msg=subject)
+    first, late = (
+        run_features(open_entry(out / table.loc[s, "path"]), RunTiming(1.5, 0.0, ref), 8,
+                     TRGridConfig(), ["layer_01"])["layer_01"]
+        for s, ref in (("01", 0.0), ("03", 0.75))
+    )  # fmt: skip
+    assert not np.allclose(first, late)  # the negative control: the reference matters
+
+
+def test_a_folder_prepared_before_the_reference_column_extracts_at_zero(
+    model_dir, tmp_path, caplog
+):
+    from test_windows import drop_reference_column
+
+    dataset = write_folder(tmp_path / "old", RUNS[:1])
+    drop_reference_column(dataset)
+    out = tmp_path / "features"
+    with caplog.at_level("WARNING", logger="wav2brain.data.timing"):
+        assert (
+            main([str(dataset), "--model", str(model_dir), "--out", str(out), "--layers", "1"]) == 0
+        )
+    assert "no slice_time_reference column" in caplog.text
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert runs["slice_time_reference"].tolist() == [0.0]

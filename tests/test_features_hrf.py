@@ -67,12 +67,12 @@ def test_hrf_sampling_matches_nilearn_compute_regressor(tr, onset, hrf_model):
     assert np.abs(ours - reference).max() < 0.01 * np.abs(reference).max()
 
 
-def test_slice_time_ref_samples_mid_tr_like_nilearn():
+def test_slice_time_reference_samples_mid_tr_like_nilearn():
     from nilearn.glm.first_level import compute_regressor
 
     tr, n_trs = 2.0, 120
-    config = TRGridConfig(slice_time_ref=0.5)
-    ours = resample_frames(boxcar_frames(), FS, tr, n_trs, 5.0, config)[:, 0]
+    ours = resample_frames(boxcar_frames(), FS, tr, n_trs, 5.0, TRGridConfig(), reference_s=1.0)
+    ours = ours[:, 0]
     condition = np.array(
         [[o + 5.0 for o, _, _ in EVENTS], [d for _, d, _ in EVENTS], [a for _, _, a in EVENTS]]
     )
@@ -133,11 +133,12 @@ def test_lanczos_matches_huthlab_formula(tr, onset, cutoff_mult):
 def test_average_is_the_exact_mean_over_the_centred_tr_window():
     rng = np.random.default_rng(1)
     frames = rng.standard_normal((600, 3)).astype(np.float32)
-    config = TRGridConfig(method="fir", downsample="average", delays=(0,), slice_time_ref=0.5)
-    out = resample_frames(frames, FS, 2.0, 6, 0.0, config)
+    config = TRGridConfig(method="fir", downsample="average", delays=(0,))
+    out = resample_frames(frames, FS, 2.0, 6, 0.0, config, reference_s=1.0)
     expected = frames.reshape(6, 100, 3).mean(axis=1)  # TR k acquires [2k, 2k + 2) s
     np.testing.assert_allclose(out, expected, atol=1e-6)
-    shifted = resample_frames(frames, FS, 2.0, 6, 0.01, config)  # half a frame: fractional weights
+    # half a frame: fractional weights
+    shifted = resample_frames(frames, FS, 2.0, 6, 0.01, config, reference_s=1.0)
     np.testing.assert_allclose(
         shifted[1],
         0.5 * frames[99] / 100 + frames[100:199].mean(0) * 0.99 + 0.5 * frames[199] / 100,
@@ -257,7 +258,6 @@ def test_factorize_keeps_box_kernels_dense_and_bounds_the_error():
         ({"delays": ()}, "delays"),
         ({"delays": (1, 1)}, "delays"),
         ({"delays": (-1,)}, "delays"),
-        ({"slice_time_ref": 1.5}, "slice_time_ref"),
         ({"hrf_length_s": 0}, "hrf_length_s"),
         ({"lanczos_cutoff_mult": 0}, "lanczos_cutoff_mult"),
     ],

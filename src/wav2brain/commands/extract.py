@@ -7,9 +7,14 @@ resamples to the TR grids of the runs that played it, and writes the feature cac
 
 - ``index.parquet``: one row per cache entry and layer (stimulus_id, tr, phase_s, first_time_s,
   layer, units, n_trs, path, key);
-- ``runs.parquet``: one row per run (subject, session, task, run, stimulus_id, onset, tr, n_trs,
-  path, row_offset), ``row_offset`` being the entry row of the run's first TR (negative when the
-  scan starts before the stimulus; see :func:`wav2brain.features.pipeline.run_features`).
+- ``runs.parquet``: one row per run (subject, session, task, run, stimulus_id, onset, tr,
+  slice_time_reference, n_trs, path, row_offset), ``row_offset`` being the entry row of the run's
+  first TR (negative when the scan starts before the stimulus; see
+  :func:`wav2brain.features.pipeline.run_features`).
+
+Each run is sampled where its TRs sample the brain: ``k tr + slice_time_reference - onset`` s of
+the stimulus, with the reference stored per run by ``prepare`` (:mod:`wav2brain.data.timing`), the
+same times at which ``BrainWindows`` ends its training windows.
 
 Running it again reuses every entry whose key matches (no model work) and recomputes the rest.
 The tables are merged, not overwritten: the rows of the stimuli extracted now replace their old
@@ -54,12 +59,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--delays", type=int, nargs="+", default=[1, 2, 3, 4], help="FIR delays (TRs)"
-    )
-    parser.add_argument(
-        "--slice-time-ref",
-        type=float,
-        default=0.0,
-        help="where each TR is sampled, fraction of the TR (0 = start)",
     )
     parser.add_argument("--stimuli", nargs="+", help="stimulus ids to extract (default: all)")
     parser.add_argument(
@@ -111,7 +110,6 @@ def _configs(args: argparse.Namespace):
         hrf_model=args.hrf_model,
         downsample=args.downsample,
         delays=tuple(args.delays),
-        slice_time_ref=args.slice_time_ref,
     )
     return extraction, grid
 
@@ -119,16 +117,19 @@ def _configs(args: argparse.Namespace):
 def _load_tables(dataset: Path, wanted: list[str] | None):
     """The stimuli to extract and the runs' timing columns (BOLD is not read)."""
     import numpy as np
-    from datasets import load_dataset
+    from datasets import load_dataset, load_dataset_builder
+
+    from wav2brain.data.timing import REFERENCE_COLUMN, stored_references
 
     if not (dataset / "README.md").is_file():
         raise FileNotFoundError(
             f"{dataset} is not a prepared dataset folder: no README.md (run `wav2brain prepare`)"
         )
     stimuli = load_dataset(str(dataset), "stimuli", split="train")
-    responses = load_dataset(
-        str(dataset), "responses", split="train", columns=list(RESPONSE_COLUMNS)
-    )
+    columns = list(RESPONSE_COLUMNS)
+    if REFERENCE_COLUMN in (load_dataset_builder(str(dataset), "responses").info.features or {}):
+        columns.append(REFERENCE_COLUMN)
+    responses = load_dataset(str(dataset), "responses", split="train", columns=columns)
     ids = list(stimuli["id"])
     if wanted:
         unknown = sorted(set(wanted) - set(ids))
@@ -143,6 +144,7 @@ def _load_tables(dataset: Path, wanted: list[str] | None):
             f"{dataset / 'responses'}: run sub-{first.subject} task-{first.task} run-{first.run} has "
             f"TR {first.tr} s and onset {first.onset} s; expected TR > 0 and a finite onset"
         )
+    runs[REFERENCE_COLUMN] = stored_references(runs, str(dataset / "responses"))
     played = set(runs["stimulus_id"])
     missing = [sid for sid in stimuli["id"] if sid not in played]
     if missing:
@@ -201,28 +203,28 @@ def _index_rows(stimulus_id: str, entries, out: Path) -> list[dict]:
     return rows
 
 
-def _run_rows(played, entries, slice_time_ref: float, out: Path) -> list[dict]:
+def _run_rows(played, entries, out: Path) -> list[dict]:
     """One ``runs.parquet`` row per run: its entry and the entry row of its first TR."""
     from wav2brain.features.pipeline import RunTiming
-    from wav2brain.features.resample import row_offset, run_grid
+    from wav2brain.features.resample import row_offset
 
     rows = []
-    for r in played.itertuples():
-        timing = RunTiming(float(r.tr), float(r.onset))
+    for r in played.to_dict("records"):
+        timing = RunTiming.from_row(r)
         entry = entries[timing]
-        grid = run_grid(timing.tr_s, timing.onset_s, int(r.n_trs), slice_time_ref)
         rows.append(
             dict(
-                subject=r.subject,
-                session=r.session,
-                task=r.task,
-                run=r.run,
-                stimulus_id=r.stimulus_id,
+                subject=r["subject"],
+                session=r["session"],
+                task=r["task"],
+                run=r["run"],
+                stimulus_id=r["stimulus_id"],
                 onset=timing.onset_s,
                 tr=timing.tr_s,
-                n_trs=int(r.n_trs),
+                slice_time_reference=timing.reference_s,
+                n_trs=int(r["n_trs"]),
                 path=str(entry.path.resolve().relative_to(out)),
-                row_offset=row_offset(entry.grid, grid),
+                row_offset=row_offset(entry.grid, timing.grid(int(r["n_trs"]))),
             )
         )
     return rows
@@ -289,14 +291,14 @@ def run(args: argparse.Namespace) -> int:
                 stimulus_id=row["id"],
                 model_id=model_id,
                 cache=cache,
-                timings=[RunTiming(float(r.tr), float(r.onset)) for r in played.itertuples()],
+                timings=[RunTiming.from_row(r) for r in played.to_dict("records")],
                 extraction=extraction,
                 grid_config=grid_config,
                 on_frames=bar.update,
             )
             bar.update(frames - (bar.n - done))  # cache hits: no blocks were streamed
             index_rows += _index_rows(row["id"], entries, out)
-            run_rows += _run_rows(played, entries, grid_config.slice_time_ref, out)
+            run_rows += _run_rows(played, entries, out)
     extracted = set(stimuli["id"])
     for name, rows in zip(tables, (index_rows, run_rows), strict=True):
         table = _merged(previous[name], rows, extracted)

@@ -45,6 +45,14 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
         "'rot_*' 'a_comp_cor_0[0-5]'), from each run's fMRIPrep *_desc-confounds_timeseries.tsv "
         "or a mapping table's 'confounds' file; leading n/a are filled with the column mean",
     )
+    parser.add_argument(
+        "--slice-time-reference",
+        type=float,
+        metavar="SECONDS",
+        help="seconds into each TR at which its signal is sampled, for every run, in [0, TR) "
+        "(default: the sidecar's StartTime for slice-time corrected data such as fMRIPrep "
+        "output, else 0 = acquisition start); stored per run and in the card",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -80,6 +88,7 @@ def prepare_from_args(args: argparse.Namespace, card: Any = None, mapping: Any =
         cleaning=cleaning_from_args(args),
         card=card,
         trial_type=args.trial_type,
+        slice_time_reference=args.slice_time_reference,
         progress=not args.quiet,
     )
 

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wav2brain.atomic import partial_path, write_text_atomic
+from wav2brain.data.timing import REFERENCE_COLUMN, REFERENCE_NONE
 
 SAMPLING_RATE = 16_000
 STIMULI = "stimuli"
@@ -95,6 +96,10 @@ class RunSummary:
         Repetition time (s).
     dropped_voxels : int
         NaN or constant voxels of this run (stored as zeros, indices in the row).
+    slice_time_reference : float
+        Seconds into each TR at which its signal is sampled (:mod:`wav2brain.data.timing`).
+    slice_time_source : str
+        Why that reference (sidecar ``StartTime``, acquisition start, set by the user).
     """
 
     shard: str
@@ -108,6 +113,8 @@ class RunSummary:
     n_voxels: int
     tr: float
     dropped_voxels: int
+    slice_time_reference: float = 0.0
+    slice_time_source: str = REFERENCE_NONE
 
 
 @dataclass
@@ -190,6 +197,7 @@ def responses_features(n_voxels: int | None):
             "stimulus_id": Value("string"),
             "onset": Value("float64"),
             "tr": Value("float64"),
+            REFERENCE_COLUMN: Value("float64"),
             "n_trs": Value("int32"),
             "n_voxels": Value("int32"),
             "space": Value("string"),
@@ -306,7 +314,9 @@ def response_table(meta: Mapping[str, Any], bold: np.ndarray, dropped: np.ndarra
     ----------
     meta : mapping
         subject, session, task, run, stimulus_id, onset (s, stimulus start in the stored scan),
-        tr (s), space, and optionally mask (file of the mask whose voxels are the columns).
+        tr (s), space, and optionally mask (file of the mask whose voxels are the columns) and
+        slice_time_reference (s into each TR at which it samples the brain; default 0, the
+        acquisition start).
     bold : np.ndarray
         float32 [T, V].
     dropped : np.ndarray
@@ -320,6 +330,7 @@ def response_table(meta: Mapping[str, Any], bold: np.ndarray, dropped: np.ndarra
         {
             "onset": pa.array([float(meta["onset"])], pa.float64()),
             "tr": pa.array([float(meta["tr"])], pa.float64()),
+            REFERENCE_COLUMN: pa.array([float(meta.get(REFERENCE_COLUMN, 0.0))], pa.float64()),
             "n_trs": pa.array([bold.shape[0]], pa.int32()),
             "n_voxels": pa.array([bold.shape[1]], pa.int32()),
             "space": pa.array([meta["space"]], pa.string()),
@@ -435,9 +446,12 @@ def card_body(summary: DatasetSummary, text: CardText) -> str:
         'stimuli = load_dataset(DIR, "stimuli", split="train")      # audio, words, phonemes\n'
         "from wav2brain.data.windows import BrainWindows, BrainWindowCollator\n"
         "windows = BrainWindows(stimuli, responses)  # item t: 6 TRs of audio ending at TR t\n"
+        "windows = BrainWindows.for_model(DIR, model)  # the model's TR, history and subjects\n"
         "```",
         "Column `j` of `bold` is voxel `j` of the mask in C order; `onset` (s) is when the "
         "stimulus starts, counted from the first stored TR.",
+        "## Timing",
+        timing_text(summary.runs),
         "## Mask",
         "```json\n" + json.dumps(summary.mask, indent=2, sort_keys=True) + "\n```",
         "## Cleaning",
@@ -462,6 +476,24 @@ def card_body(summary: DatasetSummary, text: CardText) -> str:
         ),
     ]
     return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def timing_text(runs: Sequence[RunSummary]) -> str:
+    """The card's account of when each TR samples the brain: the rule and each reference used."""
+    groups: dict[tuple[float, str], list[str]] = {}
+    for run in runs:
+        key = (float(run.slice_time_reference), run.slice_time_source)
+        groups.setdefault(key, []).append(Path(run.shard).stem)
+    lines = [
+        "TR `k` of a run samples the brain at stimulus time "
+        "`k * tr + slice_time_reference - onset` (s); `slice_time_reference` (column of "
+        "`responses`) is the time into each TR at which its signal is taken "
+        "(`wav2brain.data.timing`). Training windows end there and feature rows are sampled there."
+    ]
+    for (reference, source), names in sorted(groups.items()):
+        which = "every run" if len(groups) == 1 else f"{len(names)} run(s): {', '.join(names)}"
+        lines.append(f"- slice-time reference {reference:g} s, {source}: {which}")
+    return "\n".join(lines)
 
 
 def write_card(out: Path, summary: DatasetSummary, text: CardText) -> Path:

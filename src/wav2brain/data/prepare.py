@@ -58,6 +58,7 @@ from wav2brain.data.hf_layout import (
     write_card,
     write_shard,
 )
+from wav2brain.data.timing import REFERENCE_COLUMN, REFERENCE_USER, check_reference
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +403,7 @@ def _write_run(
         "stimulus_id": run.stimulus_id,
         "onset": bold.onset,
         "tr": bold.tr,
+        REFERENCE_COLUMN: run.slice_time_reference,
         "space": bold.space,
         "mask": mask_name,
     }
@@ -419,6 +421,8 @@ def _write_run(
         n_voxels=int(data.shape[1]),
         tr=float(bold.tr),
         dropped_voxels=int(len(dropped)),
+        slice_time_reference=float(run.slice_time_reference),
+        slice_time_source=run.slice_time_source,
     )
 
 
@@ -437,6 +441,27 @@ def _check_written_counts(summaries: Iterable[RunSummary], runs: Sequence[RunSpe
             )
 
 
+def with_reference(runs: Sequence[RunSpec], reference_s: float | None) -> list[RunSpec]:
+    """Runs with their slice-time reference (s) checked, or replaced by ``reference_s``.
+
+    Raises ValueError naming the run when a reference is not a time within its TR.
+    """
+    if reference_s is None:
+        for run in runs:
+            check_reference(
+                run.slice_time_reference, run.tr, f"{run.key} ({run.slice_time_source})"
+            )
+        return list(runs)
+    return [
+        dataclasses.replace(
+            run,
+            slice_time_reference=check_reference(float(reference_s), run.tr, run.key),
+            slice_time_source=REFERENCE_USER,
+        )
+        for run in runs
+    ]
+
+
 def prepare_dataset(
     bids_root: str | Path,
     out: str | Path,
@@ -449,6 +474,7 @@ def prepare_dataset(
     cleaning: CleaningConfig | None = None,
     card: CardText | None = None,
     trial_type: str = "story",
+    slice_time_reference: float | None = None,
     progress: bool = True,
 ) -> Path:
     """Write ``out`` as a Hugging Face dataset folder (``stimuli`` + ``responses`` + card + mask).
@@ -475,6 +501,11 @@ def prepare_dataset(
         Title, licence and source text of the dataset card.
     trial_type : str
         ``trial_type`` of the events row that marks the stimulus.
+    slice_time_reference : float, optional
+        Seconds into each TR at which its signal is sampled, for every run, in place of what
+        discovery found (sidecar ``StartTime`` of slice-time corrected data, else 0: the
+        acquisition start; :mod:`wav2brain.data.timing`). Stored per run in the ``responses``
+        column ``slice_time_reference`` and in the card; must lie in ``[0, TR)``.
     progress : bool
         Show tqdm progress bars.
 
@@ -515,6 +546,7 @@ def prepare_dataset(
             + f" (looked for *_bold.nii[.gz]/.func.gii with events.tsv rows of trial_type "
             f"{trial_type!r}, or a mapping table)"
         )
+    found = with_reference(found, slice_time_reference)
     keys = [run.key for run in found]
     duplicates = sorted({key for key in keys if keys.count(key) > 1})
     if duplicates:

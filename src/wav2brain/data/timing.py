@@ -17,7 +17,15 @@ The reference comes from the data (:func:`slice_time_reference`): a slice-time c
 (fMRIPrep's ``SliceTimingCorrected: true``) was interpolated to ``StartTime`` seconds into each
 volume (fMRIPrep: the middle of the slice times, about half a TR); otherwise no slice was moved and
 the reference is 0, the acquisition start, because the raw ``SliceTiming`` differs per slice and
-no single time is right for every voxel. The choice is recorded in the dataset card.
+no single time is right for every voxel. ``prepare`` stores the reference of each run in the
+``responses`` column :data:`REFERENCE_COLUMN` (s), can override it for a whole dataset, and writes the
+choice (value and reason, per group of runs) in the dataset card; every reader takes it from there
+(:func:`stored_references`).
+
+Folders prepared before the column existed are read with a reference of 0, with a warning: every
+earlier version of wav2brain sampled TR ``k`` at the acquisition start, so 0 is what their windows
+and features were built with; refusing them would only force a re-preparation that changes nothing
+for raw data (and the warning tells the user of slice-time corrected data to re-prepare).
 
 TR sources
 ----------
@@ -27,11 +35,14 @@ The TR may come from a mapping table, a BIDS sidecar and the image header;
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 TR_RANGE_S: tuple[float, float] = (0.2, 20.0)
 """Plausible repetition times (s); a value outside is almost certainly a unit error (ms)."""
@@ -41,6 +52,10 @@ TR_TOLERANCE: float = 0.01
 
 REFERENCE_NONE = "acquisition start (no slice-timing correction)"
 REFERENCE_CORRECTED = "slice-time corrected (sidecar StartTime)"
+REFERENCE_USER = "set by the user: prepare --slice-time-reference"
+
+REFERENCE_COLUMN = "slice_time_reference"
+"""Column of the ``responses`` table holding each run's slice-time reference (s, float64)."""
 
 
 def check_tr(sources: Mapping[str, float | None], where: str) -> float:
@@ -123,7 +138,10 @@ def check_reference(reference_s: float, tr: float, where: str) -> float:
 
 
 def first_sample_time(tr: float, onset: float, reference_s: float = 0.0) -> float:
-    """Stimulus time (s) at which TR 0 of the run samples the brain: ``reference_s - onset``."""
+    """Stimulus time (s) at which TR 0 of the run samples the brain: ``reference_s - onset``.
+
+    Raises ValueError for a non-finite onset or a reference outside ``[0, tr)``.
+    """
     if not math.isfinite(onset):
         raise ValueError(f"run onset must be a finite number of seconds, got {onset!r}")
     check_reference(reference_s, tr, "run")
@@ -131,11 +149,52 @@ def first_sample_time(tr: float, onset: float, reference_s: float = 0.0) -> floa
 
 
 def sample_times(
-    trs: np.ndarray | int, tr: float, onset: float, reference_s: float = 0.0
+    trs: np.ndarray | Sequence[int], tr: float, onset: float, reference_s: float = 0.0
 ) -> np.ndarray:
-    """Stimulus time (s) at which each TR in ``trs`` samples the brain (the rule above).
+    """Stimulus time (s, float64) at which each TR index in ``trs`` samples the brain.
 
-    ``trs`` is an array of TR indices, or a count ``n`` meaning ``0 .. n-1``.
+    ``t_k = k * tr + reference_s - onset`` (module docstring); ``trs`` are TR indices of the
+    stored run (``np.arange(n_trs)`` for all of them), not a count.
     """
-    index = np.arange(trs) if np.isscalar(trs) else np.asarray(trs)
-    return index * float(tr) + first_sample_time(tr, onset, reference_s)
+    index = np.asarray(trs)
+    if index.dtype.kind not in "iu":
+        raise ValueError(f"TR indices must be integers, got dtype {index.dtype}")
+    return index.astype(np.float64) * float(tr) + first_sample_time(tr, onset, reference_s)
+
+
+def stored_references(columns: Mapping[str, Any], where: str) -> np.ndarray:
+    """Slice-time reference (s, float64) of every row of a ``responses`` table.
+
+    Parameters
+    ----------
+    columns : mapping
+        Column name to values (``Dataset.to_dict()``, a pandas DataFrame); must hold ``tr`` and,
+        in folders prepared since it exists, :data:`REFERENCE_COLUMN`.
+    where : str
+        The table (folder), for messages.
+
+    Returns
+    -------
+    array [rows] float64
+        The stored references; zeros, with a warning, for a table without the column (a folder
+        prepared before it existed, whose every TR was sampled at the acquisition start).
+
+    Raises
+    ------
+    ValueError
+        A stored value that is not a time within its run's TR (the row is named).
+    """
+    trs = np.asarray(columns["tr"], dtype=np.float64)
+    if REFERENCE_COLUMN not in columns:
+        logger.warning(
+            "%s has no %s column (prepared by an older wav2brain): every run is read with a "
+            "slice-time reference of 0 s (acquisition start), as it was prepared; re-prepare "
+            "slice-time corrected data (fMRIPrep) to use its StartTime",
+            where,
+            REFERENCE_COLUMN,
+        )
+        return np.zeros(len(trs), dtype=np.float64)
+    values = np.asarray(columns[REFERENCE_COLUMN], dtype=np.float64)
+    for row, (value, tr) in enumerate(zip(values, trs, strict=True)):
+        check_reference(float(value), float(tr), f"{where} row {row}")
+    return values

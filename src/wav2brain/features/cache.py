@@ -120,7 +120,10 @@ class FeatureKey:
     tr_s : float
         Repetition time (s).
     phase_s : float
-        Stimulus time (s) of the grid's first row, in ``[0, tr)``.
+        Stimulus time (s) of the grid's first row, in ``[0, tr)``: ``(reference - onset) mod tr``
+        of the runs it serves (:func:`~wav2brain.features.resample.grid_phase`), so the runs'
+        slice-time references enter the key through it; runs whose reference and onset differ
+        by the same amount share an entry.
     frame_rate_hz : float
         Frame rate (Hz) of the activations.
     """

@@ -185,6 +185,7 @@ def resample_frames(
     n_trs: int,
     onset_s: float,
     config: TRGridConfig,
+    reference_s: float = 0.0,
 ) -> np.ndarray:
     """Frames of one short stimulus onto a run's TRs with any :class:`TRGridConfig`.
 
@@ -202,6 +203,8 @@ def resample_frames(
         Scan time (s) at which the stimulus starts.
     config : TRGridConfig
         Method; with ``"fir"`` the output stacks the delayed copies (delay-major columns).
+    reference_s : float
+        Slice-time reference (s in ``[0, tr)``; :mod:`wav2brain.data.timing`).
 
     Returns
     -------
@@ -210,7 +213,7 @@ def resample_frames(
     frames = np.asarray(frames)
     if frames.ndim != 2:
         raise ValueError(f"frames must be [frames, units], got shape {frames.shape}")
-    run = run_grid(tr_s, onset_s, n_trs, config.slice_time_ref)
+    run = run_grid(tr_s, onset_s, n_trs, reference_s)
     delays = config.delays if config.method == "fir" else None
     lead = max(delays or [0])  # delayed copies of the first TRs reach back before the scan
     grid = TRGrid(run.tr_s, run.first_time_s - lead * run.tr_s, run.n_rows + lead)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from wav2brain.data.timing import REFERENCE_COLUMN, check_reference
 from wav2brain.features.cache import CachedFeatures, FeatureCache, FeatureKey, audio_sha256
 from wav2brain.features.extract import (
     MODEL_SAMPLING_RATE,
@@ -39,16 +40,49 @@ RESULT_NEUTRAL_SETTINGS = ("batch_size", "device", "front_end_seconds")
 
 @dataclass(frozen=True)
 class RunTiming:
-    """When a stimulus plays in a run: ``tr_s`` (s) and ``onset_s`` (s of scan time)."""
+    """When a run samples a stimulus (the rule of :mod:`wav2brain.data.timing`).
+
+    Parameters
+    ----------
+    tr_s : float
+        Repetition time (s).
+    onset_s : float
+        Scan time (s) at which the stimulus starts, from the first stored TR.
+    reference_s : float
+        Slice-time reference (s in ``[0, tr)``) of the run's data: TR ``k`` samples the brain at
+        stimulus time ``k tr + reference - onset``. Take it from the ``responses`` table
+        (:meth:`from_row`); 0 is the acquisition start.
+    """
 
     tr_s: float
     onset_s: float
+    reference_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.tr_s) and self.tr_s > 0):
             raise ValueError(f"TR must be a positive number of seconds, got {self.tr_s!r}")
         if not np.isfinite(self.onset_s):
             raise ValueError(f"run onset must be a finite number of seconds, got {self.onset_s!r}")
+        check_reference(self.reference_s, self.tr_s, "RunTiming")
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RunTiming:
+        """The timing of a ``responses`` row (``tr``, ``onset``, ``slice_time_reference``).
+
+        A row without the reference column (a folder prepared by an older wav2brain) reads as
+        0 s; :func:`wav2brain.data.timing.stored_references` logs that once per table.
+        """
+        reference = row.get(REFERENCE_COLUMN)
+        return cls(float(row["tr"]), float(row["onset"]), float(reference or 0.0))
+
+    @property
+    def phase_s(self) -> float:
+        """Sub-TR phase (s) of the run's samples on the stimulus (:func:`grid_phase`)."""
+        return grid_phase(self.tr_s, self.onset_s, self.reference_s)
+
+    def grid(self, n_trs: int) -> TRGrid:
+        """The run's ``n_trs`` TRs in stimulus time (:func:`run_grid`)."""
+        return run_grid(self.tr_s, self.onset_s, n_trs, self.reference_s)
 
 
 def frame_geometry(model: Any, n_samples: int) -> tuple[float, int]:
@@ -96,7 +130,8 @@ def stimulus_features(
     cache : FeatureCache
         Where entries are read and written.
     timings : sequence of RunTiming
-        The runs' TR (s) and onset (s); equal (TR, phase) pairs share an entry.
+        The runs' TR (s), onset (s) and slice-time reference (s); equal (TR, phase) pairs share
+        an entry.
     extraction : ExtractionConfig, optional
         Tensor, layers and chunking.
     grid_config : TRGridConfig, optional
@@ -122,7 +157,7 @@ def stimulus_features(
     keys: dict[RunTiming, FeatureKey] = {}
     grids: dict[str, tuple[FeatureKey, TRGrid]] = {}
     for timing in timings:
-        phase = grid_phase(timing.tr_s, timing.onset_s, grid_config.slice_time_ref)
+        phase = timing.phase_s
         key = FeatureKey(
             model=dict(model_id),
             stimulus_id=stimulus_id,
@@ -134,9 +169,7 @@ def stimulus_features(
             frame_rate_hz=frame_rate,
         )
         keys[timing] = key
-        support = grid_kernel(grid_config, timing.tr_s, frame_rate).support_s
-        grid = stimulus_grid(timing.tr_s, phase, n_frames / frame_rate, support)
-        grids[key.digest()] = (key, grid)
+        grids[key.digest()] = (key, entry_grid(timing, n_frames, frame_rate, grid_config))
     entries = {digest: cache.get(key) for digest, (key, _) in grids.items()}
     missing = [digest for digest, entry in entries.items() if entry is None]
     if missing:
@@ -152,6 +185,19 @@ def stimulus_features(
         for digest, features in zip(missing, computed, strict=True):
             entries[digest] = cache.put(*grids[digest], features)
     return {timing: entries[key.digest()] for timing, key in keys.items()}
+
+
+def entry_grid(
+    timing: RunTiming, n_frames: int, frame_rate: float, grid_config: TRGridConfig
+) -> TRGrid:
+    """The stimulus-relative grid of the cache entry serving ``timing``.
+
+    Rows at the run's phase (:attr:`RunTiming.phase_s`) over every time the kernel lets a
+    stimulus of ``n_frames`` frames at ``frame_rate`` Hz reach (:func:`stimulus_grid`); run row
+    ``k`` is entry row ``row_offset(entry_grid, timing.grid(n)) + k``.
+    """
+    support = grid_kernel(grid_config, timing.tr_s, frame_rate).support_s
+    return stimulus_grid(timing.tr_s, timing.phase_s, n_frames / frame_rate, support)
 
 
 def _compute(
@@ -194,7 +240,7 @@ def run_features(
     With ``method="fir"`` each layer stacks its delayed copies (``units * len(delays)`` columns,
     delay-major). TRs before the stimulus (or after its response) are zero.
     """
-    grid = run_grid(timing.tr_s, timing.onset_s, n_trs, grid_config.slice_time_ref)
+    grid = timing.grid(n_trs)
     delays = grid_config.delays if grid_config.method == "fir" else None
     names = list(entry.layers) if layers is None else list(layers)
     return {name: align_to_run(entry[name], entry.grid, grid, delays) for name in names}

@@ -16,16 +16,15 @@ Time conventions (all in seconds, ``P = 1 / frame_rate_hz``):
   Its receptive field, ``[i P, i P + 25 ms)``, is centred 2.5 ms later than that interval: far below
   the resolution of an HRF or a TR. Outside the stimulus the activations count as zero (no sound,
   no input), which is how ``nilearn.glm.first_level.compute_regressor`` treats events.
-- TR ``k`` of a run is sampled at scan time ``(k + slice_time_ref) tr``, as nilearn's
-  ``FirstLevelModel`` defines ``frame_times`` (default ``slice_time_ref = 0``: the acquisition
-  start). A stimulus starting at scan time ``onset`` puts that sample at stimulus time
-  ``(k + slice_time_ref) tr - onset``.
+- TR ``k`` of a run samples the brain at stimulus time ``k tr + reference - onset``: the rule of
+  :mod:`wav2brain.data.timing`, which :class:`~wav2brain.data.windows.BrainWindows` follows too
+  (nilearn's ``frame_times`` with ``slice_time_ref = reference / tr``). The slice-time reference
+  (s) is a property of the run's data, stored in the ``responses`` table, not a feature setting.
 - A :class:`TRGrid` holds rows in *stimulus* time: ``first_time_s + k tr_s``. Features are computed
-  once per stimulus on the grid of phase ``(slice_time_ref tr - onset) mod tr``
-  (:func:`grid_phase`), over every row the kernel can reach (:func:`stimulus_grid`), then aligned
-  to each run by a whole-row shift (:func:`align_to_run`): runs with the same TR and the same
-  onset modulo the TR share one computation; a run with another TR (1.5 vs 1.52 s) or another
-  sub-TR phase gets its own.
+  once per stimulus on the grid of phase ``(reference - onset) mod tr`` (:func:`grid_phase`), over
+  every row the kernel can reach (:func:`stimulus_grid`), then aligned to each run by a whole-row
+  shift (:func:`align_to_run`): runs with the same TR and the same phase share one computation; a
+  run with another TR (1.5 vs 1.52 s) or another sub-TR phase gets its own.
 """
 
 from __future__ import annotations
@@ -37,6 +36,8 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
+
+from wav2brain.data.timing import first_sample_time
 
 PHASE_DECIMALS = 6
 """Grid phases (s) are rounded to microseconds, so equal timings give equal cache keys."""
@@ -72,9 +73,6 @@ class TRGridConfig:
         (HuthLab's ``cutoff_mult``, 1.0).
     delays : tuple of int
         FIR only: delays in TRs of the stacked copies (the encoding literature uses 1 to 4).
-    slice_time_ref : float
-        Where in each TR its sample is taken, as a fraction of the TR (nilearn's
-        ``slice_time_ref``): 0 = acquisition start (nilearn's default), 0.5 = middle.
     rank_tolerance : float
         Relative singular-value cut used to factorise each block of weights
         (:func:`factorize`): outputs change by at most about this fraction of their scale
@@ -89,7 +87,6 @@ class TRGridConfig:
     lanczos_window: int = 3
     lanczos_cutoff_mult: float = 1.0
     delays: tuple[int, ...] = (1, 2, 3, 4)
-    slice_time_ref: float = 0.0
     rank_tolerance: float = 1e-7
 
     def __post_init__(self) -> None:
@@ -104,7 +101,6 @@ class TRGridConfig:
             (self.lanczos_cutoff_mult > 0, "lanczos_cutoff_mult", "> 0"),
             (len(self.delays) > 0 and min(self.delays) >= 0, "delays", "non-negative TR counts"),
             (len(set(self.delays)) == len(self.delays), "delays", "distinct TR counts"),
-            (0.0 <= self.slice_time_ref <= 1.0, "slice_time_ref", "a fraction of the TR in [0, 1]"),
             (0.0 <= self.rank_tolerance < 1e-2, "rank_tolerance", "in [0, 0.01)"),
         )
         for ok, name, expected in checks:
@@ -140,8 +136,11 @@ class TRGrid:
         return self.first_time_s + np.arange(start, stop, dtype=np.float64) * self.tr_s
 
 
-def run_grid(tr_s: float, onset_s: float, n_trs: int, slice_time_ref: float = 0.0) -> TRGrid:
-    """The TRs of a run in stimulus time: row ``k`` at ``(k + slice_time_ref) tr - onset`` s.
+def run_grid(tr_s: float, onset_s: float, n_trs: int, reference_s: float = 0.0) -> TRGrid:
+    """The TRs of a run in stimulus time: row ``k`` at ``k tr + reference - onset`` s.
+
+    The times are :func:`wav2brain.data.timing.sample_times` of the run, bit for bit (the same
+    float64 operations), so a feature row and a training window of one TR cannot disagree.
 
     Parameters
     ----------
@@ -151,17 +150,21 @@ def run_grid(tr_s: float, onset_s: float, n_trs: int, slice_time_ref: float = 0.
         Scan time (s) at which the stimulus starts, counted from the first stored TR.
     n_trs : int
         TRs in the run.
-    slice_time_ref : float
-        Fraction of the TR where each TR is sampled (0 = acquisition start).
+    reference_s : float
+        Slice-time reference (s in ``[0, tr)``): when in each TR its sample is taken (0 =
+        acquisition start; fMRIPrep output: its ``StartTime``, about half a TR).
     """
-    if not math.isfinite(onset_s):
-        raise ValueError(f"run onset must be a finite number of seconds, got {onset_s!r}")
-    return TRGrid(float(tr_s), slice_time_ref * tr_s - onset_s, int(n_trs))
+    if not (math.isfinite(tr_s) and tr_s > 0):
+        raise ValueError(f"TR must be a positive number of seconds, got {tr_s!r}")
+    return TRGrid(float(tr_s), first_sample_time(tr_s, onset_s, reference_s), int(n_trs))
 
 
-def grid_phase(tr_s: float, onset_s: float, slice_time_ref: float = 0.0) -> float:
-    """Stimulus time (s) in ``[0, tr)`` of the first run TR sampled after the stimulus starts."""
-    phase = round((slice_time_ref * tr_s - onset_s) % tr_s, PHASE_DECIMALS)
+def grid_phase(tr_s: float, onset_s: float, reference_s: float = 0.0) -> float:
+    """Stimulus time (s) in ``[0, tr)`` of the first run TR sampled after the stimulus starts.
+
+    Rounded to :data:`PHASE_DECIMALS` so that equal timings give equal cache keys.
+    """
+    phase = round(first_sample_time(tr_s, onset_s, reference_s) % tr_s, PHASE_DECIMALS)
     return 0.0 if phase >= tr_s else phase
 
 
@@ -306,8 +309,8 @@ class AverageKernel:
 
     Each frame weighs by the fraction of its interval inside the window, divided by the TR, so a
     constant input maps to itself. The window is centred like the Lanczos sample, so both
-    downsamplers (and their FIR delays) refer to the same instant; with ``slice_time_ref = 0.5`` it
-    is exactly the acquisition interval of the TR.
+    downsamplers (and their FIR delays) refer to the same instant; with a slice-time reference of
+    half a TR it is exactly the acquisition interval of the TR.
     """
 
     tr_s: float
