@@ -866,7 +866,10 @@ def same_label(entity: str, label: str | None, wanted: str) -> bool:
 
 
 class _Filter:
-    """Subject/session/task/run/echo label filter tolerant of BIDS prefixes and zero padding."""
+    """Subject/session/task/run/echo label filter tolerant of BIDS prefixes and zero padding.
+
+    The echo filter keeps single-echo runs (no ``echo-`` entity): it chooses among echoes.
+    """
 
     _FIELDS = (
         ("sub", "subjects"),
@@ -913,14 +916,17 @@ class _Filter:
         return [
             c
             for c in candidates
-            if all(c.entities.get(entity) in labels for entity, labels in accepted.items())
+            if all(
+                c.entities.get(entity) in labels or (entity == "echo" and "echo" not in c.entities)
+                for entity, labels in accepted.items()
+            )
         ]
 
 
 def _label_set(values: Iterable[str] | str | None, prefix: str) -> set[str] | None:
     if values is None:
         return None
-    if isinstance(values, str):
+    if isinstance(values, (str, int)):
         values = [values]
     return {_strip(str(v), prefix) for v in values}
 
@@ -1112,4 +1118,14 @@ def _stimulus_event(events_path: Path, trial_type: str) -> _StimulusEvent:
 
 
 def _sort_key(spec: RunSpec) -> tuple:
-    return (spec.subject, spec.session or "", spec.task, spec.run or "", str(spec.bold_path))
+    """Subject, session, task, acquisition, run (as a number when it is one), echo, file."""
+    run = spec.run or ""
+    return (
+        spec.subject,
+        spec.session or "",
+        spec.task,
+        spec.acquisition or "",
+        run.zfill(12) if run.isdigit() else run,
+        spec.echo or "",
+        str(spec.bold_path),
+    )
