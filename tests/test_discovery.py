@@ -506,3 +506,16 @@ def test_lebel_repeats_are_separate_runs_of_one_stimulus(lebel, tmp_path):
     with pytest.raises(ValueError, match=r"repeat 99 asked of data of shape"):
         load_bold(runs[0].__class__(**{**runs[0].__dict__, "repeat": 99}), cleaning=RAW)
     assert not math.isnan(runs[0].tr)
+
+
+def test_errors_raised_below_a_row_still_name_the_row(lebel, tmp_path):
+    root = clone(lebel, tmp_path)
+    rewrite(root / "stimuli" / "souls.wav", b"not a wav")
+    with pytest.raises(ValueError, match=r"map.tsv, row 1 \(line 2\): .*souls.wav"):
+        read_mapping_table(souls_table(root, tmp_path, "2.0"), root=root)
+    rewrite(root / "sub-UTS01/ses-2/func/sub-UTS01_ses-2_task-souls_bold.json", "{")
+    rewrite(root / "stimuli" / "souls.wav", (lebel / "stimuli" / "souls.wav").read_bytes())
+    with pytest.raises(
+        ValueError, match=r"map.tsv, row 1 \(line 2\): sidecar .*souls_bold.json is not valid JSON"
+    ):
+        read_mapping_table(souls_table(root, tmp_path, "2.0"), root=root)

@@ -24,6 +24,25 @@ Sources, in the order they are used:
   ``*_desc-confounds_regressors.tsv``) in the BOLD file's folder, matched by the run's entities
   (:func:`find_confounds`), or a mapping table's ``confounds`` column.
 
+Checks made at discovery, before anything is read beyond headers and sidecars:
+
+* the TR of every source (mapping-table row, most specific sidecar giving ``RepetitionTime``) is
+  recorded in :attr:`RunSpec.tr_sources` and checked by :func:`wav2brain.data.timing.check_tr`
+  (0.2-20 s, sources within 1 %); with no source the TR is NaN until the image header gives it;
+* labels compare as BIDS labels (``run-7`` is ``run-07``); several files for one run are refused,
+  echoes of a multi-echo run named as such (:func:`check_unique_runs`);
+* runs of one stimulus must agree about where the story starts in its WAV
+  (:func:`check_story_positions`);
+* exclusion lists (:mod:`wav2brain.data.exclusions`) are applied;
+* a stimulus without a word/phoneme alignment (:func:`find_alignment`) is warned about once.
+
+Every error names the file and, for mapping tables, the table and the row.
+
+pybids (``BIDSLayout(validate=False)``) is not the engine: on the full Narratives metadata its
+events lookup takes minutes and on LeBel it gives story runs another task's events
+(``benchmarks/bench_discovery.py``); the tests use it as the oracle for entities and inherited
+metadata instead.
+
 Junk (``._*`` AppleDouble files, ``.DS_Store``, hidden folders) is never read.
 """
 
@@ -606,63 +625,70 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
     for index, row in table.iterrows():
         number = int(index) + 1
         where = f"mapping table {path}, row {number} (line {number + 1})"
-        bold = _resolve(root, row["bold"])
-        _require(bold, where)
-        is_array = bold.name.lower().endswith(ARRAY_SUFFIXES)
-        stimulus = _find_stimulus(root, row["stimulus"])
-        if stimulus is None:
-            raise FileNotFoundError(f"{where}: stimulus {row['stimulus']!r} not found under {root}")
-        entities, _ = parse_entities(bold.name)
-        table_tr = _number(row.get("tr", ""), "tr", where)
-        if is_array and table_tr is None:
-            raise ValueError(f"{where}: a preprocessed array needs a 'tr' column (seconds)")
-        chain = [] if is_array else sidecar_chain(bold, root)
-        sources = {f"mapping table {path.name} row {number}": table_tr}
-        sources.update(_sidecar_tr_source(chain))
-        tr, tr_sources = _checked_tr(sources, f"{where} ({bold.name})")
-        wav_duration = _wav_duration(stimulus)
-        duration = _number(row.get("duration", ""), "duration", where)
-        if duration is None and not is_array:
-            duration = wav_duration
-        onset = _number(row["onset"], "onset", where)
-        if onset is None:
-            raise ValueError(f"{where}: 'onset' is empty; expected seconds from the first volume")
-        alignment = _label(row.get("alignment", ""))
-        alignment_path = _resolve(root, alignment) if alignment else find_alignment(root, stimulus)
-        if alignment:
-            _require(alignment_path, where)
-        confounds = _label(row.get("confounds", ""))
-        confounds_path = _resolve(root, confounds) if confounds else find_confounds(bold)
-        if confounds:
-            _require(confounds_path, where)
-        reference, reference_source = _slice_time(chain, tr, where)
-        specs.append(
-            RunSpec(
-                subject=_strip(row["subject"], "sub"),
-                task=_strip(row["task"], "task"),
-                run=_optional(_strip(row["run"], "run")),
-                session=_optional(_strip(row.get("session", ""), "ses")),
-                bold_path=bold,
-                stimulus_path=stimulus,
-                stimulus_id=stimulus_id(stimulus),
-                onset=onset,
-                tr=tr,
-                duration=duration,
-                space=_label(row.get("space", "")) or _space(bold),
-                alignment_path=alignment_path,
-                confounds_path=confounds_path,
-                tr_sources=tr_sources,
-                slice_time_reference=reference,
-                slice_time_source=reference_source,
-                echo=_optional(_strip(row.get("echo", ""), "echo")) or entities.get("echo"),
-                acquisition=(
-                    _optional(_strip(row.get("acquisition", ""), "acq")) or entities.get("acq")
-                ),
-                repeat=_repeat(row.get("repeat", ""), where),
-                origin=f"mapping table {path}, row {number} (line {number + 1})",
-            )
-        )
+        try:
+            specs.append(_spec_from_row(row, number, path, root, where))
+        except (ValueError, FileNotFoundError) as err:
+            if where in str(err):
+                raise
+            kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
+            raise kind(f"{where}: {err}") from None
     return specs
+
+
+def _spec_from_row(row, number: int, path: Path, root: Path, where: str) -> RunSpec:
+    """One mapping-table row as a RunSpec (``where`` names the table and row in errors)."""
+    bold = _resolve(root, row["bold"])
+    _require(bold, where)
+    is_array = bold.name.lower().endswith(ARRAY_SUFFIXES)
+    stimulus = _find_stimulus(root, row["stimulus"])
+    if stimulus is None:
+        raise FileNotFoundError(f"{where}: stimulus {row['stimulus']!r} not found under {root}")
+    entities, _ = parse_entities(bold.name)
+    table_tr = _number(row.get("tr", ""), "tr", where)
+    if is_array and table_tr is None:
+        raise ValueError(f"{where}: a preprocessed array needs a 'tr' column (seconds)")
+    chain = [] if is_array else sidecar_chain(bold, root)
+    sources = {f"mapping table {path.name} row {number}": table_tr}
+    sources.update(_sidecar_tr_source(chain))
+    tr, tr_sources = _checked_tr(sources, f"{where} ({bold.name})")
+    wav_duration = _wav_duration(stimulus)
+    duration = _number(row.get("duration", ""), "duration", where)
+    if duration is None and not is_array:
+        duration = wav_duration
+    onset = _number(row["onset"], "onset", where)
+    if onset is None:
+        raise ValueError(f"{where}: 'onset' is empty; expected seconds from the first volume")
+    alignment = _label(row.get("alignment", ""))
+    alignment_path = _resolve(root, alignment) if alignment else find_alignment(root, stimulus)
+    if alignment:
+        _require(alignment_path, where)
+    confounds = _label(row.get("confounds", ""))
+    confounds_path = _resolve(root, confounds) if confounds else find_confounds(bold)
+    if confounds:
+        _require(confounds_path, where)
+    reference, reference_source = _slice_time(chain, tr, where)
+    return RunSpec(
+        subject=_strip(row["subject"], "sub"),
+        task=_strip(row["task"], "task"),
+        run=_optional(_strip(row["run"], "run")),
+        session=_optional(_strip(row.get("session", ""), "ses")),
+        bold_path=bold,
+        stimulus_path=stimulus,
+        stimulus_id=stimulus_id(stimulus),
+        onset=onset,
+        tr=tr,
+        duration=duration,
+        space=_label(row.get("space", "")) or _space(bold),
+        alignment_path=alignment_path,
+        confounds_path=confounds_path,
+        tr_sources=tr_sources,
+        slice_time_reference=reference,
+        slice_time_source=reference_source,
+        echo=_optional(_strip(row.get("echo", ""), "echo")) or entities.get("echo"),
+        acquisition=(_optional(_strip(row.get("acquisition", ""), "acq")) or entities.get("acq")),
+        repeat=_repeat(row.get("repeat", ""), where),
+        origin=where,
+    )
 
 
 def _repeat(value, where: str) -> int | None:
