@@ -519,3 +519,15 @@ def test_errors_raised_below_a_row_still_name_the_row(lebel, tmp_path):
         ValueError, match=r"map.tsv, row 1 \(line 2\): sidecar .*souls_bold.json is not valid JSON"
     ):
         read_mapping_table(souls_table(root, tmp_path, "2.0"), root=root)
+
+
+def test_subject_given_as_a_number_matches_its_zero_padded_label(narratives, tmp_path):
+    runs = discover_runs(narratives, subjects=["1"], tasks=["pieman"], runs=["01"])
+    assert [r.key for r in runs] == ["sub-001_task-pieman_run-1"]
+    root = clone(narratives, tmp_path)
+    shutil.copytree(root / "sub-001", root / "sub-01")
+    for path in (root / "sub-01").rglob("sub-001_*"):
+        path.rename(path.with_name(path.name.replace("sub-001_", "sub-01_")))
+    assert {r.subject for r in discover_runs(root, subjects=["01"], tasks=["tunnel"])} == {"01"}
+    with pytest.raises(ValueError, match=r"sub-1 matches several labels \['001', '01'\]"):
+        discover_runs(root, subjects=["1"], tasks=["tunnel"])
