@@ -531,3 +531,17 @@ def test_subject_given_as_a_number_matches_its_zero_padded_label(narratives, tmp
     assert {r.subject for r in discover_runs(root, subjects=["01"], tasks=["tunnel"])} == {"01"}
     with pytest.raises(ValueError, match=r"sub-1 matches several labels \['001', '01'\]"):
         discover_runs(root, subjects=["1"], tasks=["tunnel"])
+
+
+def test_unknown_mapping_table_column_is_warned_about(lebel, tmp_path):
+    table = tmp_path / "map.tsv"
+    table.write_text(
+        "subject\ttask\trun\tbold\tstimulus\tonset\tdurations\n"
+        f"UTS01\tsouls\t\t{SOULS}\tsouls.wav\t10\t700\n"
+    )
+    with pytest.warns(UserWarning, match=r"column\(s\) \['durations'\] are not read"):
+        (run,) = read_mapping_table(table, root=lebel)
+    assert run.duration == 730.0  # the WAV's length, not the misspelt column
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # negative control: known columns only, no warning
+        read_mapping_table(souls_table(lebel, tmp_path, "2.0"), root=lebel)

@@ -621,6 +621,13 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
             f"mapping table {path} lacks column(s) {missing}; expected {list(MAPPING_COLUMNS)} "
             f"(found {list(table.columns)})"
         )
+    unknown = [c for c in table.columns if c not in MAPPING_COLUMNS + MAPPING_OPTIONAL_COLUMNS]
+    if unknown:
+        warnings.warn(
+            f"mapping table {path}: column(s) {unknown} are not read (a misspelling?); known "
+            f"columns: {list(MAPPING_COLUMNS + MAPPING_OPTIONAL_COLUMNS)}",
+            stacklevel=2,
+        )
     specs = []
     for index, row in table.iterrows():
         number = int(index) + 1
