@@ -545,3 +545,25 @@ def test_unknown_mapping_table_column_is_warned_about(lebel, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # negative control: known columns only, no warning
         read_mapping_table(souls_table(lebel, tmp_path, "2.0"), root=lebel)
+
+
+def test_lebel_converter_prepares_each_repeat_as_a_run(lebel, tmp_path):
+    import h5py
+
+    from test_hf_layout import load
+    from wav2brain.data.hf_layout import RESPONSES
+
+    root = clone(lebel, tmp_path)
+    for path in (root / "derivative" / "preprocessed_data").glob("*/*.hf5"):
+        if path.stem != "wheretheressmoke" or path.parent.name != "UTS01":
+            os.unlink(path)
+    with h5py.File(root / "derivative/preprocessed_data/UTS01/wheretheressmoke.hf5", "r") as handle:
+        data = np.asarray(handle["data"], dtype=np.float32)
+    out = tmp_path / "hf"
+    argv = [str(root), "--out", str(out), "--quiet", "--no-detrend", "--no-standardize"]
+    assert load_script("lebel").main(argv) == 0
+    rows = load(out, RESPONSES).with_format("numpy")
+    assert sorted(int(r) for r in rows["run"]) == list(range(1, data.shape[0] + 1))
+    assert set(rows["stimulus_id"]) == {"wheretheressmoke"}
+    for row in rows:
+        np.testing.assert_allclose(row["bold"], data[int(row["run"]) - 1], rtol=1e-6)
