@@ -3,7 +3,10 @@
     python dataset_scripts/lebel.py /data/ds003020 --out lebel-hf --subjects UTS01 --tasks souls
 
 The story runs have no events, so this script writes the mapping table itself, one row per
-``derivative/preprocessed_data/<subject>/<story>.hf5`` (the authors' preprocessed responses):
+``derivative/preprocessed_data/<subject>/<story>.hf5`` (the authors' preprocessed responses;
+the held-out story, stored as [repeats, TRs, voxels], gives one row per repeat: run label
+``repeat + 1`` as BIDS runs count from 1, ``repeat`` column the 0-based index, so each repeat is
+its own run of the same stimulus and ``encode`` can compute the repeat noise ceiling on them):
 stimulus ``stimuli/<story>.wav``, TR from ``task-<story>_bold.json``, alignment
 ``derivative/TextGrids/<story>.TextGrid``, and the onset of the sound relative to row 0 of the
 array (``--onset``, default -10 s; see ``cards/lebel.md`` for why). It then calls
@@ -53,19 +56,45 @@ def mapping_rows(root: Path, onset: float) -> list[dict[str, str]]:
         if tr is None:
             raise ValueError(f"{sidecar}: no RepetitionTime (s)")
         textgrid = root / "derivative" / "TextGrids" / f"{story}.TextGrid"
-        rows.append(
-            {
-                "subject": path.parent.name,
-                "task": story,
-                "run": "",
-                "bold": str(path.relative_to(root)),
-                "stimulus": f"stimuli/{story}.wav",
-                "onset": f"{onset}",
-                "tr": f"{float(tr)}",
-                "alignment": str(textgrid.relative_to(root)) if textgrid.is_file() else "",
-            }
-        )
+        row = {
+            "subject": path.parent.name,
+            "task": story,
+            "run": "",
+            "bold": str(path.relative_to(root)),
+            "stimulus": f"stimuli/{story}.wav",
+            "onset": f"{onset}",
+            "tr": f"{float(tr)}",
+            "alignment": str(textgrid.relative_to(root)) if textgrid.is_file() else "",
+            "repeat": "",
+        }
+        repeats = _repeats(path)
+        if repeats is None:
+            rows.append(row)
+        else:
+            rows.extend(
+                {**row, "run": str(repeat + 1), "repeat": str(repeat)} for repeat in range(repeats)
+            )
     return rows
+
+
+def _repeats(path: Path) -> int | None:
+    """Repeats of a [repeats, TRs, voxels] response file (the held-out story); None for [TRs, voxels].
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read or its ``data`` is neither 2-D nor 3-D.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            shape = handle["data"].shape if "data" in handle else None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the HDF5 file ({error})") from None
+    if shape is None or len(shape) not in (2, 3):
+        raise ValueError(f"{path}: expected a 'data' array [TRs, voxels] or [repeats, TRs, voxels]")
+    return shape[0] if len(shape) == 3 else None
 
 
 def write_mapping(rows: list[dict[str, str]], path: Path) -> Path:

@@ -228,7 +228,7 @@ def test_bad_roots_filters_and_masks_are_named(bids, tmp_path):
     out = tmp_path / "hf"
     with pytest.raises(FileNotFoundError, match="BIDS root not found.*nowhere"):
         prepare_dataset(tmp_path / "nowhere", out)
-    with pytest.raises(ValueError, match=r"no functional runs .* matching subjects=\['99'\]"):
+    with pytest.raises(ValueError, match=r"subjects \['99'\] match no run; labels found: \['01'"):
         prepare_dataset(bids["root"], out, subjects=["99"])
     with pytest.raises(FileNotFoundError, match="mask file not found.*absent.nii.gz"):
         prepare_dataset(bids["root"], out, mask=tmp_path / "absent.nii.gz")

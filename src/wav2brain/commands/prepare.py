@@ -10,6 +10,22 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+MAPPING_EPILOG = """\
+mapping tables (--mapping runs.tsv; TSV, or CSV by extension), one row per run:
+  required  subject, task, run (may be empty), bold (image or .hf5/.npy array),
+            stimulus (WAV; relative to ROOT/stimuli, ROOT, or absolute),
+            onset (s): time from the first stored volume (row 0 of the image or array)
+            to the WAV's first sample; negative when the responses start after the sound
+  optional  session; tr (s; checked against the run's sidecars, 1 % tolerance, 0.2-20 s;
+            arrays need it); duration (s of the WAV the run must cover; default its length);
+            space; alignment (TextGrid / Gentle align.json; default: searched by the WAV's
+            name in any spelling); confounds (TSV, one row per volume); echo and acquisition
+            (BIDS labels; default from the file name); repeat (0-based index into a
+            [repeats, TRs, voxels] array)
+  paths are relative to ROOT. Errors name the table and the row (row 1 = first line after
+  the header). Labels compare as BIDS labels: --runs 7 matches run-07.
+"""
+
 
 def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> None:
     """Add the BIDS root, output, filters, mask and cleaning options to ``parser``."""
@@ -18,9 +34,31 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
     parser.add_argument("--mask", type=Path, help="brain/ROI mask (NIfTI; .npy vector for arrays)")
     parser.add_argument("--subjects", nargs="+", help="subject labels to keep (e.g. 001 sub-002)")
     parser.add_argument("--tasks", nargs="+", help="task labels to keep")
-    parser.add_argument("--runs", nargs="+", help="run labels to keep")
+    parser.add_argument("--sessions", nargs="+", help="session labels to keep")
+    parser.add_argument("--runs", nargs="+", help="run labels to keep (7 matches run-07)")
     parser.add_argument(
         "--mapping", type=Path, help="mapping table (TSV/CSV) for runs without events"
+    )
+    parser.add_argument(
+        "--exclude",
+        type=Path,
+        metavar="FILE",
+        help="runs to leave out: JSON (every string in it, e.g. Narratives' scan_exclude.json) "
+        "or text (one entry a line, # comments); an entry is a BIDS name prefix such as "
+        "sub-038_task-prettymouth or sub-001_task-pieman_run-1 (every file of that run), or a "
+        "shell pattern on the BOLD file name",
+    )
+    parser.add_argument(
+        "--echo", metavar="N", help="the echo to keep of multi-echo data (echo-N entity)"
+    )
+    parser.add_argument(
+        "--align-on",
+        nargs="+",
+        metavar="[STIMULUS=]ROW",
+        help="when runs of one stimulus disagree about where the story starts in the WAV: "
+        "'first' (align on the first events row naming the WAV, as each run's events say) or "
+        "'story' (align on the story row, at the position most runs agree on), for every "
+        "stimulus or per stimulus id (prettymouth=first); without it such runs are refused",
     )
     parser.add_argument("--trial-type", default="story", help="events trial_type of the stimulus")
     parser.add_argument("--no-detrend", action="store_true", help="do not remove slow drift")
@@ -73,8 +111,40 @@ def cleaning_from_args(args: argparse.Namespace):
     )
 
 
-def prepare_from_args(args: argparse.Namespace, card: Any = None, mapping: Any = None) -> Path:
-    """Run :func:`wav2brain.data.prepare.prepare_dataset` with the parsed options."""
+def align_on_from_args(values: list[str] | None) -> Any:
+    """``--align-on`` as :func:`~wav2brain.data.bids.discover_runs` takes it (str, dict or None).
+
+    Raises
+    ------
+    ValueError
+        A bare choice mixed with per-stimulus ones, or a stimulus given twice.
+    """
+    if not values:
+        return None
+    bare = [v for v in values if "=" not in v]
+    if bare:
+        if len(values) > 1:
+            raise ValueError(
+                f"--align-on {' '.join(values)}: give one choice for every stimulus (first or "
+                "story) or STIMULUS=CHOICE pairs, not both"
+            )
+        return bare[0]
+    choices: dict[str, str] = {}
+    for value in values:
+        sid, _, choice = value.partition("=")
+        if sid in choices:
+            raise ValueError(f"--align-on names stimulus {sid!r} twice")
+        choices[sid] = choice
+    return choices
+
+
+def prepare_from_args(
+    args: argparse.Namespace, card: Any = None, mapping: Any = None, exclude: Any = None
+) -> Path:
+    """Run :func:`wav2brain.data.prepare.prepare_dataset` with the parsed options.
+
+    ``exclude`` (a converter's default exclusion list) is used when ``--exclude`` is not given.
+    """
     from wav2brain.data.prepare import prepare_dataset
 
     return prepare_dataset(
@@ -90,6 +160,10 @@ def prepare_from_args(args: argparse.Namespace, card: Any = None, mapping: Any =
         trial_type=args.trial_type,
         slice_time_reference=args.slice_time_reference,
         progress=not args.quiet,
+        exclude=args.exclude if args.exclude is not None else exclude,
+        sessions=args.sessions,
+        echo=args.echo,
+        align_on=align_on_from_args(args.align_on),
     )
 
 
@@ -101,6 +175,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Discover runs, clean BOLD, resample audio to 16 kHz and write Parquet "
         "shards, a mask and a dataset card that datasets.load_dataset reads. Resumable: run the "
         "same command again to finish an interrupted preparation.",
+        epilog=MAPPING_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_prepare_arguments(parser, root_help="BIDS dataset root")
     parser.add_argument("--card", type=Path, help="markdown file: source, licence, citation")

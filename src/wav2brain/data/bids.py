@@ -24,18 +24,38 @@ Sources, in the order they are used:
   ``*_desc-confounds_regressors.tsv``) in the BOLD file's folder, matched by the run's entities
   (:func:`find_confounds`), or a mapping table's ``confounds`` column.
 
+Checks made at discovery, before anything is read beyond headers and sidecars:
+
+* the TR of every source (mapping-table row, most specific sidecar giving ``RepetitionTime``) is
+  recorded in :attr:`RunSpec.tr_sources` and checked by :func:`wav2brain.data.timing.check_tr`
+  (0.2-20 s, sources within 1 %); with no source the TR is NaN until the image header gives it;
+* labels compare as BIDS labels (``run-7`` is ``run-07``); several files for one run are refused,
+  echoes of a multi-echo run named as such (:func:`check_unique_runs`);
+* runs of one stimulus must agree about where the story starts in its WAV
+  (:func:`check_story_positions`);
+* exclusion lists (:mod:`wav2brain.data.exclusions`) are applied;
+* a stimulus without a word/phoneme alignment (:func:`find_alignment`) is warned about once.
+
+Every error names the file and, for mapping tables, the table and the row.
+
+pybids (``BIDSLayout(validate=False)``) is not the engine: on the full Narratives metadata its
+events lookup takes minutes and on LeBel it gives story runs another task's events
+(``benchmarks/bench_discovery.py``); the tests use it as the oracle for entities and inherited
+metadata instead.
+
 Junk (``._*`` AppleDouble files, ``.DS_Store``, hidden folders) is never read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
+import statistics
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -46,8 +66,20 @@ ARRAY_SUFFIXES = (".hf5", ".h5", ".hdf5", ".npy")
 """File endings of already-preprocessed response arrays [TRs, voxels] (mapping tables only)."""
 
 MAPPING_COLUMNS = ("subject", "task", "run", "bold", "stimulus", "onset")
-"""Required columns of a mapping table; optional: session, tr, duration, space, alignment,
-confounds."""
+"""Required columns of a mapping table; optional: :data:`MAPPING_OPTIONAL_COLUMNS`."""
+
+MAPPING_OPTIONAL_COLUMNS = (
+    "session",
+    "tr",
+    "duration",
+    "space",
+    "alignment",
+    "confounds",
+    "echo",
+    "acquisition",
+    "repeat",
+)
+"""Optional columns of a mapping table (:func:`read_mapping_table` says what each holds)."""
 
 CONFOUNDS_SUFFIXES = ("timeseries", "regressors")
 """Suffixes of fMRIPrep's ``desc-confounds`` tables, preferred first: ``timeseries`` since
@@ -81,7 +113,11 @@ class RunSpec:
         Seconds from the first volume (row 0 of the array) to the WAV's first sample; negative
         when the responses start after the sound (LeBel's trimmed arrays).
     tr : float
-        Repetition time in seconds.
+        Repetition time in seconds, checked across every source that gave one
+        (:attr:`tr_sources`, :func:`wav2brain.data.timing.check_tr`). NaN when neither a mapping
+        table nor a sidecar gives it and only the image header can tell (derivative BOLD without
+        sidecars): the image reader then takes the header TR and checks it against
+        ``tr_sources``, which lack the header.
     duration : float or None
         Seconds of stimulus, from its first sample, the run must cover (events: story offset +
         story ``duration``; else the WAV's length).
@@ -106,7 +142,17 @@ class RunSpec:
     mask_path : Path or None
         A brain mask that comes with the image (fMRIPrep ``desc-brain_mask``), when one was found.
     echo : str or None
-        ``echo-`` entity of a multi-echo file, None for single-echo data.
+        ``echo-`` entity of a multi-echo file (or a mapping table's ``echo`` column), None for
+        single-echo data.
+    acquisition : str or None
+        ``acq-`` entity: two acquisitions of one task and run are two runs (part of :attr:`key`).
+    repeat : int or None
+        0-based index into the first axis of a preprocessed array stored as
+        [repeats, TRs, voxels] (LeBel's held-out story), so each repeat is its own run; None
+        reads a 2-D array (or averages the repeats of a 3-D one).
+    origin : str or None
+        Where the run was described (``"mapping table runs.tsv, row 3 (line 4)"``,
+        ``"events file sub-01_task-x_events.tsv"``), for error messages.
     """
 
     subject: str
@@ -128,6 +174,9 @@ class RunSpec:
     slice_time_source: str = "acquisition start (no slice-timing correction)"
     mask_path: Path | None = None
     echo: str | None = None
+    acquisition: str | None = None
+    repeat: int | None = None
+    origin: str | None = None
 
     @property
     def is_array(self) -> bool:
@@ -141,9 +190,16 @@ class RunSpec:
         if self.session is not None:
             parts.append(f"ses-{self.session}")
         parts.append(f"task-{self.task}")
+        if self.acquisition is not None:
+            parts.append(f"acq-{self.acquisition}")
         if self.run is not None:
             parts.append(f"run-{self.run}")
         return "_".join(parts)
+
+    @property
+    def described(self) -> str:
+        """The BOLD file and, when known, the table row or events file that described the run."""
+        return f"{self.bold_path} ({self.origin})" if self.origin else str(self.bold_path)
 
 
 def require_file(path: Path) -> None:
@@ -189,6 +245,22 @@ def read_sidecar(bold_path: Path, root: Path) -> dict:
     ValueError
         If an applicable sidecar is not valid JSON (the file is named).
     """
+    merged: dict = {}
+    for _, content in sidecar_chain(bold_path, root):
+        merged.update(content)
+    return merged
+
+
+def sidecar_chain(bold_path: Path, root: Path) -> list[tuple[Path, dict]]:
+    """The sidecars that apply to a run with their content, least specific first.
+
+    A BOLD file outside ``root`` has none. See :func:`read_sidecar` for the rule.
+    """
+    root, bold_path = Path(root), Path(bold_path)
+    try:
+        bold_path.parent.relative_to(root)
+    except ValueError:
+        return []
     entities, _ = parse_entities(bold_path.name)
     found = []
     for depth, folder in enumerate(_folders_down_to(root, bold_path.parent)):
@@ -198,15 +270,15 @@ def read_sidecar(bold_path: Path, root: Path) -> dict:
             cand_entities, suffix = parse_entities(candidate.name)
             if suffix != "bold":
                 continue
-            if all(entities.get(k) == v for k, v in cand_entities.items()):
+            if all(same_label(k, entities.get(k), v) for k, v in cand_entities.items()):
                 found.append((depth, len(cand_entities), candidate))
-    merged: dict = {}
+    chain = []
     for _, _, candidate in sorted(found):
         try:
-            merged.update(json.loads(candidate.read_text()))
+            chain.append((candidate, json.loads(candidate.read_text())))
         except json.JSONDecodeError as err:
             raise ValueError(f"sidecar {candidate} is not valid JSON: {err}") from err
-    return merged
+    return chain
 
 
 def find_events(bold_path: Path, root: Path) -> Path | None:
@@ -221,7 +293,9 @@ def find_events(bold_path: Path, root: Path) -> Path | None:
             if is_junk(candidate.relative_to(root)):
                 continue
             cand_entities, suffix = parse_entities(candidate.name)
-            if suffix == "events" and all(entities.get(k) == v for k, v in cand_entities.items()):
+            if suffix == "events" and all(
+                same_label(k, entities.get(k), v) for k, v in cand_entities.items()
+            ):
                 rank = (depth, len(cand_entities))
                 if best is None or rank >= best[0]:
                     best = (rank, candidate)
@@ -258,6 +332,12 @@ def _run_entities(name: str) -> dict[str, str]:
     return {k: v for k, v in entities.items() if k not in _NON_RUN_ENTITIES}
 
 
+AlignOn = Literal["first", "story"] | Mapping[str, Literal["first", "story"]] | None
+"""``align_on`` of :func:`discover_runs`: one choice for every stimulus, or per stimulus id."""
+
+ALIGN_CHOICES = ("first", "story")
+
+
 def discover_runs(
     root: str | Path,
     subjects: Iterable[str] | None = None,
@@ -266,7 +346,11 @@ def discover_runs(
     mapping: str | Path | Sequence[RunSpec] | None = None,
     trial_type: str = "story",
     on_missing_stimulus: Literal["error", "skip"] = "error",
-    exclude: Iterable[str] | None = None,
+    exclude: str | Path | Iterable[str] | None = None,
+    *,
+    sessions: Iterable[str] | None = None,
+    echo: str | int | None = None,
+    align_on: AlignOn = None,
 ) -> list[RunSpec]:
     """List the functional runs of a BIDS dataset with stimulus, onset and TR.
 
@@ -274,9 +358,12 @@ def discover_runs(
     ----------
     root : str or Path
         BIDS dataset root.
-    subjects, tasks, runs : iterable of str, optional
-        Keep only these labels (with or without the ``sub-``/``task-``/``run-`` prefix). A
-        ``runs`` filter drops runs whose file names have no ``run-`` entity.
+    subjects, sessions, tasks, runs : iterable of str, optional
+        Keep only these labels (with or without the ``sub-``/``ses-``/``task-``/``run-``
+        prefix). Labels compare as BIDS labels: ``run`` (an index) by value, so ``7`` matches
+        ``run-07``; a subject or session given as a number matches a zero-padded label when no
+        label equals it exactly (``1`` -> ``sub-001``). A value that matches no run of the
+        dataset is an error. A ``runs`` filter drops runs whose file names have no ``run-``.
     mapping : path or sequence of RunSpec, optional
         Mapping table (see :func:`read_mapping_table`) or its parsed rows. When given, it is
         the list of runs, and events files are not read.
@@ -285,9 +372,17 @@ def discover_runs(
     on_missing_stimulus : {"error", "skip"}
         What to do with a run whose stimulus cannot be found: raise (default), or skip it with
         a warning (a dataset mirror that lacks some WAVs).
-    exclude : iterable of str, optional
-        Shell patterns (:mod:`fnmatch`) of BOLD file names to leave out, e.g. the scans a
-        dataset's authors exclude (Narratives lists them in ``code/scan_exclude.json``).
+    exclude : path, or iterable of str, optional
+        Runs to leave out: an exclusion file (:func:`wav2brain.data.exclusions.read_exclusions`:
+        Narratives' ``code/scan_exclude.json``, or a text file of run keys / file names) or its
+        entries. See :func:`wav2brain.data.exclusions.is_excluded` for how an entry matches.
+    echo : str or int, optional
+        Keep only this echo of multi-echo data (``echo-`` entity or a table's ``echo`` column).
+        Without it, several echoes of one run are refused: wav2brain does not combine echoes
+        (use tedana or fMRIPrep's optimal combination first, or choose one echo).
+    align_on : {"first", "story"} or mapping of stimulus id to it, optional
+        What to do when runs of one stimulus disagree about where the story starts in the WAV
+        (:func:`check_story_positions`); None refuses them.
 
     Returns
     -------
@@ -299,8 +394,13 @@ def discover_runs(
     FileNotFoundError
         No such root; a run's stimulus or image missing (the file is named).
     ValueError
-        Missing TR, unreadable WAV, ambiguous or malformed events (the file is named).
+        TR missing, implausible or disagreeing between sources; unreadable WAV; ambiguous or
+        malformed events; filter values that match no run; several files for one run (echoes of
+        a multi-echo run are named as such); runs of one stimulus that disagree about the story's
+        position in the WAV (each error names the files and table rows).
     """
+    from wav2brain.data.exclusions import is_excluded, read_exclusions, warn_unmatched
+
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"BIDS root not found: {root}")
@@ -308,51 +408,205 @@ def discover_runs(
         raise ValueError(
             f"on_missing_stimulus must be 'error' or 'skip', got {on_missing_stimulus!r}"
         )
-    keep = _Filter(subjects, tasks, runs)
-    excluded = tuple(exclude or ())
+    excluded = read_exclusions(exclude)
     if mapping is not None:
         if isinstance(mapping, (str, Path)):
             mapping = read_mapping_table(mapping, root)
-        chosen = (s for s in mapping if keep(s.subject, s.task, s.run))
-        return sorted((s for s in chosen if not _matches(s.bold_path, excluded)), key=_sort_key)
+        candidates = [_Candidate.of_spec(spec) for spec in mapping]
+    else:
+        candidates = [_Candidate.of_file(path) for path in _bold_files(root)]
+        candidates = [c for c in candidates if "sub" in c.entities and "task" in c.entities]
+    keep = _Filter(subjects=subjects, sessions=sessions, tasks=tasks, runs=runs, echo=echo)
+    chosen = keep(candidates)
+    warn_unmatched(excluded, candidates)
+    chosen = [c for c in chosen if not is_excluded(c.entities, c.bold_path, excluded)]
     found = []
-    for bold_path in _bold_files(root):
-        entities, _ = parse_entities(bold_path.name)
-        if "sub" not in entities or "task" not in entities:
-            continue
-        if not keep(entities["sub"], entities["task"], entities.get("run")):
-            continue
-        if _matches(bold_path, excluded):
+    for candidate in chosen:
+        if candidate.spec is not None:
+            found.append(candidate.spec)
             continue
         try:
-            found.append(_run_from_events(root, bold_path, entities, trial_type))
+            found.append(
+                _run_from_events(root, candidate.bold_path, candidate.entities, trial_type)
+            )
         except _MissingStimulusError as err:
             if on_missing_stimulus == "error":
                 raise FileNotFoundError(str(err)) from None
             warnings.warn(f"skipping run: {err}", stacklevel=2)
-    return sorted(found, key=_sort_key)
+    found = sorted(found, key=_sort_key)
+    check_unique_runs(found)
+    _warn_missing_alignments(found, root)
+    return check_story_positions(found, align_on)
+
+
+def check_unique_runs(runs: Sequence[RunSpec]) -> None:
+    """Refuse several files for one run (one :attr:`RunSpec.key`), naming files and rows.
+
+    Echoes of a multi-echo run are named as such, with how to choose one.
+    """
+    groups: dict[str, list[RunSpec]] = {}
+    for run in runs:
+        groups.setdefault(run.key, []).append(run)
+    for key, group in groups.items():
+        if len(group) < 2:
+            continue
+        listing = "; ".join(run.described for run in group)
+        echoes = sorted({run.echo for run in group if run.echo is not None})
+        if len(echoes) > 1:
+            raise ValueError(
+                f"{key} is a multi-echo run ({len(echoes)} echoes: {echoes}): {listing}. "
+                "wav2brain does not combine echoes; choose one with --echo N "
+                "(prepare_dataset(echo=N)), list one echo per run in the mapping table (its "
+                "'echo' column), or combine them first (tedana, fMRIPrep --me-output-echos)"
+            )
+        raise ValueError(
+            f"several files describe the run {key}: {listing}; expected one file per run "
+            "(exclude the others, or tell them apart with acq-/run- entities)"
+        )
+
+
+def check_story_positions(runs: Sequence[RunSpec], align_on: AlignOn = None) -> list[RunSpec]:
+    """Check that runs of one stimulus agree about where the story starts in its WAV.
+
+    The story's position in a WAV (:attr:`RunSpec.story_offset`: the ``trial_type`` row's onset
+    minus the onset of the first row naming the WAV) is a property of the WAV, so every run of
+    a stimulus must give the same value, within a tenth of the smallest TR of those runs (0.1 s
+    when no TR is known yet). Narratives' prettymouth is the real case: sub-038 has the story at
+    15.0 s, sub-105 at 13.5 s, both after music at 0.0 s; both scans are on the authors'
+    exclusion list.
+
+    Parameters
+    ----------
+    runs : sequence of RunSpec
+        Discovered runs.
+    align_on : {"first", "story"}, or mapping of stimulus id to one, optional
+        For a stimulus whose runs disagree: ``"first"`` keeps each run aligned on the first row
+        naming the WAV (the default rule; each run keeps its own story position), ``"story"``
+        aligns each run on its ``trial_type`` row, the story's position being the one a strict
+        majority of the runs agree on (the others are moved with a warning). None (or a stimulus
+        missing from the mapping) refuses the disagreement.
+
+    Returns
+    -------
+    list of RunSpec
+        ``runs``, with realigned runs replaced (``"story"``).
+
+    Raises
+    ------
+    ValueError
+        Disagreeing runs without a choice (each run is named with its position), an unknown
+        choice, or ``"story"`` without a majority.
+    """
+    choices = _align_choices(align_on, {run.stimulus_id for run in runs})
+    groups: dict[str, list[RunSpec]] = {}
+    for run in runs:
+        groups.setdefault(run.stimulus_id, []).append(run)
+    moved: dict[int, RunSpec] = {}
+    for sid, group in groups.items():
+        trs = [run.tr for run in group if math.isfinite(run.tr)]
+        tolerance = 0.1 * min(trs) if trs else 0.1
+        offsets = [run.story_offset for run in group]
+        if max(offsets) - min(offsets) <= tolerance:
+            continue
+        listing = "; ".join(f"{run.described}: story at {run.story_offset:g} s" for run in group)
+        choice = choices.get(sid)
+        if choice is None:
+            raise ValueError(
+                f"runs of stimulus {sid!r} disagree about where the story starts in "
+                f"{group[0].stimulus_path.name} (by more than a tenth of a TR, "
+                f"{tolerance:.3g} s; seconds after the first events row naming the WAV): "
+                f"{listing}. The story's position is a property of the WAV, so one of them is "
+                "misaligned: exclude the wrong run(s) (--exclude FILE, exclude=...), or say "
+                f"which row to align on: --align-on {sid}=first (the first row naming the WAV, "
+                f"each run as its events say) or --align-on {sid}=story (the story row, at the "
+                "position most runs agree on)"
+            )
+        if choice == "first":
+            continue
+        agreeing = [
+            [other for other in group if abs(other.story_offset - run.story_offset) <= tolerance]
+            for run in group
+        ]
+        majority = max(agreeing, key=len)
+        if 2 * len(majority) <= len(group):
+            raise ValueError(
+                f"--align-on {sid}=story: no position of the story in "
+                f"{group[0].stimulus_path.name} is shared by more than half of its runs "
+                f"({listing}); exclude the wrong run(s) or align on 'first'"
+            )
+        position = float(statistics.median(run.story_offset for run in majority))
+        for run in group:
+            if any(run is other for other in majority):
+                continue
+            shift = run.story_offset - position
+            moved[id(run)] = dataclasses.replace(
+                run,
+                onset=run.onset + shift,
+                story_offset=position,
+                duration=None if run.duration is None else run.duration - shift,
+            )
+            warnings.warn(
+                f"{run.described}: aligned on its story row: the WAV {run.stimulus_path.name} "
+                f"starts at {run.onset + shift:g} s (its events say {run.onset:g} s), the story "
+                f"being {position:g} s into it as in {len(majority)} of {len(group)} runs",
+                stacklevel=3,
+            )
+    return [moved.get(id(run), run) for run in runs]
+
+
+def _align_choices(align_on: AlignOn, stimuli: set[str]) -> dict[str, str]:
+    """``align_on`` as ``{stimulus id: choice}``, every value checked."""
+    if align_on is None:
+        return {}
+    if isinstance(align_on, str):
+        choices = dict.fromkeys(stimuli, align_on)
+    else:
+        choices = dict(align_on)
+        unknown = sorted(set(choices) - stimuli)
+        if unknown:
+            raise ValueError(
+                f"align_on names stimuli {unknown} that no run plays; stimuli: {sorted(stimuli)}"
+            )
+    for sid, choice in choices.items():
+        if choice not in ALIGN_CHOICES:
+            raise ValueError(
+                f"align_on for stimulus {sid!r} is {choice!r}; expected one of {ALIGN_CHOICES}"
+            )
+    return choices
 
 
 def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list[RunSpec]:
     """Read a CSV/TSV that maps runs to stimuli for datasets without events.
 
-    Columns: ``subject, task, run, bold, stimulus, onset`` (required; ``run`` may be empty or
-    ``n/a``) and ``session, tr, duration, space, alignment, confounds`` (optional). ``bold``,
-    ``stimulus``, ``alignment`` and ``confounds`` are paths relative to ``root`` (default: the
-    table's folder) or absolute; ``stimulus`` may also be relative to ``<root>/stimuli``.
+    One row per run. Columns (the README's "Mapping tables" section says the same):
+
+    * required: ``subject, task, run, bold, stimulus, onset`` (``run`` may be empty or ``n/a``);
+    * optional: ``session, tr, duration, space, alignment, confounds, echo, acquisition, repeat``.
+
+    ``bold``, ``stimulus``, ``alignment`` and ``confounds`` are paths relative to ``root``
+    (default: the table's folder) or absolute; ``stimulus`` may also be relative to
+    ``<root>/stimuli``. ``onset`` is the time in seconds from the first stored volume (row 0 of
+    the image or array) to the WAV's first sample, negative when the responses start after the
+    sound (LeBel's trimmed arrays). ``duration`` (s) is how much of the WAV, from its first
+    sample, the run must cover; without it the WAV's length is used for images, and no coverage
+    is checked for preprocessed arrays (their authors crop them to the span they model). ``tr``
+    is in seconds; it is checked (:func:`wav2brain.data.timing.check_tr`) against the run's
+    ``*_bold.json`` sidecars when the image lies under ``root``; an array needs it.
     ``confounds`` is a TSV/CSV with one row per volume of the scan (before trimming) and named
-    columns; without it, an fMRIPrep table beside the BOLD file is used
-    (:func:`find_confounds`). ``onset`` and ``duration`` are in
-    seconds, ``tr`` in seconds; without ``tr`` the run's ``*_bold.json`` sidecars give it (images
-    only). Without ``duration`` the WAV's length is used for images, and no coverage is checked for
-    preprocessed arrays (their authors crop them to the span they model).
+    columns; without it, an fMRIPrep table beside the BOLD file is used (:func:`find_confounds`).
+    ``alignment`` names the stimulus's word/phoneme alignment; without it one is searched
+    (:func:`find_alignment`). ``echo`` and ``acquisition`` are BIDS labels (default: the file
+    name's ``echo-``/``acq-``); ``repeat`` is the 0-based index into the first axis of an array
+    stored as [repeats, TRs, voxels]. Every error names the table and the row (row 1 is the
+    first line after the header).
 
     Raises
     ------
     FileNotFoundError
         Table, BOLD, stimulus, alignment or confounds file missing (the row is named).
     ValueError
-        Missing columns, non-numeric onset/tr/duration, no TR found (the row is named).
+        Missing columns, non-numeric onset/tr/duration/repeat, no TR, a TR outside 0.2-20 s or
+        disagreeing with the sidecar by more than 1 % (the row and every source are named).
     """
     import pandas as pd
 
@@ -367,52 +621,135 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
             f"mapping table {path} lacks column(s) {missing}; expected {list(MAPPING_COLUMNS)} "
             f"(found {list(table.columns)})"
         )
+    unknown = [c for c in table.columns if c not in MAPPING_COLUMNS + MAPPING_OPTIONAL_COLUMNS]
+    if unknown:
+        warnings.warn(
+            f"mapping table {path}: column(s) {unknown} are not read (a misspelling?); known "
+            f"columns: {list(MAPPING_COLUMNS + MAPPING_OPTIONAL_COLUMNS)}",
+            stacklevel=2,
+        )
     specs = []
     for index, row in table.iterrows():
-        where = f"mapping table {path}, row {index + 2}"
-        bold = _resolve(root, row["bold"])
-        _require(bold, where)
-        stimulus = _find_stimulus(root, row["stimulus"])
-        if stimulus is None:
-            raise FileNotFoundError(f"{where}: stimulus {row['stimulus']!r} not found under {root}")
-        tr = _number(row.get("tr", ""), "tr", where)
-        if tr is None:
-            if bold.name.lower().endswith(ARRAY_SUFFIXES):
-                raise ValueError(f"{where}: a preprocessed array needs a 'tr' column (seconds)")
-            tr = _sidecar_tr(bold, root)
-        wav_duration = _wav_duration(stimulus)
-        duration = _number(row.get("duration", ""), "duration", where)
-        if duration is None and not bold.name.lower().endswith(ARRAY_SUFFIXES):
-            duration = wav_duration
-        onset = _number(row["onset"], "onset", where)
-        if onset is None:
-            raise ValueError(f"{where}: 'onset' is empty; expected seconds from the first volume")
-        alignment = _label(row.get("alignment", ""))
-        alignment_path = _resolve(root, alignment) if alignment else find_alignment(root, stimulus)
-        if alignment:
-            _require(alignment_path, where)
-        confounds = _label(row.get("confounds", ""))
-        confounds_path = _resolve(root, confounds) if confounds else find_confounds(bold)
-        if confounds:
-            _require(confounds_path, where)
-        specs.append(
-            RunSpec(
-                subject=_strip(row["subject"], "sub"),
-                task=_strip(row["task"], "task"),
-                run=_optional(_strip(row["run"], "run")),
-                session=_optional(_strip(row.get("session", ""), "ses")),
-                bold_path=bold,
-                stimulus_path=stimulus,
-                stimulus_id=stimulus_id(stimulus),
-                onset=onset,
-                tr=tr,
-                duration=duration,
-                space=_label(row.get("space", "")) or _space(bold),
-                alignment_path=alignment_path,
-                confounds_path=confounds_path,
-            )
-        )
+        number = int(index) + 1
+        where = f"mapping table {path}, row {number} (line {number + 1})"
+        try:
+            specs.append(_spec_from_row(row, number, path, root, where))
+        except (ValueError, FileNotFoundError) as err:
+            if where in str(err):
+                raise
+            kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
+            raise kind(f"{where}: {err}") from None
     return specs
+
+
+def _spec_from_row(row, number: int, path: Path, root: Path, where: str) -> RunSpec:
+    """One mapping-table row as a RunSpec (``where`` names the table and row in errors)."""
+    bold = _resolve(root, row["bold"])
+    _require(bold, where)
+    is_array = bold.name.lower().endswith(ARRAY_SUFFIXES)
+    stimulus = _find_stimulus(root, row["stimulus"])
+    if stimulus is None:
+        raise FileNotFoundError(f"{where}: stimulus {row['stimulus']!r} not found under {root}")
+    entities, _ = parse_entities(bold.name)
+    table_tr = _number(row.get("tr", ""), "tr", where)
+    if is_array and table_tr is None:
+        raise ValueError(f"{where}: a preprocessed array needs a 'tr' column (seconds)")
+    chain = [] if is_array else sidecar_chain(bold, root)
+    sources = {f"mapping table {path.name} row {number}": table_tr}
+    sources.update(_sidecar_tr_source(chain))
+    tr, tr_sources = _checked_tr(sources, f"{where} ({bold.name})")
+    wav_duration = _wav_duration(stimulus)
+    duration = _number(row.get("duration", ""), "duration", where)
+    if duration is None and not is_array:
+        duration = wav_duration
+    onset = _number(row["onset"], "onset", where)
+    if onset is None:
+        raise ValueError(f"{where}: 'onset' is empty; expected seconds from the first volume")
+    alignment = _label(row.get("alignment", ""))
+    alignment_path = _resolve(root, alignment) if alignment else find_alignment(root, stimulus)
+    if alignment:
+        _require(alignment_path, where)
+    confounds = _label(row.get("confounds", ""))
+    confounds_path = _resolve(root, confounds) if confounds else find_confounds(bold)
+    if confounds:
+        _require(confounds_path, where)
+    reference, reference_source = _slice_time(chain, tr, where)
+    return RunSpec(
+        subject=_strip(row["subject"], "sub"),
+        task=_strip(row["task"], "task"),
+        run=_optional(_strip(row["run"], "run")),
+        session=_optional(_strip(row.get("session", ""), "ses")),
+        bold_path=bold,
+        stimulus_path=stimulus,
+        stimulus_id=stimulus_id(stimulus),
+        onset=onset,
+        tr=tr,
+        duration=duration,
+        space=_label(row.get("space", "")) or _space(bold),
+        alignment_path=alignment_path,
+        confounds_path=confounds_path,
+        tr_sources=tr_sources,
+        slice_time_reference=reference,
+        slice_time_source=reference_source,
+        echo=_optional(_strip(row.get("echo", ""), "echo")) or entities.get("echo"),
+        acquisition=(_optional(_strip(row.get("acquisition", ""), "acq")) or entities.get("acq")),
+        repeat=_repeat(row.get("repeat", ""), where),
+        origin=where,
+    )
+
+
+def _repeat(value, where: str) -> int | None:
+    """The ``repeat`` column: a 0-based index, or None when empty."""
+    text = _label(value)
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(f"{where}: repeat {text!r} is not a 0-based index (0, 1, 2...)")
+    return int(text)
+
+
+def _sidecar_tr_source(chain: Sequence[tuple[Path, dict]]) -> dict[str, float | None]:
+    """``{"sidecar <file>": RepetitionTime}`` of the most specific sidecar that gives one."""
+    for candidate, content in reversed(chain):
+        if "RepetitionTime" in content:
+            value = content["RepetitionTime"]
+            try:
+                return {f"sidecar {candidate.name}": float(value)}
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"sidecar {candidate}: RepetitionTime {value!r} is not a number of seconds"
+                ) from None
+    return {}
+
+
+def _checked_tr(
+    sources: dict[str, float | None], where: str
+) -> tuple[float, tuple[tuple[str, float], ...]]:
+    """The TR agreed by every source (NaN when none gives one) and the sources that gave it."""
+    from wav2brain.data.timing import check_tr
+
+    given = tuple((name, float(value)) for name, value in sources.items() if value is not None)
+    if not given:
+        return math.nan, ()
+    return check_tr(dict(given), where), given
+
+
+def _slice_time(chain: Sequence[tuple[Path, dict]], tr: float, where: str) -> tuple[float, str]:
+    """The run's slice-time reference from its inherited sidecar (:mod:`wav2brain.data.timing`).
+
+    With the TR still unknown (NaN: header only) the range check waits for the header: any
+    ``StartTime`` >= 0 is accepted here.
+    """
+    from wav2brain.data.timing import slice_time_reference
+
+    merged: dict = {}
+    for _, content in chain:
+        merged.update(content)
+    try:
+        return slice_time_reference(merged, tr if math.isfinite(tr) else math.inf)
+    except ValueError as err:
+        names = ", ".join(str(c) for c, _ in chain)
+        raise ValueError(f"{where}: {err} (sidecars: {names})") from None
 
 
 def stimulus_id(stimulus_path: Path) -> str:
@@ -421,59 +758,208 @@ def stimulus_id(stimulus_path: Path) -> str:
     return stem[: -len("_audio")] if stem.endswith("_audio") else stem
 
 
-def find_alignment(root: Path, stimulus_path: Path) -> Path | None:
-    """Look for a stimulus's word/phoneme alignment in the usual places, by stimulus id.
+ALIGNMENT_PLACES = (
+    ("stimuli/gentle", "<id>/align.json"),
+    ("stimuli", "<id>_align.json"),
+    ("stimuli", "<id>.json"),
+    ("derivative/TextGrids", "<id>.TextGrid"),
+    ("derivatives/TextGrids", "<id>.TextGrid"),
+    ("stimuli", "<id>.TextGrid"),
+    ("stimuli/TextGrids", "<id>.TextGrid"),
+    ("stimuli/alignments", "<id>.TextGrid"),
+)
+"""Where :func:`find_alignment` looks, in order: (folder under the root, file pattern)."""
 
-    Order: ``stimuli/gentle/<id>/align.json`` (Narratives, full dataset; also what
-    :mod:`wav2brain.simulation` writes), ``stimuli/<id>_align.json``, ``stimuli/<id>.json``,
-    ``derivative[s]/TextGrids/<id>.TextGrid`` (LeBel), ``stimuli/<id>.TextGrid``. The task name is
-    not used: one task may play several stimuli (milkyway), each with its own alignment.
+
+def find_alignment(root: Path, stimulus_path: Path) -> Path | None:
+    """Look for a stimulus's word/phoneme alignment in the usual places.
+
+    Places (:data:`ALIGNMENT_PLACES`, first hit wins): ``stimuli/gentle/<id>/align.json``
+    (Narratives, full dataset; also what :mod:`wav2brain.simulation` writes),
+    ``stimuli/<id>_align.json``, ``stimuli/<id>.json``, ``derivative[s]/TextGrids/<id>.TextGrid``
+    (LeBel), ``stimuli/[TextGrids/|alignments/]<id>.TextGrid``. ``<id>`` is the stimulus file's
+    own stem or its id (without ``_audio``), in any of its common spellings: case, ``-`` and
+    ``_`` are ignored, so ``book_section-1.wav`` finds ``book_section1.TextGrid``,
+    ``book_section_1.TextGrid`` or ``Book-Section-1.TextGrid``. An exact name wins over a
+    respelled one. The task name is not used: one task may play several stimuli (milkyway),
+    each with its own alignment.
+
+    Raises
+    ------
+    ValueError
+        Two different files in one place that both respell the stimulus's name.
     """
-    sid = stimulus_id(stimulus_path)
-    candidates = [
-        root / "stimuli" / "gentle" / sid / "align.json",
-        root / "stimuli" / f"{sid}_align.json",
-        root / "stimuli" / f"{sid}.json",
-        root / "derivative" / "TextGrids" / f"{sid}.TextGrid",
-        root / "derivatives" / "TextGrids" / f"{sid}.TextGrid",
-        root / "stimuli" / f"{sid}.TextGrid",
-    ]
-    return next((c for c in candidates if c.is_file()), None)
+    root, stimulus_path = Path(root), Path(stimulus_path)
+    names = {stimulus_path.name.split(".", 1)[0], stimulus_id(stimulus_path)}
+    wanted = {_spelling(name) for name in names}
+    for folder, pattern in ALIGNMENT_PLACES:
+        base = root / folder
+        if not base.is_dir():
+            continue
+        exact = [base / pattern.replace("<id>", name) for name in sorted(names)]
+        hit = next((path for path in exact if path.is_file()), None)
+        if hit is not None:
+            return hit
+        head, _, tail = pattern.partition("<id>")
+        respelled = sorted(
+            path
+            for path in base.glob(pattern.replace("<id>", "*"))
+            if path.is_file()
+            and not is_junk(path.relative_to(root))
+            and _spelling(_id_part(path.relative_to(base).as_posix(), head, tail)) in wanted
+        )
+        if len(respelled) > 1:
+            raise ValueError(
+                f"alignment of {stimulus_path.name} is ambiguous: {[str(p) for p in respelled]} "
+                "all respell its name; name one in the mapping table's 'alignment' column"
+            )
+        if respelled:
+            return respelled[0]
+    return None
+
+
+def alignment_search_text(root: Path, stimulus_path: Path) -> str:
+    """Where :func:`find_alignment` looked for a stimulus, for a warning."""
+    sid = stimulus_id(Path(stimulus_path))
+    places = ", ".join(
+        f"{folder}/{pattern.replace('<id>', sid)}" for folder, pattern in ALIGNMENT_PLACES
+    )
+    return f"{places} under {root} (any spelling of {sid!r})"
+
+
+def _spelling(name: str) -> str:
+    """A name with case, ``-`` and ``_`` ignored (``Book_Section-1`` -> ``booksection1``)."""
+    return re.sub(r"[-_]", "", name).lower()
+
+
+def _id_part(relative: str, head: str, tail: str) -> str:
+    """The ``<id>`` part of a path matched by ``head + * + tail``."""
+    return relative[len(head) : len(relative) - len(tail)]
+
+
+def _warn_missing_alignments(runs: Sequence[RunSpec], root: Path) -> None:
+    """One warning per stimulus without an alignment, naming where it was searched."""
+    seen = set()
+    for run in runs:
+        if run.alignment_path is None and run.stimulus_id not in seen:
+            seen.add(run.stimulus_id)
+            warnings.warn(
+                f"stimulus {run.stimulus_id!r} ({run.stimulus_path}) has no word/phoneme "
+                f"alignment: none found in {alignment_search_text(root, run.stimulus_path)}; "
+                "name one in a mapping table's 'alignment' column. Its words and phonemes will "
+                "be empty",
+                stacklevel=3,
+            )
+
+
+class _Candidate(NamedTuple):
+    """A run before its events are read: entities, BOLD file and (mapping tables) its RunSpec."""
+
+    entities: dict[str, str]
+    bold_path: Path
+    spec: RunSpec | None
+
+    @classmethod
+    def of_file(cls, path: Path) -> _Candidate:
+        return cls(parse_entities(path.name)[0], path, None)
+
+    @classmethod
+    def of_spec(cls, spec: RunSpec) -> _Candidate:
+        labels = {
+            "sub": spec.subject,
+            "ses": spec.session,
+            "task": spec.task,
+            "acq": spec.acquisition,
+            "run": spec.run,
+            "echo": spec.echo,
+        }
+        return cls({k: v for k, v in labels.items() if v is not None}, spec.bold_path, spec)
 
 
 class _MissingStimulusError(Exception):
     """A run without a usable stimulus (error or skip, as the caller chose)."""
 
 
-def _matches(path: Path, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch(path.name, pattern) for pattern in patterns)
+INDEX_ENTITIES = ("run", "echo")
+"""BIDS entities whose labels are indices: ``run-7`` and ``run-07`` are the same run."""
+
+
+def same_label(entity: str, label: str | None, wanted: str) -> bool:
+    """Whether a file's label of ``entity`` equals ``wanted`` as BIDS labels (indices by value)."""
+    if label is None:
+        return False
+    if label == wanted:
+        return True
+    return (
+        entity in INDEX_ENTITIES
+        and label.isdigit()
+        and wanted.isdigit()
+        and int(label) == int(wanted)
+    )
 
 
 class _Filter:
-    """Subject/task/run label filter tolerant of BIDS prefixes."""
+    """Subject/session/task/run/echo label filter tolerant of BIDS prefixes and zero padding.
 
-    def __init__(
-        self,
-        subjects: Iterable[str] | None,
-        tasks: Iterable[str] | None,
-        runs: Iterable[str] | None,
-    ) -> None:
-        self.subjects = _label_set(subjects, "sub")
-        self.tasks = _label_set(tasks, "task")
-        self.runs = _label_set(runs, "run")
+    The echo filter keeps single-echo runs (no ``echo-`` entity): it chooses among echoes.
+    """
 
-    def __call__(self, subject: str, task: str, run: str | None) -> bool:
-        return (
-            (self.subjects is None or subject in self.subjects)
-            and (self.tasks is None or task in self.tasks)
-            and (self.runs is None or (run is not None and run in self.runs))
-        )
+    _FIELDS = (
+        ("sub", "subjects"),
+        ("ses", "sessions"),
+        ("task", "tasks"),
+        ("run", "runs"),
+        ("echo", "echo"),
+    )
+
+    def __init__(self, **wanted) -> None:
+        prefixes = {option: entity for entity, option in self._FIELDS}
+        self.wanted = {
+            prefixes[option]: _label_set(values, prefixes[option])
+            for option, values in wanted.items()
+            if values is not None
+        }
+
+    def __call__(self, candidates: Sequence[_Candidate]) -> list[_Candidate]:
+        """The candidates whose labels match; a wanted value that matches none is an error."""
+        accepted: dict[str, set[str]] = {}
+        for entity, wanted in self.wanted.items():
+            labels = {c.entities[entity] for c in candidates if entity in c.entities}
+            accepted[entity] = set()
+            unmatched = []
+            for value in sorted(wanted):
+                hits = {label for label in labels if same_label(entity, label, value)}
+                if not hits and entity in ("sub", "ses") and value.isdigit():
+                    hits = {
+                        label for label in labels if label.isdigit() and int(label) == int(value)
+                    }
+                if len(hits) > 1 and entity in ("sub", "ses"):
+                    raise ValueError(
+                        f"{entity}-{value} matches several labels {sorted(hits)}; give the label "
+                        "exactly as the file names spell it"
+                    )
+                accepted[entity] |= hits
+                if not hits:
+                    unmatched.append(value)
+            if unmatched and candidates:
+                option = dict(self._FIELDS)[entity]
+                raise ValueError(
+                    f"{option} {unmatched} match no run; labels found: {sorted(labels) or 'none'}"
+                )
+        return [
+            c
+            for c in candidates
+            if all(
+                c.entities.get(entity) in labels or (entity == "echo" and "echo" not in c.entities)
+                for entity, labels in accepted.items()
+            )
+        ]
 
 
 def _label_set(values: Iterable[str] | str | None, prefix: str) -> set[str] | None:
     if values is None:
         return None
-    if isinstance(values, str):
+    if isinstance(values, (str, int)):
         values = [values]
     return {_strip(str(v), prefix) for v in values}
 
@@ -537,23 +1023,6 @@ def _wav_duration(path: Path) -> float:
     return audio_info(path)[2]
 
 
-def _sidecar_tr(bold_path: Path, root: Path) -> float:
-    sidecar = read_sidecar(bold_path, root)
-    tr = sidecar.get("RepetitionTime")
-    if tr is None:
-        raise ValueError(
-            f"no RepetitionTime for {bold_path}: none of its *_bold.json sidecars (run or task "
-            f"level, under {root}) gives one; add it, or a 'tr' column to a mapping table"
-        )
-    try:
-        tr = float(tr)
-    except (TypeError, ValueError):
-        raise ValueError(f"RepetitionTime {tr!r} for {bold_path} is not a number") from None
-    if not tr > 0:
-        raise ValueError(f"RepetitionTime {tr} for {bold_path} must be > 0 seconds")
-    return tr
-
-
 def _space(bold_path: Path) -> str:
     return parse_entities(bold_path.name)[0].get("space", "native")
 
@@ -598,12 +1067,14 @@ def _run_from_events(root: Path, bold_path: Path, entities: dict, trial_type: st
             f"no stimulus for {bold_path}: stim_file {event.stim_file!r} of {events_path} "
             f"not found in {root / 'stimuli'}"
         )
-    tr = _sidecar_tr(bold_path, root)
+    chain = sidecar_chain(bold_path, root)
+    tr, tr_sources = _checked_tr(_sidecar_tr_source(chain), str(bold_path))
+    reference, reference_source = _slice_time(chain, tr, str(bold_path))
     wav_duration = _wav_duration(stimulus)
     story_end = None
     if event.story_duration is not None:
         story_end = event.story_offset + event.story_duration
-        if wav_duration < story_end - tr:
+        if wav_duration < story_end - (tr if math.isfinite(tr) else 0.0):
             warnings.warn(
                 f"{events_path}: the story ends {story_end:.2f} s after the first row naming "
                 f"{stimulus.name}, but the WAV lasts {wav_duration:.2f} s; if it holds the story "
@@ -625,6 +1096,12 @@ def _run_from_events(root: Path, bold_path: Path, entities: dict, trial_type: st
         alignment_path=find_alignment(root, stimulus),
         story_offset=event.story_offset,
         confounds_path=find_confounds(bold_path),
+        tr_sources=tr_sources,
+        slice_time_reference=reference,
+        slice_time_source=reference_source,
+        echo=entities.get("echo"),
+        acquisition=entities.get("acq"),
+        origin=f"events file {events_path}",
     )
 
 
@@ -674,4 +1151,14 @@ def _stimulus_event(events_path: Path, trial_type: str) -> _StimulusEvent:
 
 
 def _sort_key(spec: RunSpec) -> tuple:
-    return (spec.subject, spec.session or "", spec.task, spec.run or "", str(spec.bold_path))
+    """Subject, session, task, acquisition, run (as a number when it is one), echo, file."""
+    run = spec.run or ""
+    return (
+        spec.subject,
+        spec.session or "",
+        spec.task,
+        spec.acquisition or "",
+        run.zfill(12) if run.isdigit() else run,
+        spec.echo or "",
+        str(spec.bold_path),
+    )

@@ -213,7 +213,7 @@ def load_bold(
     elif name.endswith(".gii"):
         reader = _SurfaceReader(path)
     elif run.is_array:
-        reader = _ArrayReader(path)
+        reader = _ArrayReader(path, run.repeat)
     else:
         raise ValueError(
             f"{path}: unsupported BOLD file; expected .nii[.gz], .func.gii, .hf5, .npy"
@@ -425,14 +425,16 @@ class _SurfaceReader:
 class _ArrayReader:
     """Preprocessed responses [TRs, voxels] (``.hf5``/``.h5`` ``data``, or ``.npy``).
 
-    LeBel's held-out story is stored as [repeats, TRs, voxels]; repeats are averaged (with a
-    warning), the usual encoding target, since the noise ceiling is a separate analysis.
+    LeBel's held-out story is stored as [repeats, TRs, voxels]: with ``repeat`` (the run's
+    :attr:`~wav2brain.data.bids.RunSpec.repeat`) only that repeat is read, so each repeat is its
+    own run; without it the repeats are averaged (with a warning).
     The HDF5 file is opened only while reading, and rows are converted to float32 one repeat
     at a time (h5py ``astype``), never as a whole float64 copy.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, repeat: int | None = None) -> None:
         self.path = path
+        self.repeat = repeat
         try:
             with self._open() as array:
                 self.shape = tuple(array.shape)
@@ -440,7 +442,12 @@ class _ArrayReader:
             raise ValueError(f"cannot read response array {path}: {err}") from err
         if len(self.shape) not in (2, 3):
             raise ValueError(f"{path}: expected data [TRs, voxels], got shape {self.shape}")
-        if len(self.shape) == 3:
+        if repeat is not None and (len(self.shape) != 3 or not 0 <= repeat < self.shape[0]):
+            raise ValueError(
+                f"{path}: repeat {repeat} asked of data of shape {self.shape}; expected "
+                "[repeats, TRs, voxels] with 0 <= repeat < repeats"
+            )
+        if len(self.shape) == 3 and repeat is None:
             warnings.warn(
                 f"{path}: data has {self.shape[0]} repeats [repeats, TRs, voxels]; averaging them",
                 stacklevel=3,
@@ -453,8 +460,9 @@ class _ArrayReader:
     def read(self, start: int, stop: int) -> np.ndarray:
         columns = np.flatnonzero(self.kept)
         with self._open() as array:
-            if len(self.shape) == 2:
-                return np.ascontiguousarray(_rows(array, start, stop)[:, columns])
+            if len(self.shape) == 2 or self.repeat is not None:
+                rows = _rows(array, start, stop, self.repeat)
+                return np.ascontiguousarray(rows[:, columns])
             out = np.zeros((stop - start, columns.size), dtype=np.float32)
             for repeat in range(self.shape[0]):
                 out += _rows(array, start, stop, repeat)[:, columns]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from wav2brain.atomic import PARTIAL_SUFFIX, write_text_atomic
-from wav2brain.data.bids import RunSpec, discover_runs, require_file
+from wav2brain.data.bids import AlignOn, RunSpec, discover_runs, require_file
 from wav2brain.data.fmri import (
     CleaningConfig,
     check_coverage,
@@ -117,7 +117,7 @@ def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
         probe = RunProbe(shape[-2], None, shape[-1])
     if probe.n_volumes is not None and (not run.is_array or run.duration is not None):
         trims = (cleaning.trim_start_trs, cleaning.trim_end_trs) if cleaning else (0, 0)
-        check_coverage(probe.n_volumes, run, run.bold_path, *trims)
+        check_coverage(probe.n_volumes, run, run.described, *trims)
     return probe
 
 
@@ -225,6 +225,7 @@ def _run_plan(run: RunSpec, confound_columns: list[str] | None) -> dict:
         key: str(value) if isinstance(value, Path) else value for key, value in asdict(run).items()
     }
     plan["key"] = run.key
+    plan.pop("origin")  # where the run was described (a temporary table, say), not its content
     if confound_columns is not None:
         plan["confound_columns"] = confound_columns
     return plan
@@ -476,6 +477,10 @@ def prepare_dataset(
     trial_type: str = "story",
     slice_time_reference: float | None = None,
     progress: bool = True,
+    exclude: str | Path | Iterable[str] | None = None,
+    sessions: Iterable[str] | None = None,
+    echo: str | int | None = None,
+    align_on: AlignOn = None,
 ) -> Path:
     """Write ``out`` as a Hugging Face dataset folder (``stimuli`` + ``responses`` + card + mask).
 
@@ -508,6 +513,17 @@ def prepare_dataset(
         column ``slice_time_reference`` and in the card; must lie in ``[0, TR)``.
     progress : bool
         Show tqdm progress bars.
+    exclude : path or iterable of str, optional
+        Runs to leave out: an exclusion file (JSON such as Narratives' ``scan_exclude.json``, or
+        text, one run key / file name / pattern a line) or its entries
+        (:mod:`wav2brain.data.exclusions`).
+    sessions : iterable of str, optional
+        Session labels to keep.
+    echo : str or int, optional
+        The echo to keep of multi-echo data (several echoes of one run are refused otherwise).
+    align_on : {"first", "story"} or mapping of stimulus id to one, optional
+        How to align runs of one stimulus that disagree about the story's position in the WAV
+        (:func:`wav2brain.data.bids.check_story_positions`); None refuses them.
 
     Returns
     -------
@@ -532,7 +548,16 @@ def prepare_dataset(
     if not root.is_dir():
         raise FileNotFoundError(f"BIDS root not found (or not a folder): {root}")
     found = discover_runs(
-        root, subjects=subjects, tasks=tasks, runs=runs, mapping=mapping, trial_type=trial_type
+        root,
+        subjects=subjects,
+        tasks=tasks,
+        runs=runs,
+        mapping=mapping,
+        trial_type=trial_type,
+        exclude=exclude,
+        sessions=sessions,
+        echo=echo,
+        align_on=align_on,
     )
     if not found:
         filters = {"subjects": subjects, "tasks": tasks, "runs": runs}
@@ -547,16 +572,12 @@ def prepare_dataset(
             f"{trial_type!r}, or a mapping table)"
         )
     found = with_reference(found, slice_time_reference)
-    keys = [run.key for run in found]
-    duplicates = sorted({key for key in keys if keys.count(key) > 1})
-    if duplicates:
-        raise ValueError(f"several runs share the names {duplicates}; expected one file per run")
     stimulus_paths: dict[str, Path] = {}
     for run in found:
         if stimulus_paths.setdefault(run.stimulus_id, run.stimulus_path) != run.stimulus_path:
             raise ValueError(
                 f"stimulus id {run.stimulus_id!r} names two files: "
-                f"{stimulus_paths[run.stimulus_id]} and {run.stimulus_path}"
+                f"{stimulus_paths[run.stimulus_id]} and {run.stimulus_path} ({run.described})"
             )
     probes = [probe_run(run, cleaning) for run in found]
     check_subject_consistency(found, probes)
