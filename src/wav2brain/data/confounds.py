@@ -33,6 +33,7 @@ there: the table read is always the one that was checked, whatever the image is.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -294,8 +295,9 @@ def strategy_confounds(
                     demean=False,
                 )
         except ValueError as err:
+            message = str(err).replace(str(image.parent), str(path.parent))
             raise ValueError(
-                f"confounds {path}: strategy {list(strategy.strategy)} cannot be applied: {err}"
+                f"confounds {path}: strategy {list(strategy.strategy)} cannot be applied: {message}"
             ) from None
     if len(frame) != n_volumes:
         raise ValueError(
@@ -322,14 +324,19 @@ def strategy_confounds(
 def _stage_fmriprep_names(table: Path, folder: Path) -> Path:
     """Link ``table`` (and its ``.json``) into ``folder`` under fMRIPrep names; the image path.
 
-    ``load_confounds`` never opens the image: it derives the table's name from it.
+    ``load_confounds`` never opens the image: it derives the table's name from it. An
+    fMRIPrep-named table keeps its name (so nilearn's messages name the real file); any other is
+    staged as ``sub-0_task-0``.
     """
     suffix = "regressors" if table.name.endswith("_regressors.tsv") else "timeseries"
-    stem = "sub-0_task-0"
-    _link(table, folder / f"{stem}_desc-confounds_{suffix}.tsv")
+    ending = f"_desc-confounds_{suffix}.tsv"
+    stem = table.name[: -len(ending)] if table.name.endswith(ending) else "sub-0_task-0"
+    if not re.fullmatch(r"sub-[a-zA-Z0-9]+(_[a-zA-Z0-9]+-[a-zA-Z0-9]+)*", stem):
+        stem = "sub-0_task-0"
+    _link(table, folder / f"{stem}{ending}")
     sidecar = table.with_suffix(".json")
     if sidecar.is_file():
-        _link(sidecar, folder / f"{stem}_desc-confounds_{suffix}.json")
+        _link(sidecar, folder / f"{stem}{ending[:-4]}.json")
     return folder / f"{stem}_desc-preproc_bold.nii.gz"
 
 

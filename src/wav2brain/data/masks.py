@@ -158,9 +158,15 @@ def compute_mask(bold_paths: Sequence, config: MaskConfig | None = None):
                 "compute masks per space, or resample the runs first"
             )
         masks.append(mask)
-    if len(masks) == 1:
-        return masks[0]
-    return intersect_masks(masks, threshold=config.intersect_threshold, connected=True)
+    combined = masks[0]
+    if len(masks) > 1:
+        combined = intersect_masks(masks, threshold=config.intersect_threshold, connected=True)
+    if not np.asarray(combined.dataobj).any():
+        raise ValueError(
+            f"the EPI mask computed from {[_name(b) for b in bold_paths]} is empty; pass a brain "
+            "mask, or check that the images are raw EPI (not already masked or cleaned)"
+        )
+    return combined
 
 
 def combine_masks(mask_paths: Sequence, reference, config: MaskConfig | None = None):
