@@ -87,6 +87,47 @@ def test_runs_pair_with_image_mask_confounds_sidecar_and_slice_timing(tree):
     assert bold.data.shape[1] == 12 and bold.tr == 1.5
 
 
+def test_a_multi_echo_run_pairs_with_the_combined_derivative(tree):
+    raw = tree["raw"]
+    runs = raw_runs(raw, subjects="001", tasks="pieman", runs="1")
+    echo = [dataclasses.replace(runs[0], echo="2")]
+    assert pair_derivatives(echo, raw, tree["fmriprep"])[0].bold_path == (
+        pair_derivatives(runs, raw, tree["fmriprep"])[0].bold_path
+    )
+
+
+def test_surfaces_prepare_with_both_hemispheres(tree, tmp_path):
+    raw = tree["raw"]
+    out = prepare_dataset(
+        raw,
+        tmp_path / "hf",
+        subjects=["038"],
+        tasks=["pieman"],
+        derivatives=tree["fmriprep"],
+        space="fsaverage6",
+        progress=False,
+    )
+    row = load(out, RESPONSES)[0]
+    assert row["space"] == "fsaverage6" and row["n_voxels"] == 12 and row["tr"] == 1.5
+    short = tmp_path / "short"
+    shutil.copytree(tree["fmriprep"], short, symlinks=True)
+    gifti = next(short.glob("sub-038/func/*pieman*hemi-L.func.gii"))
+    image = nib.load(str(gifti))
+    image.darrays = image.darrays[:100]  # a truncated surface: caught from the XML, before writing
+    nib.save(image, str(gifti))
+    with pytest.raises(ValueError, match=r"hemi-L.func.gii: 100 volumes x 1.5 s"):
+        prepare_dataset(
+            raw,
+            tmp_path / "x",
+            subjects=["038"],
+            tasks=["pieman"],
+            derivatives=short,
+            space="fsaverage6",
+            progress=False,
+        )
+    assert not (tmp_path / "x").exists()
+
+
 def test_newer_fmriprep_without_slice_timing_keys_is_not_inferred(tree, tmp_path):
     raw, fmriprep = tree["raw"], tmp_path / "fmriprep"
     shutil.copytree(tree["fmriprep"], fmriprep, symlinks=True)

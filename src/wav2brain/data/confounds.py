@@ -222,20 +222,6 @@ def read_confounds_table(
     return chosen.to_numpy(dtype=np.float64), names
 
 
-def table_rows(path: Path | str) -> int:
-    """Rows (volumes) of a confounds TSV/CSV, header excluded."""
-    import pandas as pd
-
-    path = Path(path)
-    require_file(path)
-    try:
-        return len(
-            pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", usecols=[0])
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read confounds table {path}: {err}") from err
-
-
 def strategy_confounds(
     path: Path | str, strategy: ConfoundStrategy, n_volumes: int, scan: object = "the scan"
 ) -> tuple[np.ndarray, list[str]]:

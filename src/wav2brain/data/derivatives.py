@@ -23,8 +23,10 @@ every slice to the *mean* of the slice times) but wrote neither key. For a deriv
 ``SliceTiming``, the reference is therefore that mean (Narratives, fMRIPrep 1.5: about 0.7 s at TR
 1.5 s), and the card says it was inferred; taking 0 would place every TR 0.7 s early.
 
-A run without a derivative in the space, a derivative without a raw run, and two candidates for
-one run are errors that name the files and what exists.
+A multi-echo raw run (``echo-<k>``) pairs with the derivative of its own echo when there is one,
+else with the run's echo-less derivative (fMRIPrep's optimally combined output). A run without a
+derivative in the space, a derivative without a raw run, and two candidates for one run are errors
+that name the files and what exists.
 """
 
 from __future__ import annotations
@@ -136,6 +138,9 @@ def pair_derivatives(
             )
         key = _run_key(run)
         candidates = [f for f in images if f.key == key]
+        if not candidates and run.echo is not None:  # fMRIPrep combines the echoes of a run
+            single = tuple(pair for pair in key if pair[0] != "echo")
+            candidates = [f for f in images if f.key == single]
         if not candidates:
             raise ValueError(_missing_message(run, key, files, root, space, desc, res))
         if len(candidates) > 1:
@@ -368,6 +373,7 @@ def _check_orphans(
     subjects = {run.subject for run in runs}
     raw = {_key(_parse(p.name)[0]) for p in _raw_images(bids_root, subjects)}
     raw |= {_run_key(run) for run in runs}
+    raw |= {tuple(pair for pair in key if pair[0] != "echo") for key in raw}  # combined echoes
     orphans = [
         str(f.path)
         for f in images

@@ -416,6 +416,36 @@ def _load_nifti(path: Path):
         raise ValueError(f"cannot read BOLD image {path}: {err}") from err
 
 
+def gifti_volumes(path: Path | str) -> int:
+    """Volumes (TRs) of a GIfTI time series, from its XML alone (no data array is decoded).
+
+    One data array per volume, or one [vertices, TRs] array (the smaller dimension is time, as
+    :func:`load_bold` reads it).
+
+    Raises
+    ------
+    ValueError
+        Unreadable XML, or no data array.
+    """
+    import xml.etree.ElementTree as ET
+
+    path = Path(path)
+    require_file(path)
+    count, dims = 0, None
+    try:
+        for _, element in ET.iterparse(str(path), events=("end",)):
+            if element.tag == "DataArray":
+                count += 1
+                if int(element.get("Dimensionality", "1")) == 2:
+                    dims = (int(element.get("Dim0", "0")), int(element.get("Dim1", "0")))
+                element.clear()
+    except ET.ParseError as err:
+        raise ValueError(f"cannot read GIfTI {path}: {err}") from err
+    if count == 0:
+        raise ValueError(f"{path}: the GIfTI holds no data array")
+    return min(dims) if count == 1 and dims is not None else count
+
+
 def _gifti_time_step(path: Path) -> float | None:
     """``TimeStep`` of a GIfTI's first data array (the unit is the writer's), read from the XML
     up to the first ``Data`` element only."""

@@ -37,9 +37,9 @@ import numpy as np
 
 from wav2brain.atomic import PARTIAL_SUFFIX, write_text_atomic
 from wav2brain.data.bids import RunSpec, discover_runs, require_file
-from wav2brain.data.confounds import as_strategy, kept_confounds, run_confounds, table_rows
+from wav2brain.data.confounds import as_strategy, kept_confounds, run_confounds
 from wav2brain.data.derivatives import DEFAULT_SPACE, pair_derivatives
-from wav2brain.data.fmri import CleaningConfig, check_coverage, resolve_tr
+from wav2brain.data.fmri import CleaningConfig, check_coverage, gifti_volumes, resolve_tr
 from wav2brain.data.hf_layout import (
     CARD_NAME,
     MASK_NAME,
@@ -68,8 +68,8 @@ class RunProbe:
 
     Attributes
     ----------
-    n_volumes : int or None
-        Volumes (TRs) in the file; None where only reading the data would tell (GIfTI).
+    n_volumes : int
+        Volumes (TRs) in the file (GIfTI: counted from its XML).
     grid : str or None
         Key of the voxel grid (shape + affine) of a NIfTI run; None otherwise.
     n_columns : int or None
@@ -79,7 +79,7 @@ class RunProbe:
         the header's TR where no other source gave one, and the header among its ``tr_sources``.
     """
 
-    n_volumes: int | None
+    n_volumes: int
     grid: str | None
     n_columns: int | None
     run: RunSpec | None = None
@@ -104,7 +104,6 @@ def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
     require_file(Path(run.stimulus_path))
     run = resolve_tr(run)
     name = run.bold_path.name.lower()
-    probe = RunProbe(None, None, None, run)
     if name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
@@ -119,7 +118,13 @@ def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
     elif run.is_array:
         shape = _array_shape(run.bold_path)
         probe = RunProbe(shape[-2], None, shape[-1], run)
-    if probe.n_volumes is not None and (not run.is_array or run.duration is not None):
+    elif name.endswith(".gii"):
+        probe = RunProbe(gifti_volumes(run.bold_path), None, None, run)
+    else:
+        raise ValueError(
+            f"{run.bold_path}: unsupported BOLD file; expected .nii[.gz], .func.gii, .hf5, .npy"
+        )
+    if not run.is_array or run.duration is not None:
         trims = (cleaning.trim_start_trs, cleaning.trim_end_trs) if cleaning else (0, 0)
         check_coverage(probe.n_volumes, run, run.bold_path, *trims)
     return probe
@@ -200,8 +205,6 @@ def check_confounds(
                 "have theirs regressed already)"
             )
         n_volumes = probe.n_volumes
-        if n_volumes is None:  # surfaces: the scan's length is checked when the run is read
-            n_volumes = table_rows(run.confounds_path)
         matrix, names = run_confounds(
             run.confounds_path, n_volumes, cleaning.confound_columns, strategy, run.bold_path
         )
