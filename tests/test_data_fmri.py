@@ -168,6 +168,8 @@ def test_header_tr_disagreeing_with_sidecar_is_an_error_naming_both(
     # negative control: a header within 1 % of the sidecar passes, and the sidecar's TR is kept
     write_bold(path, data, tr=1.51)
     assert load_bold(run, mask=full_mask).tr == 1.5
+    with pytest.raises(ValueError, match="run TR: 2.0, sidecar run-1_bold.json: 1.5"):
+        load_bold(dataclasses.replace(run, tr=2.0), mask=full_mask)  # a TR set by hand is a source
 
 
 def test_header_tr_units_placeholders_and_no_sidecar(tmp_path):

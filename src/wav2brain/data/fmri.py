@@ -380,7 +380,7 @@ def resolve_tr(run: RunSpec) -> RunSpec:
     """The run with its TR checked against the image header (no data read).
 
     The sources are the run's own (:attr:`RunSpec.tr_sources`: mapping-table row, sidecars;
-    ``RunSpec.tr`` itself when a run lists none) plus ``("<kind> header <file>", value)`` from
+    ``RunSpec.tr`` itself, first, when it is none of theirs) plus ``("<kind> header <file>", value)`` from
     :func:`header_tr`; :func:`wav2brain.data.timing.check_tr` compares them. The first source that
     gives a value sets the TR, so a sidecar or table wins over the header when they agree within
     1 %. A run with no TR (``RunSpec.tr`` NaN: a derivative without sidecar) takes the header's,
@@ -393,8 +393,8 @@ def resolve_tr(run: RunSpec) -> RunSpec:
         source and value named).
     """
     sources: dict[str, float | None] = dict(run.tr_sources)
-    if not sources and math.isfinite(run.tr):
-        sources["run TR"] = run.tr
+    if math.isfinite(run.tr) and run.tr not in sources.values():  # set by hand, or no sources
+        sources = {"run TR": run.tr, **sources}
     kind = "GIfTI" if run.bold_path.name.lower().endswith(".gii") else "NIfTI"
     header = None if run.is_array else header_tr(run.bold_path)
     if header is not None:
