@@ -52,7 +52,7 @@ def derivative_options(args: argparse.Namespace) -> dict:
     """Point the generic options at the release's derivatives (module docstring); extra kwargs.
 
     An explicit ``--derivatives`` wins. Returns the keyword arguments for ``prepare_dataset``
-    that the generic options cannot express (the authors' confound strategy, the mask tree).
+    that the generic options cannot express (the authors' confound strategy).
 
     Raises
     ------
@@ -80,7 +80,9 @@ def derivative_options(args: argparse.Namespace) -> dict:
             "drop --confounds/--confounds-strategy, or use --derivative preproc"
         )
     args.derivatives, args.derivatives_desc = afni, "clean"
-    return {"derivatives_masks": fmriprep} if fmriprep.is_dir() else {}
+    if args.derivatives_masks is None and fmriprep.is_dir():
+        args.derivatives_masks = fmriprep
+    return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

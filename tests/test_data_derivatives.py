@@ -395,6 +395,8 @@ def test_cli_prepares_derivatives_and_reports_a_missing_space(tree, tmp_path, ca
     err = capsys.readouterr().err
     assert "no derivative in space 'T1w'" in err and "MNI152NLin2009cAsym" in err
     assert not (tmp_path / "bad").exists()
+    assert run_cli(["prepare", str(raw), "--out", str(tmp_path / "bad"), "--space", "T1w"]) != 0
+    assert "space apply to derivatives only" in capsys.readouterr().err
 
 
 def test_narratives_converter_uses_the_derivatives(tree, tmp_path):

@@ -79,6 +79,13 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
         metavar="RES",
         help="res-/den- label, when a space has several resolutions",
     )
+    parser.add_argument(
+        "--derivatives-masks",
+        type=Path,
+        metavar="DIR",
+        help="derivatives tree holding the desc-brain_mask files, when not --derivatives "
+        "(e.g. fMRIPrep's, for AFNI-cleaned images)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -125,7 +132,7 @@ def prepare_from_args(
         space=args.space,
         derivatives_desc=args.derivatives_desc,
         derivatives_res=args.derivatives_res,
-        **extra,
+        **{"derivatives_masks": args.derivatives_masks, **extra},
     )
 
 

@@ -554,6 +554,19 @@ def prepare_dataset(
                 f"{cleaning.confounds_strategy}; give it once"
             )
         cleaning = dataclasses.replace(cleaning, confounds_strategy=strategy)
+    if derivatives is None:
+        given = {
+            "space": space != DEFAULT_SPACE,
+            "derivatives_desc": derivatives_desc != "preproc",
+            "derivatives_res": derivatives_res is not None,
+            "derivatives_masks": derivatives_masks is not None,
+        }
+        if any(given.values()):
+            names = [name for name, set_ in given.items() if set_]
+            raise ValueError(
+                f"{', '.join(names)} apply to derivatives only; give derivatives (--derivatives "
+                "DIR) too"
+            )
     card = card or CardText()
     if not root.is_dir():
         raise FileNotFoundError(f"BIDS root not found (or not a folder): {root}")
