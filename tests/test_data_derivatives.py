@@ -78,6 +78,8 @@ def test_runs_pair_with_image_mask_confounds_sidecar_and_slice_timing(tree):
             ]
             assert run.slice_time_reference == pytest.approx(np.mean(times))
             assert "inferred: fMRIPrep 1.5.0" in run.slice_time_source
+    bold = load_bold(paired[0])  # no mask given: the derivative's, not a computed EPI mask
+    assert bold.kept.size == 45 and bold.mask_img.shape == (4, 4, 3)
     surfaces = pair_derivatives(runs, raw, fmriprep, space="fsaverage6")
     assert (
         surfaces[0].bold_path.name == "sub-001_task-pieman_run-1_space-fsaverage6_hemi-L.func.gii"
@@ -303,6 +305,23 @@ def test_censored_volumes_become_spike_regressors(tmp_path):
         strategy_confounds(
             path, ConfoundStrategy(("high_pass", "compcor")), 20
         )  # no json, no a_comp_cor meta
+
+
+def test_a_table_under_any_name_is_read_by_the_strategy(tree, tmp_path):
+    run = pair_derivatives(
+        raw_runs(tree["raw"], subjects="001", runs="1"), tree["raw"], tree["fmriprep"]
+    )[0]
+    n = nib.load(str(run.bold_path)).shape[3]
+    strategy = ConfoundStrategy(("motion", "wm_csf", "high_pass", "compcor"))
+    named = strategy_confounds(run.confounds_path, strategy, n)
+    other = tmp_path / "my confounds.tsv"  # a mapping table's 'confounds' column, say
+    shutil.copyfile(run.confounds_path, other)
+    shutil.copyfile(run.confounds_path.with_suffix(".json"), other.with_suffix(".json"))
+    renamed = strategy_confounds(other, strategy, n)
+    assert renamed[1] == named[1] and np.array_equal(renamed[0], named[0], equal_nan=True)
+    pd.read_csv(other, sep="\t").to_csv(tmp_path / "table.csv", index=False)
+    with pytest.raises(ValueError, match=r"table.csv: a confounds strategy reads .*\.tsv"):
+        strategy_confounds(tmp_path / "table.csv", strategy, n)
 
 
 def test_bad_strategies_are_refused():

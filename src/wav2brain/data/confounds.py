@@ -252,8 +252,8 @@ def strategy_confounds(
     FileNotFoundError
         No such table.
     ValueError
-        Columns a component needs are missing (nilearn's message, with the table named), rows
-        differ from ``n_volumes``, or every volume is censored.
+        Not a ``.tsv``; columns a component needs are missing (nilearn's message, with the table
+        named), rows differ from ``n_volumes``, or every volume is censored.
     """
     import warnings
 
@@ -261,6 +261,11 @@ def strategy_confounds(
 
     path = Path(path)
     require_file(path)
+    if path.suffix.lower() != ".tsv":
+        raise ValueError(
+            f"confounds {path}: a confounds strategy reads fMRIPrep's tab-separated tables "
+            "(.tsv); choose columns with confound_columns for other tables"
+        )
     with tempfile.TemporaryDirectory(prefix="wav2brain-confounds-") as folder:
         image = _stage_fmriprep_names(path, Path(folder))
         try:
