@@ -113,7 +113,7 @@ class CleaningConfig:
     trim_start_trs: int = 0
     trim_end_trs: int = 0
     confound_columns: tuple[str, ...] | None = None
-    confounds_strategy: ConfoundStrategy | None = None
+    confounds_strategy: ConfoundStrategy | tuple[str, ...] | None = None
     drop_invalid_voxels: bool = True
 
     def __post_init__(self) -> None:
