@@ -11,7 +11,7 @@ Narratives' DataLad release (``snastase/narratives``, ``code/subject_meta.json``
 and AFNI-cleaned images under ``derivatives/afni-nosmooth/sub-<id>/func/``
 (``<run>_space-MNI152NLin2009cAsym_res-native_desc-clean_bold.nii.gz``,
 ``<run>_space-fsaverage6_hemi-L_desc-clean.func.gii``). :func:`fabricate_fmriprep` writes stand-ins
-with those names for every run that discovery finds in the raw copy:
+with those names for every run of :data:`TASKS` that discovery finds in the raw copy:
 
 * preproc volumes on a (4, 4, 3) grid with the raw run's volume count and the header TR; runs
   alternate between no sidecar at all and a sidecar with ``RepetitionTime``,
@@ -40,6 +40,10 @@ GRID = (4, 4, 3)
 AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
 N_VERTICES = 6
 """Vertices per hemisphere of the fabricated surfaces."""
+
+TASKS = ("pieman", "tunnel", "milkyway")
+"""Tasks given derivatives (prettymouth's two runs disagree about the story's place in the WAV,
+which discovery refuses unless told how to align them)."""
 
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 N_COSINES = 3
@@ -84,7 +88,7 @@ def fabricate_fmriprep(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # runs whose WAV the mirror lacks (shapes*) are skipped
-        runs = discover_runs(raw_root, on_missing_stimulus="skip")
+        runs = discover_runs(raw_root, tasks=TASKS, on_missing_stimulus="skip")
     with_sidecar = []
     for index, run in enumerate(runs):
         n_volumes = nib.load(str(run.bold_path)).shape[3]
