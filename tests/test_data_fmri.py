@@ -24,7 +24,8 @@ from wav2brain.data import (
     load_mask,
     mean_image,
 )
-from wav2brain.data.fmri import read_confounds_table, trim_confounds
+from wav2brain.data.confounds import read_confounds_table, trim_confounds
+from wav2brain.data.fmri import header_tr, resolve_tr
 
 AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
 
@@ -154,15 +155,65 @@ def test_lebel_raw_and_preprocessed(lebel, full_mask):
         load_bold(stated)
 
 
-def test_header_tr_disagreeing_with_sidecar_warns_and_uses_sidecar(narratives, tmp_path, full_mask):
+def test_header_tr_disagreeing_with_sidecar_is_an_error_naming_both(
+    narratives, tmp_path, full_mask
+):
     run = pieman(narratives)
     data = np.asarray(nib.load(str(run.bold_path)).dataobj)
     path = write_bold(tmp_path / "sub-001_task-pieman_run-1_bold.nii.gz", data, tr=2.0)
-    with pytest.warns(
-        UserWarning, match="header TR 2.0 s disagrees .* using the sidecar TR \\(1.5 s\\)"
-    ):
-        bold = load_bold(dataclasses.replace(run, bold_path=path), mask=full_mask)
-    assert bold.tr == 1.5
+    run = dataclasses.replace(run, bold_path=path, tr_sources=(("sidecar run-1_bold.json", 1.5),))
+    match = r"disagree by more than 1%: sidecar run-1_bold.json: 1.5, NIfTI header sub-001.*: 2.0"
+    with pytest.raises(ValueError, match=match):
+        load_bold(run, mask=full_mask)
+    # negative control: a header within 1 % of the sidecar passes, and the sidecar's TR is kept
+    write_bold(path, data, tr=1.51)
+    assert load_bold(run, mask=full_mask).tr == 1.5
+    with pytest.raises(ValueError, match="run TR: 2.0, sidecar run-1_bold.json: 1.5"):
+        load_bold(dataclasses.replace(run, tr=2.0), mask=full_mask)  # a TR set by hand is a source
+
+
+def test_header_tr_units_placeholders_and_no_sidecar(tmp_path):
+    data = np.zeros((2, 2, 2, 3), np.float32)
+    path = tmp_path / "sub-01_task-x_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
+    for zoom, unit, expected in [
+        (1.5, "sec", 1.5),
+        (1500.0, "msec", 1.5),
+        (2.0e6, "usec", 2.0),
+        (2.0, "unknown", 2.0),
+        (1.0, "unknown", None),  # nibabel's default: a placeholder, not a TR
+        (1.0, "sec", 1.0),
+        (0.0, "sec", None),
+    ]:
+        img = nib.Nifti1Image(data, AFFINE)
+        img.header.set_zooms((3.0, 3.0, 4.0, zoom))
+        img.header.set_xyzt_units("mm", unit)
+        nib.save(img, str(path))
+        assert header_tr(path) == expected, (zoom, unit)
+    write_bold(path, np.zeros((2, 2, 2, 3)), tr=1.5)
+    run = RunSpec("01", "x", None, None, path, path, "x", 0.0, float("nan"))
+    resolved = resolve_tr(run)
+    assert resolved.tr == 1.5 and resolved.tr_sources == ((f"NIfTI header {path.name}", 1.5),)
+    write_bold(path, np.zeros((2, 2, 2, 3)), tr=1500.0)  # ms written as s
+    with pytest.raises(ValueError, match="TR 1500.0 from NIfTI header .*milliseconds"):
+        resolve_tr(run)
+    img = nib.Nifti1Image(data, AFFINE)
+    nib.save(img, str(path))  # pixdim[4] = 1, no unit: no TR anywhere
+    with pytest.raises(ValueError, match="no TR found"):
+        resolve_tr(run)
+
+
+def test_gifti_time_step_is_read_in_milliseconds(tmp_path):
+    from nibabel.gifti import GiftiDataArray, GiftiImage, GiftiMetaData
+
+    path = tmp_path / "sub-01_task-x_space-fsaverage6_hemi-L.func.gii"
+    arrays = [
+        GiftiDataArray(np.zeros(5, np.float32), meta=GiftiMetaData({"TimeStep": "1500.000000"}))
+        for _ in range(3)
+    ]
+    nib.save(GiftiImage(darrays=arrays), str(path))
+    assert header_tr(path) == 1.5
+    nib.save(GiftiImage(darrays=[GiftiDataArray(np.zeros(5, np.float32))]), str(path))
+    assert header_tr(path) is None
 
 
 def test_volume_coverage(narratives, tmp_path, full_mask):
@@ -274,10 +325,10 @@ def test_confound_columns_by_name_and_pattern(tmp_path):
     assert CleaningConfig(confound_columns=["trans_x"]).confound_columns == ("trans_x",)
 
 
-def test_trim_confounds_fills_leading_na_with_the_kept_mean():
+def test_trim_confounds_fills_leading_na_with_the_first_value():
     matrix = np.array([[np.nan, 1.0], [np.nan, 2.0], [3.0, 3.0], [5.0, 4.0], [7.0, 9.0]])
     np.testing.assert_array_equal(
-        trim_confounds(matrix, 0, 4), [[4.0, 1.0], [4.0, 2.0], [3.0, 3.0], [5.0, 4.0]]
+        trim_confounds(matrix, 0, 4), [[3.0, 1.0], [3.0, 2.0], [3.0, 3.0], [5.0, 4.0]]
     )
     np.testing.assert_array_equal(trim_confounds(matrix, 2, 5), matrix[2:])
     holes = matrix.copy()

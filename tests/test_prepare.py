@@ -313,7 +313,7 @@ def test_confounds_are_regressed_like_nilearn_clean(tmp_path, start, end):
     )
     row = load(out, RESPONSES).with_format("numpy")[0]
     confounds = table[FMRIPREP_CHOSEN].to_numpy()[start : 30 - end]
-    confounds = np.where(np.isnan(confounds), np.nanmean(confounds, axis=0), confounds)
+    confounds = pd.DataFrame(confounds).bfill().to_numpy()  # nilearn's rule: row 0 copies row 1
     signals = apply_mask(str(bold), str(made["mask"]))[start : 30 - end]
     expected = clean(
         signals, detrend=False, standardize="zscore_sample", confounds=confounds, t_r=TR

@@ -81,7 +81,48 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
         metavar="COL",
         help="confound columns to regress out, exact names or shell patterns (e.g. 'trans_*' "
         "'rot_*' 'a_comp_cor_0[0-5]'), from each run's fMRIPrep *_desc-confounds_timeseries.tsv "
-        "or a mapping table's 'confounds' file; leading n/a are filled with the column mean",
+        "or a mapping table's 'confounds' file; leading n/a take the column's first value; "
+        "with --confounds-strategy, these columns are added to the strategy's",
+    )
+    parser.add_argument(
+        "--confounds-strategy",
+        nargs="+",
+        metavar="COMPONENT",
+        help="fMRIPrep noise components chosen with nilearn's load_confounds: motion high_pass "
+        "wm_csf global_signal compcor scrub non_steady_state ica_aroma (nilearn's defaults: "
+        "24 motion parameters, WM and CSF means; compcor needs high_pass); volumes it would "
+        "censor become spike regressors",
+    )
+    parser.add_argument(
+        "--derivatives",
+        type=Path,
+        metavar="DIR",
+        help="derivatives tree (e.g. BIDS_ROOT/derivatives/fmriprep): each run's image is "
+        "replaced by its *_space-SPACE_desc-preproc_bold.nii.gz (or fsaverage*/fsnative "
+        "hemi-L/R .func.gii), with its brain mask, sidecar and confounds table",
+    )
+    parser.add_argument(
+        "--space",
+        default="MNI152NLin2009cAsym",
+        help="output space of --derivatives (default: %(default)s; e.g. T1w, fsaverage6)",
+    )
+    parser.add_argument(
+        "--derivatives-desc",
+        default="preproc",
+        metavar="DESC",
+        help="desc- label of the derivative images (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--derivatives-res",
+        metavar="RES",
+        help="res-/den- label, when a space has several resolutions",
+    )
+    parser.add_argument(
+        "--derivatives-masks",
+        type=Path,
+        metavar="DIR",
+        help="derivatives tree holding the desc-brain_mask files, when not --derivatives "
+        "(e.g. fMRIPrep's, for AFNI-cleaned images)",
     )
     parser.add_argument(
         "--slice-time-reference",
@@ -108,6 +149,7 @@ def cleaning_from_args(args: argparse.Namespace):
         trim_start_trs=args.trim_start,
         trim_end_trs=args.trim_end,
         confound_columns=tuple(args.confounds) if args.confounds else None,
+        confounds_strategy=tuple(args.confounds_strategy) if args.confounds_strategy else None,
     )
 
 
@@ -139,11 +181,16 @@ def align_on_from_args(values: list[str] | None) -> Any:
 
 
 def prepare_from_args(
-    args: argparse.Namespace, card: Any = None, mapping: Any = None, exclude: Any = None
+    args: argparse.Namespace,
+    card: Any = None,
+    mapping: Any = None,
+    exclude: Any = None,
+    **extra: Any,
 ) -> Path:
     """Run :func:`wav2brain.data.prepare.prepare_dataset` with the parsed options.
 
-    ``exclude`` (a converter's default exclusion list) is used when ``--exclude`` is not given.
+    ``exclude`` (a converter's default exclusion list) is used when ``--exclude`` is not given;
+    ``extra`` keyword arguments go to ``prepare_dataset`` as they are (converters use them).
     """
     from wav2brain.data.prepare import prepare_dataset
 
@@ -164,6 +211,11 @@ def prepare_from_args(
         sessions=args.sessions,
         echo=args.echo,
         align_on=align_on_from_args(args.align_on),
+        derivatives=args.derivatives,
+        space=args.space,
+        derivatives_desc=args.derivatives_desc,
+        derivatives_res=args.derivatives_res,
+        **{"derivatives_masks": args.derivatives_masks, **extra},
     )
 
 

@@ -5,13 +5,14 @@ right), and preprocessed arrays (LeBel's ``.hf5`` ``data`` [TRs, voxels] float64
 
 Order of work, and why:
 
-1. Header checks before reading any data: the volumes kept after trimming must cover
-   ``onset + duration`` seconds of stimulus (:func:`check_coverage`). A shortfall above one TR
-   is an error (a truncated scan, a wrong onset or an end trim into the stimulus); a shortfall
+1. Header checks before reading any data: the TR in the image header (:func:`header_tr`) joins
+   the run's other TR sources (mapping table, sidecars) and every source must agree within 1 %
+   (:func:`resolve_tr`, :func:`wav2brain.data.timing.check_tr`); a run with no sidecar TR
+   (derivative BOLD without a json) takes the header's. Then the volumes kept after trimming must
+   cover ``onset + duration`` seconds of stimulus (:func:`check_coverage`). A shortfall above one
+   TR is an error (a truncated scan, a wrong onset or an end trim into the stimulus); a shortfall
    of at most one TR is accepted with a warning (the last partial TR of audio is never a window
-   end, so nothing is lost but that fraction of a TR). Header TR vs sidecar TR: the sidecar wins,
-   with a warning, because BIDS makes the sidecar authoritative and converters often leave
-   ``pixdim[4]`` at 1 or in ms.
+   end, so nothing is lost but that fraction of a TR).
 2. Trimming ``trim_start_trs``/``trim_end_trs`` volumes before cleaning, so that non-steady-state
    volumes do not bend the detrending and z-scoring. The stimulus onset is re-expressed relative
    to the first kept volume (:attr:`BoldData.onset`).
@@ -22,8 +23,9 @@ Order of work, and why:
 4. Voxels with any NaN/inf, or constant over the kept TRs, are dropped and counted
    (:attr:`BoldData.dropped_voxels`): a z-score of a constant is undefined and NaNs would poison
    every ridge fit.
-5. :func:`nilearn.signal.clean` per run: detrend, optional confounds (trimmed like the volumes,
-   see :func:`read_confounds_table` and :func:`trim_confounds`) and Butterworth high-pass,
+5. :func:`nilearn.signal.clean` per run: detrend, optional confounds (chosen by nilearn strategy
+   and/or column pattern and trimmed like the volumes, see :mod:`wav2brain.data.confounds`) and
+   Butterworth high-pass,
    then z-score (``zscore_sample``) so every run has unit variance per voxel. Detrending regresses
    out Legendre polynomials of orders 1..``drift_order`` over the run (passed to nilearn as
    confounds, next to nilearn's own linear detrend), see :func:`drift_confounds`.
@@ -31,24 +33,30 @@ Order of work, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
 
 from wav2brain.data.bids import RunSpec, require_file
+from wav2brain.data.confounds import (
+    ConfoundStrategy,
+    as_strategy,
+    kept_confounds,
+    run_confounds,
+)
 from wav2brain.data.masks import MaskConfig, feature_mask, iter_volumes, load_mask, mean_image
+from wav2brain.data.timing import check_tr
 
 _CLEAN_BLOCK_VOXELS = 8192
 """Voxels cleaned at once: nilearn works in float64, so blocks bound its copies."""
 
-_TR_TOLERANCE = 1e-3
-"""Seconds by which header and sidecar TRs may differ without a warning."""
+_HEADER_TIME_SCALE = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+"""NIfTI ``xyzt_units`` time codes to seconds."""
 
 AFNI_POLORT_PERIOD_S = 150.0
 """Seconds of run per extra polynomial order in the automatic drift order (AFNI ``-polort A``)."""
@@ -83,9 +91,15 @@ class CleaningConfig:
     confound_columns : tuple of str or None
         Columns to use when confounds come as a table (fMRIPrep ``desc-confounds_timeseries.tsv``):
         exact names or case-sensitive :mod:`fnmatch` patterns (``"trans_*"``, ``"rot_*"``,
-        ``"a_comp_cor_0[0-5]"``), see :func:`select_confound_columns`. None uses all columns of
-        a table passed to :func:`load_bold`; :func:`wav2brain.data.prepare.prepare_dataset`
-        regresses confounds only when this is set.
+        ``"a_comp_cor_0[0-5]"``), see :func:`wav2brain.data.confounds.select_confound_columns`.
+        None uses all columns of a table passed to :func:`load_bold` (unless a strategy is set);
+        :func:`wav2brain.data.prepare.prepare_dataset` regresses confounds only when this or
+        ``confounds_strategy`` is set.
+    confounds_strategy : ConfoundStrategy, sequence of str, or None
+        fMRIPrep noise components chosen with nilearn's ``load_confounds``
+        (:class:`wav2brain.data.confounds.ConfoundStrategy`; a sequence such as
+        ``("motion", "wm_csf", "high_pass")`` takes nilearn's defaults for the rest). With
+        ``confound_columns`` too, the regressors are the union (strategy columns first).
     drop_invalid_voxels : bool
         Drop (and count) NaN/inf or constant voxels. When False they raise an error instead.
     """
@@ -99,6 +113,7 @@ class CleaningConfig:
     trim_start_trs: int = 0
     trim_end_trs: int = 0
     confound_columns: tuple[str, ...] | None = None
+    confounds_strategy: ConfoundStrategy | tuple[str, ...] | None = None
     drop_invalid_voxels: bool = True
 
     def __post_init__(self) -> None:
@@ -126,6 +141,12 @@ class CleaningConfig:
             if not columns:
                 raise ValueError("confound_columns is empty; name at least one column, or None")
             self.confound_columns = tuple(columns)
+        self.confounds_strategy = as_strategy(self.confounds_strategy)
+
+    @property
+    def uses_confounds(self) -> bool:
+        """Whether confounds are regressed (columns or a strategy chosen)."""
+        return self.confound_columns is not None or self.confounds_strategy is not None
 
 
 @dataclass
@@ -183,15 +204,17 @@ def load_bold(
     mask : path, nibabel image, array-like or None
         NIfTI: mask file or image (resampled with a warning or refused, see
         :func:`wav2brain.data.masks.load_mask`); None computes an EPI mask of this run with
-        nilearn. For multi-run datasets pass one shared mask
+        nilearn, unless the run comes with a brain mask (:attr:`RunSpec.mask_path`, fMRIPrep's
+        ``desc-brain_mask``), which is then used. For multi-run datasets pass one shared mask
         (:func:`wav2brain.data.masks.compute_mask`) so that columns mean the same voxels.
         Surfaces/arrays: boolean vector (or ``.npy``/``.gii``); None keeps all.
     cleaning : CleaningConfig, optional
         Defaults: detrend and z-score, no filter, no smoothing, no trimming.
     confounds : array [TRs, k], path to a TSV/CSV/NPY, or None
         One row per scan volume (before trimming); rows are trimmed like the volumes, and
-        leading n/a are filled (:func:`trim_confounds`). Columns of a table are picked by
-        ``cleaning.confound_columns``.
+        leading n/a are filled (:func:`wav2brain.data.confounds.trim_confounds`). Columns of a
+        table are picked by ``cleaning.confounds_strategy`` and/or
+        ``cleaning.confound_columns`` (:func:`wav2brain.data.confounds.run_confounds`).
     mask_config : MaskConfig, optional
         Settings of the EPI mask and of the resample-or-refuse decision.
 
@@ -200,16 +223,21 @@ def load_bold(
     FileNotFoundError
         Missing image, mask or confounds file.
     ValueError
-        Too few volumes for onset + duration (both numbers given), bad shapes, confounds of the
-        wrong length, without the requested columns or with n/a past their first rows, every
-        voxel invalid, trimming that leaves fewer than 2 TRs.
+        TR sources (mapping table, sidecars, image header) that disagree by more than 1 % or
+        give an implausible TR (:func:`resolve_tr`); too few volumes for onset + duration (both
+        numbers given), bad shapes, confounds of the wrong length, without the requested columns
+        or with n/a past their first rows, every voxel invalid, trimming that leaves fewer than
+        2 TRs.
     """
     cleaning = cleaning or CleaningConfig()
     path = Path(run.bold_path)
     require_file(path)
+    run = resolve_tr(run)
+    if mask is None and run.mask_path is not None:
+        mask = run.mask_path
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        reader = _NiftiReader(path, run, cleaning)
+        reader = _NiftiReader(path, cleaning)
     elif name.endswith(".gii"):
         reader = _SurfaceReader(path)
     elif run.is_array:
@@ -313,21 +341,144 @@ def check_coverage(
         )
 
 
+def header_tr(path: Path | str) -> float | None:
+    """The TR (s) an image header states, or None when it states none.
+
+    NIfTI: ``pixdim[4]`` in the time unit of ``xyzt_units`` (s, ms or us). A value of 0 means the
+    converter wrote no TR, and a value of exactly 1 with no time unit is nibabel's (and many
+    converters') placeholder for "not set": both are None, so they neither disagree with a sidecar
+    nor stand in for one. Any other unit-less value is taken as seconds, the NIfTI convention
+    for fMRI; a value in ms then fails the plausible-range check of
+    :func:`wav2brain.data.timing.check_tr` with a unit hint. GIfTI: the ``TimeStep`` metadata of
+    the first data array, in milliseconds as FreeSurfer's ``mri_vol2surf`` (which fMRIPrep uses
+    for fsaverage surfaces) writes it; only the file's XML head is read. Arrays (``.hf5``,
+    ``.npy``) have no header: None.
+
+    Raises
+    ------
+    ValueError
+        An unreadable NIfTI header or a non-numeric GIfTI ``TimeStep`` (the file is named).
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        header = _load_nifti(path).header
+        zooms = header.get_zooms()
+        if len(zooms) < 4 or not float(zooms[3]) > 0:
+            return None
+        value, unit = float(zooms[3]), header.get_xyzt_units()[1]
+        if unit not in _HEADER_TIME_SCALE:
+            return None if value == 1.0 else value
+        return value * _HEADER_TIME_SCALE[unit]
+    if name.endswith(".gii"):
+        step = _gifti_time_step(path)
+        return None if step is None or step == 0 else step / 1000.0
+    return None
+
+
+def resolve_tr(run: RunSpec) -> RunSpec:
+    """The run with its TR checked against the image header (no data read).
+
+    The sources are the run's own (:attr:`RunSpec.tr_sources`: mapping-table row, sidecars;
+    ``RunSpec.tr`` itself, first, when it is none of theirs) plus ``("<kind> header <file>", value)`` from
+    :func:`header_tr`; :func:`wav2brain.data.timing.check_tr` compares them. The first source that
+    gives a value sets the TR, so a sidecar or table wins over the header when they agree within
+    1 %. A run with no TR (``RunSpec.tr`` NaN: a derivative without sidecar) takes the header's,
+    and its ``tr_sources`` then name the header, which the dataset card repeats.
+
+    Raises
+    ------
+    ValueError
+        Sources disagree by more than 1 %, a TR outside 0.2-20 s, or no source at all (each
+        source and value named).
+    """
+    sources: dict[str, float | None] = dict(run.tr_sources)
+    if math.isfinite(run.tr) and run.tr not in sources.values():  # set by hand, or no sources
+        sources = {"run TR": run.tr, **sources}
+    kind = "GIfTI" if run.bold_path.name.lower().endswith(".gii") else "NIfTI"
+    header = None if run.is_array else header_tr(run.bold_path)
+    if header is not None:
+        sources[f"{kind} header {run.bold_path.name}"] = header
+    tr = check_tr(sources, f"{run.key} ({run.bold_path})")
+    listed = tuple((name, float(value)) for name, value in sources.items() if value is not None)
+    if tr == run.tr and listed == run.tr_sources:
+        return run
+    return dataclasses.replace(run, tr=tr, tr_sources=listed)
+
+
+def _load_nifti(path: Path):
+    """``nibabel.load`` with a ValueError naming the file for a broken header."""
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path))
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError) as err:
+        raise ValueError(f"cannot read BOLD image {path}: {err}") from err
+
+
+def gifti_volumes(path: Path | str) -> int:
+    """Volumes (TRs) of a GIfTI time series, from its XML alone (no data array is decoded).
+
+    One data array per volume, or one [vertices, TRs] array (the smaller dimension is time, as
+    :func:`load_bold` reads it).
+
+    Raises
+    ------
+    ValueError
+        Unreadable XML, or no data array.
+    """
+    import xml.etree.ElementTree as ET
+
+    path = Path(path)
+    require_file(path)
+    count, dims = 0, None
+    try:
+        for _, element in ET.iterparse(str(path), events=("end",)):
+            if element.tag == "DataArray":
+                count += 1
+                if int(element.get("Dimensionality", "1")) == 2:
+                    dims = (int(element.get("Dim0", "0")), int(element.get("Dim1", "0")))
+                element.clear()
+    except ET.ParseError as err:
+        raise ValueError(f"cannot read GIfTI {path}: {err}") from err
+    if count == 0:
+        raise ValueError(f"{path}: the GIfTI holds no data array")
+    return min(dims) if count == 1 and dims is not None else count
+
+
+def _gifti_time_step(path: Path) -> float | None:
+    """``TimeStep`` of a GIfTI's first data array (the unit is the writer's), read from the XML
+    up to the first ``Data`` element only."""
+    import xml.etree.ElementTree as ET
+
+    require_file(path)
+    name = None
+    try:
+        for event, element in ET.iterparse(str(path), events=("start", "end")):
+            if event == "start" and element.tag == "Data":
+                return None
+            if event == "end" and element.tag == "Name":
+                name = (element.text or "").strip()
+            elif event == "end" and element.tag == "Value" and name == "TimeStep":
+                text = (element.text or "").strip()
+                try:
+                    return float(text)
+                except ValueError:
+                    raise ValueError(f"{path}: GIfTI TimeStep {text!r} is not a number") from None
+    except ET.ParseError as err:
+        raise ValueError(f"cannot read GIfTI {path}: {err}") from err
+    return None
+
+
 class _NiftiReader:
     """Masked, chunked reading of a 4D NIfTI."""
 
-    def __init__(self, path: Path, run: RunSpec, cleaning) -> None:
-        import nibabel as nib
-
+    def __init__(self, path: Path, cleaning) -> None:
         self.path, self.cleaning = path, cleaning
-        try:
-            self.img = nib.load(str(path))
-        except (nib.filebasedimages.ImageFileError, OSError, EOFError) as err:
-            raise ValueError(f"cannot read BOLD image {path}: {err}") from err
+        self.img = _load_nifti(path)
         if self.img.ndim != 4:
             raise ValueError(f"{path}: expected a 4D BOLD image, got shape {self.img.shape}")
         self.n_volumes = self.img.shape[3]
-        self._check_header_tr(run.tr)
 
     def set_mask(self, mask, mask_config: MaskConfig | None) -> None:
         from nilearn.masking import compute_epi_mask
@@ -351,18 +502,6 @@ class _NiftiReader:
             )
         self.kept = np.ones(int(self.mask_bool.sum()), dtype=bool)
 
-    def _check_header_tr(self, sidecar_tr: float) -> None:
-        zooms = self.img.header.get_zooms()
-        header_tr = float(zooms[3]) if len(zooms) > 3 else 0.0
-        if self.img.header.get_xyzt_units()[1] == "msec":
-            header_tr /= 1000.0
-        if header_tr > 0 and abs(header_tr - sidecar_tr) > _TR_TOLERANCE:
-            warnings.warn(
-                f"{self.path}: header TR {header_tr} s disagrees with sidecar RepetitionTime "
-                f"{sidecar_tr} s; using the sidecar TR ({sidecar_tr} s)",
-                stacklevel=4,
-            )
-
     def read(self, start: int, stop: int) -> np.ndarray:
         from nibabel import Nifti1Image
         from nilearn.image import smooth_img
@@ -384,6 +523,21 @@ class _NiftiReader:
         return Nifti1Image(final, self.img.affine)
 
 
+def right_hemisphere(path: Path) -> Path | None:
+    """The ``hemi-R`` file named like a ``hemi-L`` GIfTI (None when the name has no ``hemi-L``).
+
+    Both fMRIPrep spellings: ``..._hemi-L_space-fsaverage_bold.func.gii`` (20.2 on) and
+    ``..._space-fsaverage6_hemi-L.func.gii`` (1.x-20.1, Narratives).
+    """
+    stem, dot, extension = path.name.partition(".")
+    parts = stem.split("_")
+    if "hemi-L" not in parts:
+        return None
+    return path.with_name(
+        "_".join("hemi-R" if p == "hemi-L" else p for p in parts) + dot + extension
+    )
+
+
 class _SurfaceReader:
     """GIfTI time series, both hemispheres (``hemi-L`` then ``hemi-R``) when both exist."""
 
@@ -391,11 +545,9 @@ class _SurfaceReader:
         import nibabel as nib
 
         self.path, self.paths = path, [path]
-        parts = path.name.split("_")
-        if "hemi-L" in parts:
-            right = path.with_name("_".join("hemi-R" if p == "hemi-L" else p for p in parts))
-            if right.exists():
-                self.paths.append(right)
+        right = right_hemisphere(path)
+        if right is not None and right.exists():
+            self.paths.append(right)
         series = []
         for part in self.paths:
             arrays = [np.asarray(d.data, dtype=np.float32) for d in nib.load(str(part)).darrays]
@@ -501,9 +653,17 @@ def _read_confounds(
     if confounds is None:
         return None
     names = None
+    strategy = cleaning.confounds_strategy
     if isinstance(confounds, (str, Path)) and Path(confounds).suffix.lower() != ".npy":
-        matrix, names = read_confounds_table(confounds, cleaning.confound_columns)
+        matrix, names = run_confounds(
+            confounds, n_scan, cleaning.confound_columns, strategy, source
+        )
     else:
+        if strategy is not None:
+            raise ValueError(
+                f"confounds for {source}: a confounds strategy needs an fMRIPrep confounds "
+                "table (TSV), not an array"
+            )
         if isinstance(confounds, (str, Path)):
             require_file(Path(confounds))
         matrix = np.load(confounds) if isinstance(confounds, (str, Path)) else confounds
@@ -514,122 +674,7 @@ def _read_confounds(
         raise ValueError(
             f"confounds for {source} have shape {matrix.shape}; expected [{n_scan} volumes, k]"
         )
-    return trim_confounds(matrix, start, stop, names, confounds)
-
-
-def select_confound_columns(
-    available: Sequence[str], patterns: Sequence[str] | None, source: Path | str
-) -> list[str]:
-    """Columns of a confounds table chosen by exact names or :func:`fnmatch.fnmatchcase` patterns.
-
-    Order: the patterns' order, then the table's; each column once. None chooses every column.
-
-    Raises
-    ------
-    ValueError
-        A pattern matches no column (the patterns and the available columns are listed).
-    """
-    available = [str(c) for c in available]
-    if patterns is None:
-        return available
-    chosen: list[str] = []
-    unmatched = []
-    for pattern in patterns:
-        matches = [c for c in available if c == pattern or fnmatchcase(c, pattern)]
-        if not matches:
-            unmatched.append(pattern)
-        chosen.extend(c for c in matches if c not in chosen)
-    if unmatched:
-        raise ValueError(
-            f"confounds {source}: no column matches {unmatched}; available columns: {available}"
-        )
-    return chosen
-
-
-def read_confounds_table(
-    path: Path | str, patterns: Sequence[str] | None = None
-) -> tuple[np.ndarray, list[str]]:
-    """Read a confounds TSV/CSV (header row, one row per volume) and pick its columns.
-
-    Returns float64 [rows, k] (NaN where the table says ``n/a``, as fMRIPrep writes) and the
-    chosen column names (:func:`select_confound_columns`).
-
-    Raises
-    ------
-    FileNotFoundError
-        No such file.
-    ValueError
-        Unreadable table, unmatched patterns, non-numeric chosen columns (named).
-    """
-    import pandas as pd
-
-    path = Path(path)
-    require_file(path)
-    try:
-        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read confounds table {path}: {err}") from err
-    names = select_confound_columns(table.columns, patterns, path)
-    chosen = table[names].apply(pd.to_numeric, errors="coerce")
-    bad = [n for n in names if (chosen[n].isna() & table[n].notna()).any()]
-    if bad:
-        raise ValueError(f"confounds {path}: column(s) {bad} are not numeric (or n/a)")
-    return chosen.to_numpy(dtype=np.float64), names
-
-
-def trim_confounds(
-    matrix: np.ndarray,
-    start: int,
-    stop: int,
-    names: Sequence[str] | None = None,
-    source: object = "confounds",
-) -> np.ndarray:
-    """Keep rows ``start:stop`` (the kept volumes) and fill each column's leading NaN with its mean.
-
-    fMRIPrep writes ``n/a`` in the first row of columns that compare a volume with the previous
-    one (``*_derivative1``, ``framewise_displacement``, ``dvars``): there is no previous volume.
-    Those rows are filled with the column's mean over the kept rows, so that once nilearn centres
-    the confounds they are zero there and neither add nor remove signal at a volume where the
-    value is unknown (a zero fill would be an outlier for displacement-like columns, which are
-    positive). nilearn's ``load_confounds`` copies the second row instead; the two differ on one
-    volume, and a start trim usually drops it anyway. NaN after a column's first finite value,
-    infinities, or a column with no finite value in the kept rows are errors: those are not
-    fMRIPrep's first-row n/a, and a silent fill would hide a broken table.
-
-    Parameters
-    ----------
-    matrix : np.ndarray
-        float [scan volumes, k], one row per volume (TR) before trimming.
-    start, stop : int
-        First kept volume and one past the last (TRs).
-    names : sequence of str, optional
-        Column names, for error messages.
-    source : object
-        The table (path) named in error messages.
-
-    Returns
-    -------
-    np.ndarray
-        float64 [stop - start, k].
-    """
-    kept = np.array(matrix[start:stop], dtype=np.float64)
-    names = list(names) if names is not None else [f"column {j}" for j in range(kept.shape[1])]
-    missing = np.isnan(kept)
-    leading = np.cumprod(missing, axis=0).astype(bool)
-    for j in np.flatnonzero((missing & ~leading).any(axis=0) | np.isinf(kept).any(axis=0)):
-        row = start + int(np.flatnonzero(~np.isfinite(kept[:, j]) & ~leading[:, j])[0])
-        raise ValueError(
-            f"{source}: confound {names[j]!r} is n/a or infinite at row {row} (volume {row}); "
-            "only n/a in a column's first rows (fMRIPrep's first-row n/a) are filled"
-        )
-    if leading.all(axis=0).any():
-        empty = [names[j] for j in np.flatnonzero(leading.all(axis=0))]
-        raise ValueError(
-            f"{source}: confound(s) {empty} have no value in volumes {start}-{stop - 1}"
-        )
-    if missing.any():
-        kept = np.where(missing, np.nanmean(kept, axis=0), kept)
-    return kept
+    return kept_confounds(matrix, start, stop, names, confounds)[0]
 
 
 def drift_order(n_trs: int, tr: float, cleaning: CleaningConfig) -> int:

@@ -158,9 +158,44 @@ def compute_mask(bold_paths: Sequence, config: MaskConfig | None = None):
                 "compute masks per space, or resample the runs first"
             )
         masks.append(mask)
+    combined = masks[0]
+    if len(masks) > 1:
+        combined = intersect_masks(masks, threshold=config.intersect_threshold, connected=True)
+    if not np.asarray(combined.dataobj).any():
+        raise ValueError(
+            f"the EPI mask computed from {[_name(b) for b in bold_paths]} is empty; pass a brain "
+            "mask, or check that the images are raw EPI (not already masked or cleaned)"
+        )
+    return combined
+
+
+def combine_masks(mask_paths: Sequence, reference, config: MaskConfig | None = None):
+    """One mask from the brain masks that come with several runs (fMRIPrep ``desc-brain_mask``).
+
+    Each mask is matched to the reference grid (:func:`load_mask`) and they are combined with
+    :func:`nilearn.masking.intersect_masks` at ``config.intersect_threshold``, the rule used for
+    computed masks (:func:`compute_mask`), so that a column means the same voxel in every run.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        3D uint8 mask on the reference grid.
+    """
+    from nilearn.masking import intersect_masks
+
+    config = config or MaskConfig()
+    if not mask_paths:
+        raise ValueError("combine_masks needs at least one mask")
+    masks = [load_mask(path, reference, config) for path in mask_paths]
     if len(masks) == 1:
         return masks[0]
-    return intersect_masks(masks, threshold=config.intersect_threshold, connected=True)
+    combined = intersect_masks(masks, threshold=config.intersect_threshold, connected=False)
+    if not np.asarray(combined.dataobj).any():
+        raise ValueError(
+            f"the brain masks {[_name(p) for p in mask_paths]} have no voxel in common at "
+            f"intersect_threshold {config.intersect_threshold}"
+        )
+    return combined
 
 
 def load_mask(mask, reference, config: MaskConfig | None = None):

@@ -37,12 +37,9 @@ import numpy as np
 
 from wav2brain.atomic import PARTIAL_SUFFIX, write_text_atomic
 from wav2brain.data.bids import AlignOn, RunSpec, discover_runs, require_file
-from wav2brain.data.fmri import (
-    CleaningConfig,
-    check_coverage,
-    read_confounds_table,
-    trim_confounds,
-)
+from wav2brain.data.confounds import as_strategy, kept_confounds, run_confounds
+from wav2brain.data.derivatives import DEFAULT_SPACE, pair_derivatives
+from wav2brain.data.fmri import CleaningConfig, check_coverage, gifti_volumes, resolve_tr
 from wav2brain.data.hf_layout import (
     CARD_NAME,
     MASK_NAME,
@@ -72,35 +69,42 @@ class RunProbe:
 
     Attributes
     ----------
-    n_volumes : int or None
-        Volumes (TRs) in the file; None where only reading the data would tell (GIfTI).
+    n_volumes : int
+        Volumes (TRs) in the file (GIfTI: counted from its XML).
     grid : str or None
         Key of the voxel grid (shape + affine) of a NIfTI run; None otherwise.
     n_columns : int or None
         Columns of a preprocessed array.
+    run : RunSpec or None
+        The run with its TR checked against the image header (:func:`wav2brain.data.fmri.resolve_tr`):
+        the header's TR where no other source gave one, and the header among its ``tr_sources``.
     """
 
-    n_volumes: int | None
+    n_volumes: int
     grid: str | None
     n_columns: int | None
+    run: RunSpec | None = None
 
 
 def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
-    """Read a run's header only (NIfTI shape/affine, array shape) and check its coverage.
+    """Read a run's header only (NIfTI shape/affine, array shape), check its TR and coverage.
 
-    The coverage check counts the volumes that ``cleaning``'s start and end trims (TRs) keep.
+    The TR is checked across every source, the image header included
+    (:func:`wav2brain.data.fmri.resolve_tr`), before any data is read. The coverage check counts
+    the volumes that ``cleaning``'s start and end trims (TRs) keep.
 
     Raises
     ------
     FileNotFoundError
         BOLD or stimulus file missing.
     ValueError
-        Unreadable header, not 4D, or fewer volumes than onset + duration need.
+        Unreadable header, not 4D, TR sources that disagree by more than 1 % or no TR at all,
+        or fewer volumes than onset + duration need.
     """
     require_file(Path(run.bold_path))
     require_file(Path(run.stimulus_path))
+    run = resolve_tr(run)
     name = run.bold_path.name.lower()
-    probe = RunProbe(None, None, None)
     if name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
@@ -111,11 +115,17 @@ def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
         if len(img.shape) != 4:
             raise ValueError(f"{run.bold_path}: expected a 4D BOLD image, got shape {img.shape}")
         affine = np.round(np.asarray(img.affine, dtype=np.float64), 3).tolist()
-        probe = RunProbe(img.shape[3], json.dumps([list(img.shape[:3]), affine]), None)
+        probe = RunProbe(img.shape[3], json.dumps([list(img.shape[:3]), affine]), None, run)
     elif run.is_array:
         shape = _array_shape(run.bold_path)
-        probe = RunProbe(shape[-2], None, shape[-1])
-    if probe.n_volumes is not None and (not run.is_array or run.duration is not None):
+        probe = RunProbe(shape[-2], None, shape[-1], run)
+    elif name.endswith(".gii"):
+        probe = RunProbe(gifti_volumes(run.bold_path), None, None, run)
+    else:
+        raise ValueError(
+            f"{run.bold_path}: unsupported BOLD file; expected .nii[.gz], .func.gii, .hf5, .npy"
+        )
+    if not run.is_array or run.duration is not None:
         trims = (cleaning.trim_start_trs, cleaning.trim_end_trs) if cleaning else (0, 0)
         check_coverage(probe.n_volumes, run, run.described, *trims)
     return probe
@@ -160,8 +170,10 @@ def check_confounds(
 ) -> dict[str, list[str]]:
     """Check every run's confounds table before any writing; the columns each run will use.
 
-    Does nothing (returns ``{}``) unless ``cleaning.confound_columns`` is set. Tables are small
-    (one row per TR), so they are read whole here and again when the run is cleaned.
+    Does nothing (returns ``{}``) unless ``cleaning.confound_columns`` or
+    ``cleaning.confounds_strategy`` is set (:func:`wav2brain.data.confounds.run_confounds`).
+    Tables are small (one row per TR), so they are read whole here and again when the run is
+    cleaned.
 
     Returns
     -------
@@ -175,28 +187,31 @@ def check_confounds(
         differs from the scan's volume count (both numbers given); patterns that match no column
         (the available columns are listed); n/a past a column's first rows.
     """
-    if cleaning.confound_columns is None:
+    if not cleaning.uses_confounds:
         return {}
+    strategy = cleaning.confounds_strategy
+    asked = (
+        [] if cleaning.confound_columns is None else [f"columns {list(cleaning.confound_columns)}"]
+    )
+    if strategy is not None:
+        asked.append(f"strategy {list(strategy.strategy)}")
     used = {}
     for run, probe in zip(runs, probes, strict=True):
         if run.confounds_path is None:
             raise ValueError(
-                f"{run.bold_path}: confound columns {list(cleaning.confound_columns)} were "
-                "requested but the run has no confounds table (looked beside it for "
-                "*_desc-confounds_timeseries.tsv or *_desc-confounds_regressors.tsv with the "
-                "same sub/ses/task/run; a mapping table can name one in a 'confounds' column)"
+                f"{run.bold_path}: confound {' and '.join(asked)} were requested but the run "
+                "has no confounds table (looked beside it for *_desc-confounds_timeseries.tsv or "
+                "*_desc-confounds_regressors.tsv with the same sub/ses/task/run; a mapping table "
+                "can name one in a 'confounds' column; cleaned derivatives such as desc-clean "
+                "have theirs regressed already)"
             )
-        matrix, names = read_confounds_table(run.confounds_path, cleaning.confound_columns)
-        if probe.n_volumes is not None:
-            if matrix.shape[0] != probe.n_volumes:
-                raise ValueError(
-                    f"confounds {run.confounds_path} have {matrix.shape[0]} rows but "
-                    f"{run.bold_path} has {probe.n_volumes} volumes; expected one row per volume "
-                    "(before trimming)"
-                )
-            start, stop = cleaning.trim_start_trs, probe.n_volumes - cleaning.trim_end_trs
-            if stop > start:
-                trim_confounds(matrix, start, stop, names, run.confounds_path)
+        n_volumes = probe.n_volumes
+        matrix, names = run_confounds(
+            run.confounds_path, n_volumes, cleaning.confound_columns, strategy, run.bold_path
+        )
+        start, stop = cleaning.trim_start_trs, n_volumes - cleaning.trim_end_trs
+        if stop > start:
+            names = kept_confounds(matrix, start, stop, names, run.confounds_path)[1]
         used[run.key] = names
     return used
 
@@ -317,10 +332,14 @@ def _remove_partials(out: Path) -> None:
 def _grid_masks(
     runs: Sequence[RunSpec], probes: Sequence[RunProbe], mask: Any, out: Path, manifest: _Manifest
 ) -> dict[str, tuple[Any, str]]:
-    """One mask image per voxel grid: ``{grid: (image, file name relative to out)}``."""
+    """One mask image per voxel grid: ``{grid: (image, file name relative to out)}``.
+
+    The user's mask, else the runs' own brain masks (:attr:`RunSpec.mask_path`, from
+    derivatives; :func:`wav2brain.data.masks.combine_masks`), else one computed from the runs.
+    """
     import nibabel as nib
 
-    from wav2brain.data.masks import compute_mask, load_mask
+    from wav2brain.data.masks import combine_masks, compute_mask, load_mask
 
     grids: dict[str, list[RunSpec]] = {}
     for run, probe in zip(runs, probes, strict=True):
@@ -333,8 +352,17 @@ def _grid_masks(
         if manifest.state["masks"].get(grid) == name and path.is_file():
             masks[grid] = (nib.load(str(path)), name)
             continue
+        own = [run.mask_path for run in grid_runs if run.mask_path is not None]
         if mask is not None:
             image = load_mask(mask, nib.load(str(grid_runs[0].bold_path)))
+        elif own:
+            if len(own) != len(grid_runs):
+                lacking = [str(r.bold_path) for r in grid_runs if r.mask_path is None]
+                raise ValueError(
+                    f"runs on one voxel grid mix derivative brain masks and none: {lacking} have "
+                    "no desc-brain_mask; pass --mask for all of them"
+                )
+            image = combine_masks(own, nib.load(str(grid_runs[0].bold_path)))
         else:
             logger.info("computing a brain mask from %d run(s) on grid %d", len(grid_runs), index)
             image = compute_mask([run.bold_path for run in grid_runs])
@@ -389,7 +417,7 @@ def _write_run(
     from wav2brain.data.fmri import load_bold
     from wav2brain.data.masks import feature_mask
 
-    confounds = run.confounds_path if cleaning.confound_columns is not None else None
+    confounds = run.confounds_path if cleaning.uses_confounds else None
     bold = load_bold(run, mask=mask, cleaning=cleaning, confounds=confounds)
     if mask is None or mask_name is not None:
         base = np.ones(bold.kept.size, dtype=bool)
@@ -481,6 +509,12 @@ def prepare_dataset(
     sessions: Iterable[str] | None = None,
     echo: str | int | None = None,
     align_on: AlignOn = None,
+    derivatives: str | Path | None = None,
+    space: str = DEFAULT_SPACE,
+    derivatives_desc: str = "preproc",
+    derivatives_res: str | None = None,
+    derivatives_masks: str | Path | None = None,
+    confounds_strategy: Any = None,
 ) -> Path:
     """Write ``out`` as a Hugging Face dataset folder (``stimuli`` + ``responses`` + card + mask).
 
@@ -524,6 +558,21 @@ def prepare_dataset(
     align_on : {"first", "story"} or mapping of stimulus id to one, optional
         How to align runs of one stimulus that disagree about the story's position in the WAV
         (:func:`wav2brain.data.bids.check_story_positions`); None refuses them.
+    derivatives : path, optional
+        A derivatives tree (``derivatives/fmriprep``): each discovered run's image is replaced by
+        its derivative in ``space`` with ``derivatives_desc`` (and ``derivatives_res``), with the
+        derivative's brain mask (used unless ``mask`` is given), sidecar TR and slice timing and
+        confounds table (:func:`wav2brain.data.derivatives.pair_derivatives`); events, stimuli
+        and onsets still come from ``bids_root``.
+    space : str
+        Output space of the derivatives (``MNI152NLin2009cAsym``, ``fsaverage6``...).
+    derivatives_desc, derivatives_res : str
+        ``desc-`` (``preproc``; ``clean`` for Narratives' AFNI output) and ``res-``/``den-`` labels.
+    derivatives_masks : path, optional
+        Derivatives tree holding the brain masks, when not ``derivatives``.
+    confounds_strategy : ConfoundStrategy or sequence of str, optional
+        Shorthand for ``cleaning.confounds_strategy`` (nilearn ``load_confounds`` components,
+        e.g. ``("motion", "wm_csf", "high_pass")``); giving both, differently, is an error.
 
     Returns
     -------
@@ -544,6 +593,27 @@ def prepare_dataset(
 
     root, out = Path(bids_root), Path(out)
     cleaning = cleaning or CleaningConfig()
+    if confounds_strategy is not None:
+        strategy = as_strategy(confounds_strategy)
+        if cleaning.confounds_strategy not in (None, strategy):
+            raise ValueError(
+                f"confounds_strategy {strategy} differs from cleaning.confounds_strategy "
+                f"{cleaning.confounds_strategy}; give it once"
+            )
+        cleaning = dataclasses.replace(cleaning, confounds_strategy=strategy)
+    if derivatives is None:
+        given = {
+            "space": space != DEFAULT_SPACE,
+            "derivatives_desc": derivatives_desc != "preproc",
+            "derivatives_res": derivatives_res is not None,
+            "derivatives_masks": derivatives_masks is not None,
+        }
+        if any(given.values()):
+            names = [name for name, set_ in given.items() if set_]
+            raise ValueError(
+                f"{', '.join(names)} apply to derivatives only; give derivatives (--derivatives "
+                "DIR) too"
+            )
     card = card or CardText()
     if not root.is_dir():
         raise FileNotFoundError(f"BIDS root not found (or not a folder): {root}")
@@ -571,7 +641,16 @@ def prepare_dataset(
             + f" (looked for *_bold.nii[.gz]/.func.gii with events.tsv rows of trial_type "
             f"{trial_type!r}, or a mapping table)"
         )
-    found = with_reference(found, slice_time_reference)
+    if derivatives is not None:
+        found = pair_derivatives(
+            found,
+            root,
+            derivatives,
+            space=space,
+            desc=derivatives_desc,
+            res=derivatives_res,
+            masks_from=derivatives_masks,
+        )
     stimulus_paths: dict[str, Path] = {}
     for run in found:
         if stimulus_paths.setdefault(run.stimulus_id, run.stimulus_path) != run.stimulus_path:
@@ -580,6 +659,8 @@ def prepare_dataset(
                 f"{stimulus_paths[run.stimulus_id]} and {run.stimulus_path} ({run.described})"
             )
     probes = [probe_run(run, cleaning) for run in found]
+    # After the probe: a run whose only TR is its image header has it now.
+    found = with_reference([probe.run for probe in probes], slice_time_reference)
     check_subject_consistency(found, probes)
     confounds_used = check_confounds(found, probes, cleaning)
     if isinstance(mask, (str, Path)) and not Path(mask).is_file():
@@ -611,13 +692,16 @@ def prepare_dataset(
     cleaning_card = asdict(cleaning)
     if confounds_used:
         cleaning_card["confounds_used"] = _confounds_summary(confounds_used)
+    from_header = [run.key for run in found if _tr_from_header(run)]
+    if from_header:
+        cleaning_card["tr_from_image_header"] = from_header
     summary = DatasetSummary(
         stimuli=[
             StimulusSummary(**manifest.state["stimuli"][sid]) for sid in sorted(first_of_stimulus)
         ],
         runs=[RunSummary(**manifest.state["runs"][run.key]) for run in found],
         cleaning=cleaning_card,
-        mask=_mask_description(masks, mask),
+        mask=_mask_description(masks, mask, any(run.mask_path for run in found)),
     )
     write_card(out, summary, card)
     manifest.state["complete"] = True
@@ -625,7 +709,12 @@ def prepare_dataset(
     return out
 
 
-def _mask_description(masks: dict[str, tuple[Any, str]], mask: Any) -> dict:
+def _tr_from_header(run: RunSpec) -> bool:
+    """Whether the run's TR came from its image header alone (no sidecar or table gave one)."""
+    return bool(run.tr_sources) and all(" header " in name for name, _ in run.tr_sources)
+
+
+def _mask_description(masks: dict[str, tuple[Any, str]], mask: Any, derived: bool) -> dict:
     """What the card says about the masks."""
     if not masks:
         source = "all columns" if mask is None else "user-given boolean vector over columns"
@@ -638,4 +727,6 @@ def _mask_description(masks: dict[str, tuple[Any, str]], mask: Any) -> dict:
         for image, name in masks.values()
     }
     origin = "computed from the runs' mean EPI (nilearn compute_epi_mask, intersect_masks)"
+    if derived:
+        origin = "the derivatives' brain masks (desc-brain_mask, nilearn intersect_masks)"
     return {"files": files, "source": origin if mask is None else _mask_fingerprint(mask)}
