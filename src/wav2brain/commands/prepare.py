@@ -23,6 +23,18 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
         "--mapping", type=Path, help="mapping table (TSV/CSV) for runs without events"
     )
     parser.add_argument("--trial-type", default="story", help="events trial_type of the stimulus")
+    parser.add_argument(
+        "--word-tier",
+        metavar="NAME",
+        help="TextGrid tier holding the words, when not named 'word'/'words' (a mapping "
+        "table's word_tier column overrides it per row)",
+    )
+    parser.add_argument(
+        "--phone-tier",
+        metavar="NAME",
+        help="TextGrid tier holding the phonemes, when not named 'phone(s)'/'phoneme(s)' "
+        "(mapping-table column phone_tier); without a phone tier no phonemes are stored",
+    )
     parser.add_argument("--no-detrend", action="store_true", help="do not remove slow drift")
     parser.add_argument(
         "--drift-order",
@@ -80,6 +92,8 @@ def prepare_from_args(args: argparse.Namespace, card: Any = None, mapping: Any =
         cleaning=cleaning_from_args(args),
         card=card,
         trial_type=args.trial_type,
+        word_tier=args.word_tier,
+        phone_tier=args.phone_tier,
         progress=not args.quiet,
     )
 

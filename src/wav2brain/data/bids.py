@@ -107,6 +107,10 @@ class RunSpec:
         A brain mask that comes with the image (fMRIPrep ``desc-brain_mask``), when one was found.
     echo : str or None
         ``echo-`` entity of a multi-echo file, None for single-echo data.
+    word_tier, phone_tier : str or None
+        Names of the TextGrid tiers holding the words and the phonemes of the alignment
+        (mapping-table columns ``word_tier``/``phone_tier``); None: found by name
+        (:func:`wav2brain.data.alignments.read_textgrid`).
     """
 
     subject: str
@@ -128,6 +132,8 @@ class RunSpec:
     slice_time_source: str = "acquisition start (no slice-timing correction)"
     mask_path: Path | None = None
     echo: str | None = None
+    word_tier: str | None = None
+    phone_tier: str | None = None
 
     @property
     def is_array(self) -> bool:
@@ -337,7 +343,8 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
     """Read a CSV/TSV that maps runs to stimuli for datasets without events.
 
     Columns: ``subject, task, run, bold, stimulus, onset`` (required; ``run`` may be empty or
-    ``n/a``) and ``session, tr, duration, space, alignment, confounds`` (optional). ``bold``,
+    ``n/a``) and ``session, tr, duration, space, alignment, confounds, word_tier, phone_tier``
+    (optional; the two tier columns name the TextGrid tiers of the alignment). ``bold``,
     ``stimulus``, ``alignment`` and ``confounds`` are paths relative to ``root`` (default: the
     table's folder) or absolute; ``stimulus`` may also be relative to ``<root>/stimuli``.
     ``confounds`` is a TSV/CSV with one row per volume of the scan (before trimming) and named
@@ -410,6 +417,8 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
                 space=_label(row.get("space", "")) or _space(bold),
                 alignment_path=alignment_path,
                 confounds_path=confounds_path,
+                word_tier=_optional(row.get("word_tier", "")),
+                phone_tier=_optional(row.get("phone_tier", "")),
             )
         )
     return specs

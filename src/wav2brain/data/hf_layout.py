@@ -128,13 +128,29 @@ class RunSummary:
 
 @dataclass
 class StimulusSummary:
-    """What the card says about one ``stimuli`` row: shard path, id, duration (s), word count."""
+    """What the card says about one ``stimuli`` row.
+
+    Parameters
+    ----------
+    shard : str
+        Shard path relative to the dataset folder.
+    id : str
+        Stimulus id.
+    duration : float
+        Seconds of audio.
+    n_words, n_phonemes : int
+        Aligned tokens stored.
+    alignment : str or None
+        The alignment file the tokens come from (relative to the BIDS root), None when the
+        stimulus has none (no words or phonemes; the card lists these stimuli).
+    """
 
     shard: str
     id: str
     duration: float
     n_words: int
     n_phonemes: int
+    alignment: str | None = None
 
 
 @dataclass
@@ -496,7 +512,11 @@ def card_body(summary: DatasetSummary, text: CardText, files: Mapping[str, Table
         )
         for r in summary.runs
     ]
-    stim_rows = [(s.id, f"{s.duration:.2f}", s.n_words, s.n_phonemes) for s in summary.stimuli]
+    stim_rows = [
+        (s.id, f"{s.duration:.2f}", s.n_words, s.n_phonemes, s.alignment or "none")
+        for s in summary.stimuli
+    ]
+    unaligned = [s.id for s in summary.stimuli if s.alignment is None]
     parts = [
         f"# {text.pretty_name}",
         "Prepared with `wav2brain prepare`: audio-fMRI pairs in two tables. Each stimulus's "
@@ -507,6 +527,8 @@ def card_body(summary: DatasetSummary, text: CardText, files: Mapping[str, Table
         f"- subjects: {len(subjects)} ({', '.join(subjects)})",
         f"- runs: {len(summary.runs)}; stimuli: {len(summary.stimuli)}",
         f"- TR (s): {', '.join(f'{tr:g}' for tr in trs)}",
+        f"- stimuli without a word/phoneme alignment (no words or phonemes stored): "
+        f"{len(unaligned)}" + (f" ({', '.join(unaligned)})" if unaligned else ""),
         f"- NaN or constant voxels dropped (stored as zeros, indices in "
         f"`dropped_voxel_indices`): {dropped} in total",
         "## Usage",
@@ -532,7 +554,7 @@ def card_body(summary: DatasetSummary, text: CardText, files: Mapping[str, Table
         "## Cleaning",
         "```json\n" + json.dumps(summary.cleaning, indent=2, sort_keys=True, default=str) + "\n```",
         "## Stimuli",
-        markdown_table(("id", "duration (s)", "words", "phonemes"), stim_rows),
+        markdown_table(("id", "duration (s)", "words", "phonemes", "alignment"), stim_rows),
         "## Runs",
         markdown_table(
             (
