@@ -1,4 +1,6 @@
-"""The ``wav2brain`` console script: every subcommand registers, bad arguments exit with status 2."""
+"""The ``wav2brain`` console script: every subcommand registers, bad arguments exit with status 2,
+nothing heavy is imported before a command runs, and ``import wav2brain`` still registers the
+Auto classes (checked in fresh interpreters)."""
 
 from __future__ import annotations
 
@@ -117,8 +119,18 @@ if order == "transformers-first":
         print("unknown before import wav2brain")  # negative control: nothing registers it
 import wav2brain
 assert "torch" not in sys.modules or order == "transformers-first"
-if order == "model-class-first":
-    from transformers import Wav2Vec2Model  # imports modeling_auto from inside modeling_wav2vec2
+if order == "without-deferral":  # negative control: register as soon as modeling_auto is loaded
+    class Never(set):
+        def __bool__(self):
+            return False
+
+    wav2brain.registration._loading = Never()
+if order in ("model-class-first", "without-deferral"):
+    try:
+        from transformers import Wav2Vec2Model  # modeling_auto loads inside modeling_wav2vec2
+    except ImportError:
+        print("import failed")
+        sys.exit(0)
 from transformers import AutoConfig, AutoModel
 config = AutoConfig.for_model("wav2vec2-brain-encoding", num_voxels=3)
 model = AutoModel.from_pretrained(path)
@@ -140,7 +152,14 @@ def saved_brain_model(tmp_path_factory):
 
 @pytest.mark.parametrize("order", ["wav2brain-first", "model-class-first", "transformers-first"])
 def test_import_wav2brain_registers_the_auto_classes(saved_brain_model, order):
+    """In a fresh interpreter, whatever transformers imports first; the finder then leaves."""
     lines = run_python(REGISTRATION, str(saved_brain_model), order).splitlines()
     if order == "transformers-first":
         assert lines.pop(0) == "unknown before import wav2brain"
     assert lines == ["Wav2Vec2BrainEncodingConfig Wav2Vec2ForBrainEncoding 5", "False"]
+
+
+def test_negative_control_registering_mid_import_breaks_transformers(saved_brain_model):
+    """Without waiting for transformers' imports to finish, importing a model class fails."""
+    lines = run_python(REGISTRATION, str(saved_brain_model), "without-deferral").splitlines()
+    assert lines == ["import failed"]

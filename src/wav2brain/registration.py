@@ -75,20 +75,31 @@ def _watched(name: str) -> bool:
 
 
 def attempt_registration() -> None:
-    """Register what transformers' imported auto modules need, unless an import is under way."""
+    """Register what transformers' imported auto modules need, unless an import is under way.
+
+    The lock guards only the bookkeeping, never the imports a registration makes: holding it
+    while importing could deadlock with another thread that is importing a watched module.
+    Modules imported during a registration (by this or another thread) are picked up by the loop.
+    """
     global _registering
     with _lock:
         if _registering or _loading:
             return
         _registering = True
-        try:
+    try:
+        progressed = True
+        while progressed:
+            progressed = False
             if not _done["config"] and CONFIG_AUTO_MODULE in sys.modules:
                 register_config()
+                progressed = True
             if not _done["model"] and MODEL_AUTO_MODULE in sys.modules:
                 register_model()
-        finally:
+                progressed = True
+    finally:
+        with _lock:
             _registering = False
-        _uninstall_if_done()
+    _uninstall_if_done()
 
 
 def _uninstall_if_done() -> None:
