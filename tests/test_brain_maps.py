@@ -336,7 +336,7 @@ def test_unnumbered_layer_names_are_refused():
 
 
 def test_cli_defaults_follow_the_config_and_scores(monkeypatch):
-    """The parser reads its defaults from EncodingConfig and normalized_score."""
+    """Options left unset take their defaults from EncodingConfig and normalized_score."""
     import dataclasses
 
     from wav2brain.encoding import layers, scores
@@ -354,4 +354,5 @@ def test_cli_defaults_follow_the_config_and_scores(monkeypatch):
     parser = argparse.ArgumentParser()
     encode_command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["encode", "d", "--features", "f", "--out", "o"])
-    assert (args.inner_cv, args.criterion, args.min_ceiling) == (3, "r", 0.25)
+    config = encode_command._config(args)
+    assert (config.inner_cv, config.criterion, args.min_ceiling) == (3, "r", 0.25)

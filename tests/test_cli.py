@@ -1,4 +1,6 @@
-"""The ``wav2brain`` console script: every subcommand registers, bad arguments exit with status 2."""
+"""The ``wav2brain`` console script: every subcommand registers, bad arguments exit with status 2,
+nothing heavy is imported before a command runs, and ``import wav2brain`` still registers the
+Auto classes (checked in fresh interpreters)."""
 
 from __future__ import annotations
 
@@ -34,3 +36,130 @@ def test_missing_bids_root_is_named(tmp_path, capsys):
     status = main(["prepare", str(missing), "--out", str(tmp_path / "out")])
     assert status == 2
     assert str(missing) in capsys.readouterr().err
+
+
+HEAVY = ("torch", "transformers", "datasets", "nilearn", "sklearn")
+"""Libraries the command line must not import before it runs a command (each costs seconds)."""
+
+PROBE = """
+import json, sys
+from wav2brain.cli import SUBCOMMAND_MODULES, main
+
+def probe(argv):
+    try:
+        main(argv)
+    except SystemExit as exit:
+        status = exit.code
+    else:
+        status = None
+    return {"status": status, "loaded": sorted(m for m in sys.modules if "." not in m)}
+
+cases = {"--help": ["--help"]}
+cases.update({f"{name} --help": [name, "--help"] for name in SUBCOMMAND_MODULES})
+cases["extract (missing arguments)"] = ["extract"]
+cases["encode (bad choice)"] = ["encode", "x", "--features", "f", "--out", "o", "--criterion", "x"]
+cases["prepare (bad number)"] = ["prepare", "root", "--out", "o", "--trim-start", "many"]
+print(json.dumps({case: probe(argv) for case, argv in cases.items()}))
+"""
+
+
+def run_python(code: str, *args: str) -> str:
+    """Run ``code`` in a fresh interpreter (this one's, same ``PYTHONPATH``); return its stdout."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_help_and_argument_errors_import_no_heavy_library():
+    import json
+
+    results = json.loads(run_python(PROBE).splitlines()[-1])
+    assert len(results) == len(SUBCOMMAND_MODULES) + 4
+    for case, result in results.items():
+        assert result["status"] == (0 if case.endswith("--help") else 2), case
+        assert not set(HEAVY) & set(result["loaded"]), (case, set(HEAVY) & set(result["loaded"]))
+    # negative control: the probe does see the libraries a command module imports at its top
+    assert "numpy" in results["--help"]["loaded"] and "argparse" in results["--help"]["loaded"]
+
+
+def test_extract_options_left_unset_take_the_config_defaults():
+    from wav2brain.commands.extract import _configs
+    from wav2brain.features.extract import ExtractionConfig
+    from wav2brain.features.taps import TENSORS
+
+    parser = build_parser()
+    args = parser.parse_args(["extract", "d", "--model", "m", "--out", "o"])
+    assert _configs(args)[0] == ExtractionConfig()
+    args = parser.parse_args(["extract", "d", "--model", "m", "--out", "o", "--batch-size", "2"])
+    assert _configs(args)[0] == ExtractionConfig(batch_size=2)
+    extract_help = next(
+        action.choices["extract"].format_help()
+        for action in parser._subparsers._group_actions
+        if "extract" in action.choices
+    )
+    assert all(tensor in extract_help for tensor in TENSORS)
+    bad = parser.parse_args(["extract", "d", "--model", "m", "--out", "o", "--tensor", "keys"])
+    with pytest.raises(ValueError, match="tensor must be one of"):
+        _configs(bad)
+
+
+REGISTRATION = """
+import sys
+path, order = sys.argv[1], sys.argv[2]
+if order == "transformers-first":
+    from transformers import AutoConfig
+    try:
+        AutoConfig.for_model("wav2vec2-brain-encoding")
+    except ValueError:
+        print("unknown before import wav2brain")  # negative control: nothing registers it
+import wav2brain
+assert "torch" not in sys.modules or order == "transformers-first"
+if order == "without-deferral":  # negative control: register as soon as modeling_auto is loaded
+    class Never(set):
+        def __bool__(self):
+            return False
+
+    wav2brain.registration._loading = Never()
+if order in ("model-class-first", "without-deferral"):
+    try:
+        from transformers import Wav2Vec2Model  # modeling_auto loads inside modeling_wav2vec2
+    except ImportError:
+        print("import failed")
+        sys.exit(0)
+from transformers import AutoConfig, AutoModel
+config = AutoConfig.for_model("wav2vec2-brain-encoding", num_voxels=3)
+model = AutoModel.from_pretrained(path)
+print(type(config).__name__, type(model).__name__, model.config.num_voxels)
+print(any(type(f).__name__ == "RegistrationFinder" for f in sys.meta_path))
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_brain_model(tmp_path_factory):
+    from conftest import tiny_wav2vec2_kwargs
+    from wav2brain import Wav2Vec2BrainEncodingConfig, Wav2Vec2ForBrainEncoding
+
+    path = tmp_path_factory.mktemp("brain")
+    config = Wav2Vec2BrainEncodingConfig(num_voxels=5, **tiny_wav2vec2_kwargs())
+    Wav2Vec2ForBrainEncoding(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("order", ["wav2brain-first", "model-class-first", "transformers-first"])
+def test_import_wav2brain_registers_the_auto_classes(saved_brain_model, order):
+    """In a fresh interpreter, whatever transformers imports first; the finder then leaves."""
+    lines = run_python(REGISTRATION, str(saved_brain_model), order).splitlines()
+    if order == "transformers-first":
+        assert lines.pop(0) == "unknown before import wav2brain"
+    assert lines == ["Wav2Vec2BrainEncodingConfig Wav2Vec2ForBrainEncoding 5", "False"]
+
+
+def test_negative_control_registering_mid_import_breaks_transformers(saved_brain_model):
+    """Without waiting for transformers' imports to finish, importing a model class fails."""
+    lines = run_python(REGISTRATION, str(saved_brain_model), "without-deferral").splitlines()
+    assert lines == ["import failed"]

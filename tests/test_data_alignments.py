@@ -163,15 +163,73 @@ def test_tier_selection(tmp_path):
     text = path.read_text()
     swapped = text.replace('"phone"', '"A"').replace('"word"', '"B"')
     path.write_text(swapped)
-    fallback = read_textgrid(path)  # LeBel order: tier 1 words, tier 0 phones
-    assert fallback.words[0].label == "word0" and fallback.phonemes[0].label == "AH"
-    by_name = read_textgrid(path, word_tier="A", phone_tier="B")
-    assert by_name.words[0].label == "AH" and by_name.phonemes[0].label == "word0"
-    assert read_textgrid(path, word_tier=1, phone_tier=0) == fallback
+    with pytest.raises(
+        ValueError, match=r"no word tier .*tiers: \['A', 'B'\]\. Name .*--word-tier"
+    ):
+        read_textgrid(path)  # never guessed by position
+    by_name = read_textgrid(path, word_tier="b", phone_tier="A")  # names in any case
+    assert by_name.words[0].label == "word0" and by_name.phonemes[0].label == "AH"
+    assert read_textgrid(path, word_tier=1, phone_tier=0) == by_name
+    assert read_textgrid(path, word_tier=-1, phone_tier=0) == by_name
     with pytest.raises(ValueError, match=r"no word tier named 'words'; tiers: \['A', 'B'\]"):
         read_textgrid(path, word_tier="words")
     with pytest.raises(ValueError, match="no tier 5"):
         read_textgrid(path, phone_tier=5)
+    with pytest.raises(ValueError, match="word and phone tiers are the same tier 'B'"):
+        read_textgrid(path, word_tier="B", phone_tier=1)
+
+
+def textgrid(path, tiers: dict[str, list[tuple[float, float, str]]]):
+    """Write a short-format TextGrid with the given tiers (name -> intervals) over 2 s."""
+    from fabricate import _textgrid_text
+
+    path.write_text(_textgrid_text(list(tiers.items()), 2.0, short=True))
+    return path
+
+
+WORDS = [(0.0, 0.5, "hello"), (0.5, 0.6, ""), (0.6, 1.0, "world")]
+PHONES = [(0.0, 0.2, "HH"), (0.2, 0.5, "OW"), (0.6, 1.0, "W")]
+
+
+def test_a_single_word_tier_gives_words_and_no_phonemes(tmp_path):
+    """The bug this guards: a lone 'words' tier used to be copied into the phonemes."""
+    for name in ("words", "Word"):
+        alignment = read_textgrid(textgrid(tmp_path / f"{name}.TextGrid", {name: WORDS}))
+        assert [w.label for w in alignment.words] == ["hello", "world"]
+        assert alignment.phonemes == []
+    other = textgrid(tmp_path / "extra.TextGrid", {"speaker": [(0.0, 1.0, "A")], "words": WORDS})
+    alignment = read_textgrid(other)
+    assert [w.label for w in alignment.words] == ["hello", "world"] and alignment.phonemes == []
+
+
+def test_a_single_phone_tier_gives_phonemes_only(tmp_path):
+    alignment = read_textgrid(textgrid(tmp_path / "p.TextGrid", {"phones": PHONES}))
+    assert alignment.words == [] and [p.label for p in alignment.phonemes] == ["HH", "OW", "W"]
+
+
+@pytest.mark.parametrize(
+    ("tiers", "match"),
+    [
+        ({"Mary": WORDS}, r"no word tier .*tiers: \['Mary'\]\. Name the word tier .*--word-tier"),
+        ({"phones": PHONES, "ortho": WORDS}, r"no word tier .*\['phones', 'ortho'\]"),
+        ({"word": WORDS, "Words": WORDS}, r"tiers \[0, 1\] are all named like a word tier"),
+        ({"words": WORDS, "phone": PHONES, "PHONES": PHONES}, "all named like a phone tier"),
+    ],
+)
+def test_tiers_that_cannot_be_told_apart_are_errors(tmp_path, tiers, match):
+    with pytest.raises(ValueError, match=match):
+        read_textgrid(textgrid(tmp_path / "x.TextGrid", tiers))
+
+
+def test_named_tiers_pass_through_read_alignment(tmp_path):
+    path = textgrid(tmp_path / "mary.TextGrid", {"Mary": WORDS, "segments": PHONES})
+    alignment = read_alignment(path, word_tier="Mary", phone_tier="segments")
+    assert [w.label for w in alignment.words] == ["hello", "world"]
+    assert [p.label for p in alignment.phonemes] == ["HH", "OW", "W"]
+    gentle = tmp_path / "align.json"
+    gentle.write_text(json.dumps(GENTLE))
+    with pytest.raises(ValueError, match="Gentle .json, which has no tiers"):
+        read_alignment(gentle, word_tier="Mary")
 
 
 def test_utf16_textgrid(tmp_path):

@@ -189,3 +189,91 @@ def test_write_shard_leaves_no_partial_file_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_shard(table, tmp_path / "stimuli" / "s.parquet")
     assert list((tmp_path / "stimuli").iterdir()) == []
+
+
+def card_header(root: Path) -> dict:
+    return yaml.safe_load((root / CARD_NAME).read_text().split("---")[1])
+
+
+def test_card_fingerprints_every_byte_of_every_table(tmp_path):
+    import wav2brain.data.hf_layout as layout
+
+    make_folder(tmp_path, {"01": 4})
+    header = card_header(tmp_path)
+    files = layout.table_files(tmp_path, DatasetSummary())
+    for config in header["configs"]:
+        name = config["config_name"]
+        assert config["description"] == layout.FINGERPRINT_PREFIX + files[name].fingerprint
+        assert files[name].fingerprint in (tmp_path / CARD_NAME).read_text()  # shown in the body
+    shard = next((tmp_path / RESPONSES).glob("*.parquet"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 1  # one bit, same size
+    shard.write_bytes(bytes(data))
+    changed = layout.table_files(tmp_path, DatasetSummary())
+    assert changed[RESPONSES].num_bytes == files[RESPONSES].num_bytes
+    assert changed[RESPONSES].fingerprint != files[RESPONSES].fingerprint
+    assert changed[STIMULI] == files[STIMULI]
+    shard.rename(shard.with_name("sub-01_renamed.parquet"))
+    assert layout.table_files(tmp_path, DatasetSummary())[RESPONSES] != changed[RESPONSES]
+
+
+def test_the_masks_the_card_describes_belong_to_the_responses_fingerprint(tmp_path):
+    import wav2brain.data.hf_layout as layout
+
+    make_folder(tmp_path, {"01": 4})
+    (tmp_path / "mask.nii.gz").write_bytes(b"mask one")
+    with_mask = DatasetSummary(mask={"files": {"mask.nii.gz": {"n_voxels": 4}}})
+    before = layout.table_files(tmp_path, with_mask)
+    (tmp_path / "mask.nii.gz").write_bytes(b"mask two")
+    after = layout.table_files(tmp_path, with_mask)
+    assert after[RESPONSES].n_files == 2
+    assert after[RESPONSES].fingerprint != before[RESPONSES].fingerprint
+    assert after[STIMULI] == before[STIMULI]
+
+
+def reprepare(root: Path, onset: float) -> None:
+    """Delete ``root`` if present and write it again with every run at ``onset`` (s)."""
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+    make_folder(root, {"01": 5, "02": 5}, onset=onset)
+
+
+def onsets(root: Path, cache: Path) -> list[float]:
+    from datasets import load_dataset
+
+    responses = load_dataset(str(root), RESPONSES, split="train", cache_dir=str(cache))
+    return sorted(set(responses["onset"]))
+
+
+def test_a_reprepared_folder_loads_as_its_new_shards(tmp_path):
+    root, cache = tmp_path / "prep", tmp_path / "hf-cache"
+    reprepare(root, onset=3.0)
+    assert onsets(root, cache) == [3.0]
+    sizes = [p.stat().st_size for p in sorted((root / RESPONSES).glob("*.parquet"))]
+    reprepare(root, onset=4.5)
+    # the same card but for the values inside the shards: only the fingerprint tells them apart
+    assert [p.stat().st_size for p in sorted((root / RESPONSES).glob("*.parquet"))] == sizes
+    assert onsets(root, cache) == [4.5]
+
+
+def test_same_named_folders_in_different_parents_load_their_own_rows(tmp_path):
+    cache = tmp_path / "hf-cache"
+    reprepare(tmp_path / "a" / "prep", onset=1.0)
+    reprepare(tmp_path / "b" / "prep", onset=2.0)
+    assert onsets(tmp_path / "a" / "prep", cache) == [1.0]
+    assert onsets(tmp_path / "b" / "prep", cache) == [2.0]
+
+
+def test_negative_control_without_content_hashes_the_old_rows_come_back(tmp_path, monkeypatch):
+    """With the content hash replaced by a constant, the two tests above would fail."""
+    import wav2brain.data.hf_layout as layout
+
+    monkeypatch.setattr(layout, "file_sha256", lambda path: "0" * 64)
+    root, cache = tmp_path / "prep", tmp_path / "hf-cache"
+    reprepare(root, onset=3.0)
+    assert onsets(root, cache) == [3.0]
+    reprepare(root, onset=4.5)
+    assert onsets(root, cache) == [3.0]  # stale: datasets' cache key did not change
+    reprepare(tmp_path / "a" / "prep", onset=1.0)
+    assert onsets(tmp_path / "a" / "prep", cache) == [3.0]  # another folder's rows

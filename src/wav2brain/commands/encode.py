@@ -70,10 +70,7 @@ def default_min_ceiling() -> float:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``encode`` on the top-level subparsers."""
-    from wav2brain.encoding.layers import EncodingConfig
-
-    defaults = EncodingConfig()
+    """Register ``encode`` on the top-level subparsers (imports nothing heavy)."""
     parser = subparsers.add_parser(
         "encode",
         help="ridge encoding per subject and layer (nested CV over runs); tables and brain maps",
@@ -92,16 +89,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--inner-cv",
         type=int,
-        default=defaults.inner_cv,
-        help="folds over training runs for alphas",
+        help="folds over training runs for alphas (default: EncodingConfig.inner_cv)",
     )
-    parser.add_argument("--criterion", default=defaults.criterion, choices=("r2", "r", "neg_mse"))
+    parser.add_argument(
+        "--criterion", choices=("r2", "r", "neg_mse"), help="default: EncodingConfig.criterion"
+    )
     parser.add_argument("--no-standardize", action="store_true", help="keep raw feature scales")
     parser.add_argument(
         "--min-ceiling",
         type=float,
-        default=default_min_ceiling(),
-        help="ceilings (r) at or below this give NaN normalised scores",
+        help="ceilings (r) at or below this give NaN normalised scores (default: "
+        "normalized_score's min_ceiling)",
     )
     parser.set_defaults(func=run)
     return parser
@@ -111,15 +109,18 @@ def _config(args: argparse.Namespace):
     """The encoding config from the arguments (validated before any work)."""
     from wav2brain.encoding.layers import EncodingConfig
 
+    given = {"inner_cv": args.inner_cv, "criterion": args.criterion}
     config = EncodingConfig(
-        inner_cv=args.inner_cv, criterion=args.criterion, standardize=not args.no_standardize
+        standardize=not args.no_standardize, **{k: v for k, v in given.items() if v is not None}
     )
     if args.alphas:
         if min(args.alphas) <= 0:
             raise ValueError(f"--alphas must be positive, got {args.alphas}")
         config.alphas = tuple(args.alphas)
-    if args.inner_cv < 2:
-        raise ValueError(f"--inner-cv must be at least 2, got {args.inner_cv}")
+    if config.inner_cv < 2:
+        raise ValueError(f"--inner-cv must be at least 2, got {config.inner_cv}")
+    if args.min_ceiling is None:
+        args.min_ceiling = default_min_ceiling()
     if not 0 <= args.min_ceiling < 1:
         raise ValueError(f"--min-ceiling must be in [0, 1) (r), got {args.min_ceiling}")
     return config

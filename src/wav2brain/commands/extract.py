@@ -30,15 +30,13 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 RESPONSE_COLUMNS = ("subject", "session", "task", "run", "stimulus_id", "onset", "tr", "n_trs")
+EXTRACTION_OPTIONS = ("tensor", "chunk_seconds", "context_seconds", "batch_size")
+"""Options left unset (None) unless given: ``ExtractionConfig`` holds their defaults, and
+importing it here would cost the command line torch (see :mod:`wav2brain.registration`)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``extract`` on the top-level subparsers."""
-    from wav2brain.features.extract import ExtractionConfig
-    from wav2brain.features.taps import TENSORS
-
-    defaults = ExtractionConfig()
-
+    """Register ``extract`` on the top-level subparsers (imports nothing heavy)."""
     parser = subparsers.add_parser(
         "extract",
         help="stream model activations over each stimulus onto the runs' TR grids (feature cache)",
@@ -50,7 +48,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--revision", help="model revision; pins the cache key without hashing weights"
     )
-    parser.add_argument("--tensor", default="hidden_states", choices=TENSORS, help="which tensor")
+    parser.add_argument(
+        "--tensor",
+        help="tensor of each layer: hidden_states (default), attention_output or ffn_intermediate",
+    )
     parser.add_argument("--layers", type=int, nargs="+", help="1-based layers (default: all)")
     parser.add_argument("--method", default="hrf", choices=("hrf", "fir"), help="TR-grid method")
     parser.add_argument("--hrf-model", default="glover", choices=("glover", "spm"))
@@ -64,18 +65,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk-seconds",
         type=float,
-        default=defaults.chunk_seconds,
-        help="kept core per window (s)",
+        help="kept core per window (s; default: ExtractionConfig.chunk_seconds)",
     )
     parser.add_argument(
         "--context-seconds",
         type=float,
-        default=defaults.context_seconds,
-        help="context each side of a core (s)",
+        help="context each side of a core (s; default: ExtractionConfig.context_seconds)",
     )
     parser.add_argument("--causal", action="store_true", help="left context only")
     parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass"
+        "--batch-size",
+        type=int,
+        help="windows per forward pass (default: ExtractionConfig.batch_size)",
     )
     parser.add_argument(
         "--normalize",
@@ -94,16 +95,14 @@ def _configs(args: argparse.Namespace):
     from wav2brain.features.extract import ExtractionConfig
     from wav2brain.features.resample import TRGridConfig
 
+    given = {name: getattr(args, name) for name in EXTRACTION_OPTIONS}
     extraction = ExtractionConfig(
-        tensor=args.tensor,
         layers=tuple(args.layers) if args.layers else None,
-        chunk_seconds=args.chunk_seconds,
-        context_seconds=args.context_seconds,
         causal=args.causal,
-        batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
         normalize=args.normalize,
+        **{name: value for name, value in given.items() if value is not None},
     )
     grid = TRGridConfig(
         method=args.method,

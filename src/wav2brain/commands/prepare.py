@@ -21,7 +21,8 @@ mapping tables (--mapping runs.tsv; TSV, or CSV by extension), one row per run:
             space; alignment (TextGrid / Gentle align.json; default: searched by the WAV's
             name in any spelling); confounds (TSV, one row per volume); echo and acquisition
             (BIDS labels; default from the file name); repeat (0-based index into a
-            [repeats, TRs, voxels] array)
+            [repeats, TRs, voxels] array); word_tier, phone_tier (TextGrid tier names,
+            overriding --word-tier/--phone-tier for the row)
   paths are relative to ROOT. Errors name the table and the row (row 1 = first line after
   the header). Labels compare as BIDS labels: --runs 7 matches run-07.
 """
@@ -61,6 +62,18 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
         "stimulus or per stimulus id (prettymouth=first); without it such runs are refused",
     )
     parser.add_argument("--trial-type", default="story", help="events trial_type of the stimulus")
+    parser.add_argument(
+        "--word-tier",
+        metavar="NAME",
+        help="TextGrid tier holding the words, when not named 'word'/'words' (a mapping "
+        "table's word_tier column overrides it per row)",
+    )
+    parser.add_argument(
+        "--phone-tier",
+        metavar="NAME",
+        help="TextGrid tier holding the phonemes, when not named 'phone(s)'/'phoneme(s)' "
+        "(mapping-table column phone_tier); without a phone tier no phonemes are stored",
+    )
     parser.add_argument("--no-detrend", action="store_true", help="do not remove slow drift")
     parser.add_argument(
         "--drift-order",
@@ -206,6 +219,8 @@ def prepare_from_args(
         card=card,
         trial_type=args.trial_type,
         slice_time_reference=args.slice_time_reference,
+        word_tier=args.word_tier,
+        phone_tier=args.phone_tier,
         progress=not args.quiet,
         exclude=args.exclude if args.exclude is not None else exclude,
         sessions=args.sessions,

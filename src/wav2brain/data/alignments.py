@@ -19,10 +19,14 @@ SILENCE_LABELS = frozenset({"", "sp", "sil", "<sil>", "{sl}", "{lg}", "{ns}"})
 """Interval labels treated as silence (compared lower-case, stripped)."""
 
 WORD_TIER_NAMES = ("word", "words")
+"""TextGrid tier names (any case) read as words when no word tier is named."""
 PHONE_TIER_NAMES = ("phone", "phones", "phoneme", "phonemes")
-LEBEL_WORD_TIER = 1
-"""Tier index of words when no tier is named like one (LeBel et al. 2023: tier 0 phones, 1 words)."""
-LEBEL_PHONE_TIER = 0
+"""TextGrid tier names (any case) read as phonemes when no phone tier is named."""
+TIER_OPTIONS = (
+    "--word-tier/--phone-tier (prepare_dataset(word_tier=..., phone_tier=...), mapping-table "
+    "columns word_tier/phone_tier)"
+)
+"""How a user names TextGrid tiers, quoted by the errors of :func:`read_textgrid`."""
 
 _GENTLE_POSITION = re.compile(r"_[BIES]$")
 _TOKEN = re.compile(
@@ -56,13 +60,26 @@ class Alignment:
         }
 
 
-def read_alignment(path: str | Path) -> Alignment:
-    """Read a Gentle ``.json`` or a Praat ``.TextGrid`` by file ending."""
+def read_alignment(
+    path: str | Path,
+    word_tier: str | int | None = None,
+    phone_tier: str | int | None = None,
+) -> Alignment:
+    """Read a Gentle ``.json`` or a Praat ``.TextGrid`` by file ending.
+
+    ``word_tier`` / ``phone_tier`` name TextGrid tiers (:func:`read_textgrid`); given for a
+    Gentle file, which has no tiers, they are probably a mistake and raise ValueError.
+    """
     path = Path(path)
     if path.suffix.lower() == ".json":
+        if word_tier is not None or phone_tier is not None:
+            raise ValueError(
+                f"alignment {path} is a Gentle .json, which has no tiers: word_tier="
+                f"{word_tier!r} / phone_tier={phone_tier!r} apply to TextGrids only"
+            )
         return read_gentle_json(path)
     if path.suffix.lower() == ".textgrid":
-        return read_textgrid(path)
+        return read_textgrid(path, word_tier=word_tier, phone_tier=phone_tier)
     raise ValueError(f"alignment {path}: expected a Gentle .json or a Praat .TextGrid file")
 
 
@@ -164,27 +181,56 @@ def read_textgrid(
     path : str or Path
         ``.TextGrid`` file, UTF-8 or UTF-16 (Praat writes either).
     word_tier, phone_tier : str or int, optional
-        Tier name or 0-based index. By default a tier named ``word(s)`` / ``phone(s)``,
-        ``phoneme(s)`` (any case), else LeBel's order: tier 1 words, tier 0 phones.
+        Tier name (any case) or 0-based index. By default the one tier named ``word``/``words``
+        (:data:`WORD_TIER_NAMES`) and the one named ``phone(s)``/``phoneme(s)``
+        (:data:`PHONE_TIER_NAMES`).
+
+    Returns
+    -------
+    Alignment
+        Words of the word tier, phonemes of the phone tier. Without a phone tier there are no
+        phonemes (a single ``words`` tier gives words only; its words are never copied into
+        the phonemes). A grid whose only tier is a phone tier gives phonemes only.
 
     Notes
     -----
-    Real TextGrids are not always clean: LeBel's contain an overlapping phone interval.
-    Overlaps are clipped (an interval starting before its predecessor ends starts at that end;
-    one left empty is dropped), with one warning per tier that names the file and the count.
+    Tiers are found by name, never by position: the tier order of real TextGrids varies, and a
+    guess would silently read phones as words. Real TextGrids are not always clean either:
+    LeBel's contain an overlapping phone interval. Overlaps are clipped (an interval starting
+    before its predecessor ends starts at that end; one left empty is dropped), with one warning
+    per tier that names the file and the count.
 
     Raises
     ------
-    FileNotFoundError, ValueError
-        Missing file; not a TextGrid; a named tier absent (the available names are listed).
+    FileNotFoundError
+        Missing file.
+    ValueError
+        Not a TextGrid; a named tier absent or an index out of range (the tiers are listed);
+        two tiers matching one name; the word and phone tier being the same; no word tier while
+        the grid holds tiers other than the phone tier (the tiers are listed and the options
+        that name tiers, :data:`TIER_OPTIONS`, quoted).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"TextGrid not found: {path}")
     tiers = _parse_textgrid(path)
-    words = _pick_tier(tiers, word_tier, WORD_TIER_NAMES, LEBEL_WORD_TIER, "word", path)
-    phones = _pick_tier(tiers, phone_tier, PHONE_TIER_NAMES, LEBEL_PHONE_TIER, "phone", path)
-    return Alignment(_clean_tier(words, path), _clean_tier(phones, path))
+    names = [name for name, _ in tiers]
+    words = _tier_index(tiers, word_tier, WORD_TIER_NAMES, "word", path)
+    phones = _tier_index(tiers, phone_tier, PHONE_TIER_NAMES, "phone", path)
+    if words is not None and words == phones:
+        raise ValueError(
+            f"TextGrid {path}: the word and phone tiers are the same tier {names[words]!r}; "
+            f"tiers: {names}"
+        )
+    if words is None and (phones is None or len(tiers) > 1):
+        raise ValueError(
+            f"TextGrid {path}: no word tier (none named {' or '.join(WORD_TIER_NAMES)}); tiers: "
+            f"{names}. Name the word tier (and the phone tier, if any) with {TIER_OPTIONS}"
+        )
+    return Alignment(
+        _clean_tier(tiers[words][1], path) if words is not None else [],
+        _clean_tier(tiers[phones][1], path) if phones is not None else [],
+    )
 
 
 def _parse_textgrid(path: Path) -> list[tuple[str, list[tuple[float, float, str]]]]:
@@ -232,24 +278,28 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8-sig", errors="replace")
 
 
-def _pick_tier(tiers, choice, names, fallback: int, kind: str, path: Path):
+def _tier_index(tiers, choice, names, kind: str, path: Path) -> int | None:
+    """Index of the ``kind`` tier: ``choice`` (name or index), else the one named in ``names``.
+
+    None when ``choice`` is None and no tier has one of ``names``.
+    """
     available = [name for name, _ in tiers]
     if isinstance(choice, int):
         if not -len(tiers) <= choice < len(tiers):
             raise ValueError(f"TextGrid {path}: no tier {choice}; it has {len(tiers)}: {available}")
-        return tiers[choice][1]
-    wanted = (choice,) if choice is not None else names
-    for name, intervals in tiers:
-        if name.strip().lower() in {w.lower() for w in wanted}:
-            return intervals
+        return choice % len(tiers)
+    wanted = {w.strip().lower() for w in ((choice,) if choice is not None else names)}
+    found = [i for i, name in enumerate(available) if name.strip().lower() in wanted]
+    if len(found) > 1:
+        raise ValueError(
+            f"TextGrid {path}: tiers {found} are all named like a {kind} tier ({available}); "
+            f"pick one by its 0-based index (read_textgrid({kind}_tier=...))"
+        )
+    if found:
+        return found[0]
     if choice is not None:
         raise ValueError(f"TextGrid {path}: no {kind} tier named {choice!r}; tiers: {available}")
-    if fallback < len(tiers):
-        return tiers[fallback][1]
-    raise ValueError(
-        f"TextGrid {path}: no {kind} tier (looked for names {list(names)} and index {fallback}); "
-        f"tiers: {available}"
-    )
+    return None
 
 
 def _clean_tier(intervals, path: Path) -> list[AlignedToken]:

@@ -78,6 +78,8 @@ MAPPING_OPTIONAL_COLUMNS = (
     "echo",
     "acquisition",
     "repeat",
+    "word_tier",
+    "phone_tier",
 )
 """Optional columns of a mapping table (:func:`read_mapping_table` says what each holds)."""
 
@@ -153,6 +155,10 @@ class RunSpec:
     origin : str or None
         Where the run was described (``"mapping table runs.tsv, row 3 (line 4)"``,
         ``"events file sub-01_task-x_events.tsv"``), for error messages.
+    word_tier, phone_tier : str or None
+        Names of the TextGrid tiers holding the words and the phonemes of the alignment
+        (mapping-table columns ``word_tier``/``phone_tier``); None: found by name
+        (:func:`wav2brain.data.alignments.read_textgrid`).
     """
 
     subject: str
@@ -177,6 +183,8 @@ class RunSpec:
     acquisition: str | None = None
     repeat: int | None = None
     origin: str | None = None
+    word_tier: str | None = None
+    phone_tier: str | None = None
 
     @property
     def is_array(self) -> bool:
@@ -581,7 +589,8 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
     One row per run. Columns (the README's "Mapping tables" section says the same):
 
     * required: ``subject, task, run, bold, stimulus, onset`` (``run`` may be empty or ``n/a``);
-    * optional: ``session, tr, duration, space, alignment, confounds, echo, acquisition, repeat``.
+    * optional: ``session, tr, duration, space, alignment, confounds, echo, acquisition, repeat,
+      word_tier, phone_tier`` (the two tier columns name the TextGrid tiers of the alignment).
 
     ``bold``, ``stimulus``, ``alignment`` and ``confounds`` are paths relative to ``root``
     (default: the table's folder) or absolute; ``stimulus`` may also be relative to
@@ -695,6 +704,8 @@ def _spec_from_row(row, number: int, path: Path, root: Path, where: str) -> RunS
         acquisition=(_optional(_strip(row.get("acquisition", ""), "acq")) or entities.get("acq")),
         repeat=_repeat(row.get("repeat", ""), where),
         origin=where,
+        word_tier=_optional(row.get("word_tier", "")),
+        phone_tier=_optional(row.get("phone_tier", "")),
     )
 
 

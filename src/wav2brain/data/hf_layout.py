@@ -27,10 +27,24 @@ Choices, and why:
   ``List(List(float32))`` instead, since ``Array2D`` fixes its second dimension.
 - Every shard is written to a temporary name in its folder and renamed (atomic on POSIX), and the
   card is written last, so a folder with a ``README.md`` is complete.
+- **The card fingerprints the files it describes.** ``datasets`` caches a local folder under
+  ``<cache>/<folder name>/<config>/<version>/<hash>``, and that hash covers only the card's YAML
+  (``dataset_info`` and the ``configs`` entries with their file *patterns*), never the files'
+  contents or the folder's path. Two folders with the same name and card, or one folder prepared
+  again with other values in its shards, would share a cache entry and the second load would
+  return the first's rows. So each ``configs`` entry carries, in its ``description`` (a
+  ``BuilderConfig`` field, hence part of that hash), the SHA-256 fingerprint of its table's files
+  (:func:`table_files`): any change to any shard changes the card, and with it the cache key of
+  ``load_dataset`` and the resume keys that hash the card (``wav2brain encode``). The fingerprint
+  hashes every byte: sizes or Parquet footers alone would miss a changed value that compresses
+  to the same size. It costs a tenth of merely writing the same shards (4 runs of 600 TRs ×
+  40,000 voxels, 355 MB: 0.58 s against 5.8 s, ``benchmarks/bench_fingerprint.py``), far less
+  of a whole ``prepare``, which also reads and cleans every scan.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -57,6 +71,8 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "use_byte_stream_split": ["bold"],
 }
 TAGS = ("neuroscience", "fmri", "audio", "speech", "brain-encoding", "wav2brain")
+FINGERPRINT_PREFIX = "wav2brain files sha256:"
+"""Start of each ``configs`` entry's ``description``; the table's fingerprint follows it."""
 
 
 @dataclass
@@ -119,13 +135,29 @@ class RunSummary:
 
 @dataclass
 class StimulusSummary:
-    """What the card says about one ``stimuli`` row: shard path, id, duration (s), word count."""
+    """What the card says about one ``stimuli`` row.
+
+    Parameters
+    ----------
+    shard : str
+        Shard path relative to the dataset folder.
+    id : str
+        Stimulus id.
+    duration : float
+        Seconds of audio.
+    n_words, n_phonemes : int
+        Aligned tokens stored.
+    alignment : str or None
+        The alignment file the tokens come from (relative to the BIDS root), None when the
+        stimulus has none (no words or phonemes; the card lists these stimuli).
+    """
 
     shard: str
     id: str
     duration: float
     n_words: int
     n_phonemes: int
+    alignment: str | None = None
 
 
 @dataclass
@@ -367,10 +399,71 @@ def shared_voxel_count(runs: Sequence[RunSummary]) -> int | None:
     return counts.pop() if len(counts) == 1 else None
 
 
-def card_metadata(summary: DatasetSummary, text: CardText, num_bytes: Mapping[str, int]) -> dict:
+def table_pattern(name: str) -> str:
+    """The ``data_files`` pattern of a table, relative to the folder (``responses/*.parquet``)."""
+    return f"{name}/*.parquet"
+
+
+@dataclass(frozen=True)
+class TableFiles:
+    """The files of one table as they are on disk when the card is written.
+
+    Parameters
+    ----------
+    n_files : int
+        Number of files.
+    num_bytes : int
+        Their total size (bytes).
+    fingerprint : str
+        SHA-256 (hex) over one line ``<path relative to the folder> <size> <SHA-256 of the
+        content>`` per file, sorted by path: it changes when any file is added, removed,
+        renamed or changed by one byte.
+    """
+
+    n_files: int
+    num_bytes: int
+    fingerprint: str
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's content, read in blocks (never the whole file in memory)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def files_fingerprint(out: Path, paths: Sequence[Path]) -> TableFiles:
+    """Count, size and fingerprint (:class:`TableFiles`) of ``paths``, files under ``out``."""
+    lines, total = [], 0
+    for path in sorted(paths, key=lambda p: p.relative_to(out).as_posix()):
+        size = path.stat().st_size
+        lines.append(f"{path.relative_to(out).as_posix()}\t{size}\t{file_sha256(path)}\n")
+        total += size
+    digest = hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+    return TableFiles(n_files=len(lines), num_bytes=total, fingerprint=digest)
+
+
+def table_files(out: Path, summary: DatasetSummary) -> dict[str, TableFiles]:
+    """:class:`TableFiles` of each table of the folder ``out``, read from disk.
+
+    A table's files are its Parquet shards (the ``configs`` pattern, :func:`table_pattern`);
+    those of ``responses`` also include the mask images the card describes
+    (``summary.mask["files"]``), since column ``j`` of ``bold`` means voxel ``j`` of its mask.
+    """
+    masks = [out / name for name in summary.mask.get("files", {})]
+    return {
+        name: files_fingerprint(
+            out, sorted(out.glob(table_pattern(name))) + (masks if name == RESPONSES else [])
+        )
+        for name in (STIMULI, RESPONSES)
+    }
+
+
+def card_metadata(summary: DatasetSummary, text: CardText, files: Mapping[str, TableFiles]) -> dict:
     """The YAML header of the card: licence, tags, ``configs`` and ``dataset_info``.
 
-    ``num_bytes`` maps each table to the size (bytes) of its Parquet shards.
+    ``files`` gives each table's files on disk (:func:`table_files`): their size goes into
+    ``dataset_info`` and their fingerprint into the ``description`` of the table's ``configs``
+    entry, which ``datasets`` hashes into its cache key (see the module notes).
     """
     configs, infos = [], []
     tables = (
@@ -379,14 +472,18 @@ def card_metadata(summary: DatasetSummary, text: CardText, num_bytes: Mapping[st
     )
     for name, features, n_rows in tables:
         configs.append(
-            {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/*.parquet"}]}
+            {
+                "config_name": name,
+                "data_files": [{"split": "train", "path": table_pattern(name)}],
+                "description": f"{FINGERPRINT_PREFIX}{files[name].fingerprint}",
+            }
         )
         infos.append(
             {
                 "config_name": name,
                 "features": features._to_yaml_list(),
                 "splits": [
-                    {"name": "train", "num_bytes": num_bytes.get(name, 0), "num_examples": n_rows}
+                    {"name": "train", "num_bytes": files[name].num_bytes, "num_examples": n_rows}
                 ],
             }
         )
@@ -406,8 +503,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def card_body(summary: DatasetSummary, text: CardText) -> str:
-    """The markdown body of the card: source text, usage, tables of stimuli and runs."""
+def card_body(summary: DatasetSummary, text: CardText, files: Mapping[str, TableFiles]) -> str:
+    """The markdown body of the card: source text, usage, files, tables of stimuli and runs."""
     subjects = sorted({run.subject for run in summary.runs})
     trs = sorted({run.tr for run in summary.runs})
     dropped = sum(run.dropped_voxels for run in summary.runs)
@@ -426,7 +523,11 @@ def card_body(summary: DatasetSummary, text: CardText) -> str:
         )
         for r in summary.runs
     ]
-    stim_rows = [(s.id, f"{s.duration:.2f}", s.n_words, s.n_phonemes) for s in summary.stimuli]
+    stim_rows = [
+        (s.id, f"{s.duration:.2f}", s.n_words, s.n_phonemes, s.alignment or "none")
+        for s in summary.stimuli
+    ]
+    unaligned = [s.id for s in summary.stimuli if s.alignment is None]
     parts = [
         f"# {text.pretty_name}",
         "Prepared with `wav2brain prepare`: audio-fMRI pairs in two tables. Each stimulus's "
@@ -437,6 +538,8 @@ def card_body(summary: DatasetSummary, text: CardText) -> str:
         f"- subjects: {len(subjects)} ({', '.join(subjects)})",
         f"- runs: {len(summary.runs)}; stimuli: {len(summary.stimuli)}",
         f"- TR (s): {', '.join(f'{tr:g}' for tr in trs)}",
+        f"- stimuli without a word/phoneme alignment (no words or phonemes stored): "
+        f"{len(unaligned)}" + (f" ({', '.join(unaligned)})" if unaligned else ""),
         f"- NaN or constant voxels dropped (stored as zeros, indices in "
         f"`dropped_voxel_indices`): {dropped} in total",
         "## Usage",
@@ -452,12 +555,20 @@ def card_body(summary: DatasetSummary, text: CardText) -> str:
         "stimulus starts, counted from the first stored TR.",
         "## Timing",
         timing_text(summary.runs),
+        "## Files",
+        "Fingerprint: SHA-256 over one line (path, size in bytes, SHA-256 of the content) per "
+        "file, sorted by path; the same value is the `description` of the table's `configs` "
+        "entry, so the cache key of `datasets.load_dataset` changes whenever a file does.",
+        markdown_table(
+            ("table", "files", "bytes", "fingerprint"),
+            [(name, f.n_files, f.num_bytes, f"`{f.fingerprint}`") for name, f in files.items()],
+        ),
         "## Mask",
         "```json\n" + json.dumps(summary.mask, indent=2, sort_keys=True) + "\n```",
         "## Cleaning",
         "```json\n" + json.dumps(summary.cleaning, indent=2, sort_keys=True, default=str) + "\n```",
         "## Stimuli",
-        markdown_table(("id", "duration (s)", "words", "phonemes"), stim_rows),
+        markdown_table(("id", "duration (s)", "words", "phonemes", "alignment"), stim_rows),
         "## Runs",
         markdown_table(
             (
@@ -497,13 +608,15 @@ def timing_text(runs: Sequence[RunSummary]) -> str:
 
 
 def write_card(out: Path, summary: DatasetSummary, text: CardText) -> Path:
-    """Write ``out/README.md`` (YAML header + markdown) atomically; call it last."""
+    """Write ``out/README.md`` (YAML header + markdown) atomically; call it last.
+
+    The files of each table are read from disk here (:func:`table_files`), so the card's
+    fingerprints describe exactly what a reader of the folder finds.
+    """
     import yaml
 
-    num_bytes = {
-        name: sum(p.stat().st_size for p in (out / name).glob("*.parquet"))
-        for name in (STIMULI, RESPONSES)
-    }
-    metadata = card_metadata(summary, text, num_bytes)
+    files = table_files(out, summary)
+    metadata = card_metadata(summary, text, files)
     header = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
-    return write_text_atomic(f"---\n{header}---\n\n{card_body(summary, text)}", out / CARD_NAME)
+    body = card_body(summary, text, files)
+    return write_text_atomic(f"---\n{header}---\n\n{body}", out / CARD_NAME)

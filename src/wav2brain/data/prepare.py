@@ -377,21 +377,47 @@ def _grid_masks(
     return masks
 
 
-def _write_stimulus(run: RunSpec, out: Path) -> StimulusSummary:
-    """Read, resample and store one stimulus with its alignment."""
+def read_alignments(runs: Sequence[RunSpec]) -> dict[str, Any]:
+    """The alignment of each stimulus (None without one), read before any expensive work.
+
+    Raises ValueError when runs of one stimulus name different alignment files or tiers, or
+    when an alignment cannot be read as asked (a TextGrid whose tiers cannot be told apart:
+    :func:`wav2brain.data.alignments.read_textgrid`).
+    """
     from wav2brain.data.alignments import read_alignment
+
+    chosen: dict[str, tuple] = {}
+    for run in runs:
+        source = (run.alignment_path, run.word_tier, run.phone_tier)
+        if chosen.setdefault(run.stimulus_id, source) != source:
+            raise ValueError(
+                f"stimulus {run.stimulus_id!r}: its runs name different alignments or tiers "
+                f"(file, word tier, phone tier): {chosen[run.stimulus_id]} and {source} "
+                f"({run.bold_path}); expected one per stimulus"
+            )
+    return {
+        sid: read_alignment(path, word_tier, phone_tier) if path is not None else None
+        for sid, (path, word_tier, phone_tier) in chosen.items()
+    }
+
+
+def _write_stimulus(run: RunSpec, alignment: Any, root: Path, out: Path) -> StimulusSummary:
+    """Read, resample and store one stimulus with its alignment (None: no words or phonemes)."""
     from wav2brain.data.audio import load_audio
 
     wave = load_audio(run.stimulus_path)
-    alignment = read_alignment(run.alignment_path) if run.alignment_path is not None else None
     shard = f"{STIMULI}/{run.stimulus_id}.parquet"
     write_shard(stimulus_table(run.stimulus_id, wave, alignment), out / shard)
+    source = run.alignment_path
+    if source is not None:
+        source = source.relative_to(root) if source.is_relative_to(root) else source.name
     return StimulusSummary(
         shard=shard,
         id=run.stimulus_id,
         duration=len(wave) / SAMPLING_RATE,
         n_words=len(alignment.words) if alignment is not None else 0,
         n_phonemes=len(alignment.phonemes) if alignment is not None else 0,
+        alignment=None if source is None else Path(source).as_posix(),
     )
 
 
@@ -504,6 +530,8 @@ def prepare_dataset(
     card: CardText | None = None,
     trial_type: str = "story",
     slice_time_reference: float | None = None,
+    word_tier: str | None = None,
+    phone_tier: str | None = None,
     progress: bool = True,
     exclude: str | Path | Iterable[str] | None = None,
     sessions: Iterable[str] | None = None,
@@ -545,6 +573,11 @@ def prepare_dataset(
         discovery found (sidecar ``StartTime`` of slice-time corrected data, else 0: the
         acquisition start; :mod:`wav2brain.data.timing`). Stored per run in the ``responses``
         column ``slice_time_reference`` and in the card; must lie in ``[0, TR)``.
+    word_tier, phone_tier : str, optional
+        Names of the TextGrid tiers holding words and phonemes, for alignments whose tiers are
+        not named ``word(s)`` / ``phone(s)``; a mapping table's ``word_tier``/``phone_tier``
+        columns override them for their rows. Stimuli without an alignment get no words or
+        phonemes, and the card lists them.
     progress : bool
         Show tqdm progress bars.
     exclude : path or iterable of str, optional
@@ -586,8 +619,9 @@ def prepare_dataset(
     ValueError
         No run matched the filters; a scan shorter than its stimulus; runs of a subject on
         different grids or with different voxel counts; requested confounds missing or not
-        matching the scan (:func:`check_confounds`); an ``out`` folder that is not ours or was
-        prepared with other settings.
+        matching the scan (:func:`check_confounds`); alignments that cannot be read as asked
+        (:func:`read_alignments`); an ``out`` folder that is not ours or was prepared with
+        other settings.
     """
     from tqdm.auto import tqdm
 
@@ -658,6 +692,13 @@ def prepare_dataset(
                 f"stimulus id {run.stimulus_id!r} names two files: "
                 f"{stimulus_paths[run.stimulus_id]} and {run.stimulus_path} ({run.described})"
             )
+    found = [
+        dataclasses.replace(
+            run, word_tier=run.word_tier or word_tier, phone_tier=run.phone_tier or phone_tier
+        )
+        for run in found
+    ]
+    alignments = read_alignments(found)
     probes = [probe_run(run, cleaning) for run in found]
     # After the probe: a run whose only TR is its image header has it now.
     found = with_reference([probe.run for probe in probes], slice_time_reference)
@@ -676,7 +717,8 @@ def prepare_dataset(
     first_of_stimulus = {run.stimulus_id: run for run in reversed(found)}
     for sid, run in tqdm(sorted(first_of_stimulus.items()), desc="stimuli", disable=not progress):
         if not manifest.done("stimuli", sid, out):
-            manifest.record("stimuli", sid, asdict(_write_stimulus(run, out)))
+            summary = _write_stimulus(run, alignments[sid], root, out)
+            manifest.record("stimuli", sid, asdict(summary))
     for run, probe in tqdm(
         list(zip(found, probes, strict=True)), desc="runs", disable=not progress
     ):
