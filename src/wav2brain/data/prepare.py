@@ -393,7 +393,7 @@ def read_alignments(runs: Sequence[RunSpec]) -> dict[str, Any]:
             raise ValueError(
                 f"stimulus {run.stimulus_id!r}: its runs name different alignments or tiers "
                 f"(file, word tier, phone tier): {chosen[run.stimulus_id]} and {source} "
-                f"({run.bold_path}); expected one per stimulus"
+                f"({run.described}); expected one per stimulus"
             )
     return {
         sid: read_alignment(path, word_tier, phone_tier) if path is not None else None
