@@ -11,7 +11,7 @@ stories of 100 s heard 3 times at a TR of 1.5 s (720 held-out TRs per subject), 
 8-mm grid (30 planted voxels per subject: on the 12-mm grid the same 10 voxels recur in every
 subject, so their planted-voxel counts are not independent). The correct pipeline passes with
 12 of 150 planted voxels outside their interval (p = 0.07), null rate 5.3 %, and t of 7.4 to 16
-against a critical 3.75; onsets half a TR late give t = -5.9 on the side that undoes the error.
+against a critical 3.75; onsets half a TR late give t = -7.4 on the side that undoes the error.
 The simulator's drift is linear here, which prepare's automatic drift order (1 for runs under
 150 s) removes.
 The feature caches of the broken datasets are seeded with the correct one's entries (same model,
@@ -135,6 +135,23 @@ def test_onsets_one_tr_late_fail_the_check(simulated, model, correct, tmp_path):
     assert not result.passed
     one = next(c for c in result.controls if c.shift_trs == 1.0)
     assert not one.passed and one.t["-1"] < 0
+
+
+def test_driven_voxels_counted_as_noise_fail_the_noise_test(simulated, correct, tmp_path):
+    """Negative control of the noise test: a ground truth that lists only the unit-driven voxels
+    leaves the envelope-, word- and phoneme-driven ones among the noise voxels, where they are
+    predicted far more often than the permutation null allows."""
+    dataset, features, _ = correct
+    truth = tmp_path / "bids" / GROUND_TRUTH_DIR
+    shutil.copytree(simulated / GROUND_TRUTH_DIR, truth)
+    voxels = pd.read_csv(truth / "voxels.tsv", sep="\t")
+    voxels[voxels["feature"] == "unit"].to_csv(truth / "voxels.tsv", sep="\t", index=False)
+    config = RecoveryConfig(shifts_trs=(1.0,), max_noise_voxels=None)
+    result = simulated_recovery(tmp_path / "bids", dataset, features, config)
+    assert not result.passed and not result.noise.passed
+    assert result.null.passed and result.planted.passed
+    assert result.noise.rate > result.null.rate and result.noise.p_value < 0.01
+    assert any("noise voxels" in failure for failure in result.failures)
 
 
 def test_bad_input(simulated, model, correct, tmp_path):
