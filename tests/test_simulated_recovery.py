@@ -171,6 +171,27 @@ def test_bad_input(simulated, model, correct, tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
         simulated_recovery(simulated, one, features)
 
+    stories = tmp_path / "dataset_one_story"
+    assert main(["prepare", str(simulated), "--out", str(stories), "--tasks", "story01", "--quiet",
+                 "--mask", str(simulated / GROUND_TRUTH_DIR / "brain_mask.nii.gz")]) == 0  # fmt: skip
+    with pytest.raises(ValueError, match="at least 2 stories"):
+        simulated_recovery(simulated, stories, features)
+
+    partial = tmp_path / "partial_cache"
+    partial.mkdir()
+    runs = pd.read_parquet(features / "runs.parquet")
+    runs.iloc[1:].to_parquet(partial / "runs.parquet")
+    with pytest.raises(ValueError, match="without cached features"):
+        simulated_recovery(simulated, dataset, partial)
+
+    deeper = tmp_path / "deeper" / GROUND_TRUTH_DIR
+    shutil.copytree(simulated / GROUND_TRUTH_DIR, deeper)
+    voxels = pd.read_csv(deeper / "voxels.tsv", sep="\t")
+    voxels.loc[voxels["feature"] == "unit", "layer"] = 7
+    voxels.to_csv(deeper / "voxels.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"planted layers \['layer_07'\]"):
+        simulated_recovery(tmp_path / "deeper", dataset, features)
+
     other = tmp_path / "other" / GROUND_TRUTH_DIR
     shutil.copytree(simulated / GROUND_TRUTH_DIR, other)
     _reinitialise(other / "model")

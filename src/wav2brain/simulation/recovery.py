@@ -433,7 +433,6 @@ class _Run:
     """One prepared run: identifiers, timing, cleaned BOLD columns and its cache entry."""
 
     subject: str
-    task: str
     stimulus_id: str
     tr: float
     onset: float
@@ -606,7 +605,6 @@ def _read_runs(dataset: Path, table, truth: Path, planted_regressors: list[str])
         runs.append(
             _Run(
                 subject=str(info.subject),
-                task=str(info.task),
                 stimulus_id=str(info.stimulus_id),
                 tr=tr,
                 onset=float(row["onset"]),
@@ -759,8 +757,9 @@ def simulated_recovery(
     config : RecoveryConfig, optional
         Levels, shifts, ridge grid, permutations.
     work_dir : str or Path, optional
-        Where the features at sub-TR-shifted onsets are cached (reused on a rerun); None: a
-        temporary folder removed afterwards.
+        Feature cache for the sub-TR-shifted onsets (entries are keyed like ``extract``'s, so
+        this may be ``features`` itself, and a rerun reuses them); None: a temporary folder
+        removed afterwards.
 
     Returns
     -------
