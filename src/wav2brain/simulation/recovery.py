@@ -430,12 +430,12 @@ def _shift_name(shift: float) -> str:
 
 @dataclass
 class _Run:
-    """One prepared run: identifiers, timing, cleaned BOLD columns and its cache entry."""
+    """One prepared run: identifiers, timing (a :class:`~wav2brain.features.pipeline.RunTiming`),
+    cleaned BOLD columns, drift basis, cache entry and planted regressors."""
 
     subject: str
     stimulus_id: str
-    tr: float
-    onset: float
+    timing: Any
     bold: np.ndarray
     entry_path: Path
     basis: np.ndarray | None
@@ -584,6 +584,7 @@ def _read_runs(dataset: Path, table, truth: Path, planted_regressors: list[str])
     import pandas as pd
 
     from wav2brain.data.fmri import drift_confounds, drift_order
+    from wav2brain.features.pipeline import RunTiming
 
     cleaning = _cleaning(dataset)
     start = cleaning.trim_start_trs
@@ -606,8 +607,7 @@ def _read_runs(dataset: Path, table, truth: Path, planted_regressors: list[str])
             _Run(
                 subject=str(info.subject),
                 stimulus_id=str(info.stimulus_id),
-                tr=tr,
-                onset=float(row["onset"]),
+                timing=RunTiming(tr, float(row["onset"])),
                 bold=bold.astype(np.float32),
                 entry_path=Path(info.entry),
                 basis=drift_confounds(n, drift_order(n, tr, cleaning)),
@@ -662,7 +662,7 @@ class _Features:
         from wav2brain.data.hf_layout import decode_audio
         from wav2brain.features.cache import FeatureCache
         from wav2brain.features.extract import ExtractionConfig
-        from wav2brain.features.pipeline import RunTiming, stimulus_features
+        from wav2brain.features.pipeline import stimulus_features
         from wav2brain.features.resample import TRGridConfig
 
         fractional = [s for s in shifts if not float(s).is_integer()]
@@ -684,7 +684,7 @@ class _Features:
             if extraction.get("layers") is not None:
                 extraction["layers"] = tuple(extraction["layers"])
             timings = {
-                (run.entry_path, shift): RunTiming(run.tr, run.onset + shift * run.tr)
+                (run.entry_path, shift): _shifted(run.timing, shift)
                 for run in played
                 for shift in fractional
             }
@@ -715,14 +715,19 @@ class _Features:
 
     def of(self, run: _Run, layer: str, shift: float) -> np.ndarray:
         """Layer ``layer`` on ``run``'s TRs with the onset moved by ``shift`` TRs, normalised."""
-        from wav2brain.features.pipeline import RunTiming, run_features
+        from wav2brain.features.pipeline import run_features
         from wav2brain.features.resample import TRGridConfig
 
         entry = self._entry(run.entry_path, shift)
         grid_config = TRGridConfig(**_grid_config(entry.metadata["key"]))
-        timing = RunTiming(run.tr, run.onset + shift * run.tr)
+        timing = _shifted(run.timing, shift)
         values = run_features(entry, timing, len(run.bold), grid_config, [layer])[layer]
         return normalize_like_bold(values, run.basis)
+
+
+def _shifted(timing, shift_trs: float):
+    """``timing`` (a ``RunTiming``) with the stimulus onset ``shift_trs`` TRs later."""
+    return replace(timing, onset_s=timing.onset_s + shift_trs * timing.tr_s)
 
 
 def _grid_config(key: Mapping[str, Any]) -> dict[str, Any]:
@@ -912,7 +917,7 @@ def _subject_recovery(
     groups = np.concatenate(
         [np.full(n, run.stimulus_id) for n, run in zip(lengths, runs, strict=True)]
     )
-    max_lag = min(math.ceil(config.max_lag_s / runs[0].tr), min(lengths) // 4)
+    max_lag = min(math.ceil(config.max_lag_s / runs[0].timing.tr_s), min(lengths) // 4)
     layers = sorted(set(truth.planted_layers.tolist()))
     fit = {"alphas": config.alphas, "inner_cv": config.inner_cv}
     planted: dict[str, list[np.ndarray]] = {"r": [], "ceiling": [], "n_eff": [], "outside": []}
