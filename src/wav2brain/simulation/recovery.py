@@ -607,7 +607,7 @@ def _read_runs(dataset: Path, table, truth: Path, planted_regressors: list[str])
             _Run(
                 subject=str(info.subject),
                 stimulus_id=str(info.stimulus_id),
-                timing=RunTiming(tr, float(row["onset"])),
+                timing=RunTiming.from_row(row),
                 bold=bold.astype(np.float32),
                 entry_path=Path(info.entry),
                 basis=drift_confounds(n, drift_order(n, tr, cleaning)),
