@@ -34,12 +34,16 @@ Per split, the held-out predictions of every alpha are ``Q diag(w_alpha) right (
 with ``Q`` [n_val, rank] the centred held-out features in the eigenbasis. With fewer training
 rows than features (dual side) the Gram matrix of all rows, about the global feature mean, is
 formed once in float64 and each split's centred training Gram and held-out cross-Gram are cut
-from it by exact double centring (``K - row means - column means + grand mean``); ``X^T U`` is
-never formed during CV. The scores of all alphas then come from one of two exact evaluations,
-whichever needs fewer multiply-adds (:func:`cv_multiply_adds` counts them):
+from it by exact double centring (``K - row means - column means + grand mean``; centring on the
+global mean first only keeps large feature means out of the float64 sums); ``X^T U`` is never
+formed during CV. The Gram matrices, eigendecompositions, ``Q`` and the QR below are float64; the
+products with Y, which carry nearly all the multiply-adds, run in the dtype of X. The scores of
+all alphas then come from one of two exact evaluations, whichever needs fewer multiply-adds
+(:func:`cv_multiply_adds` counts them):
 
-- *predictions*: one GEMM ``[n_alphas * n_val, .] @ [., batch]`` gives every alpha's held-out
-  prediction, which is reduced to its moments (best with many alphas relative to the rank);
+- *predictions*: one GEMM ``[n_alphas * (n_val + 1), .] @ [., batch]`` gives every alpha's
+  held-out prediction already centred over the held-out rows (the operator's rows are centred)
+  plus one row of its mean, then reduced to moments (best when the rank exceeds ``n_val``);
 - *moments*: the sufficient statistics are formed without any prediction. With
   ``Z = right @ Y_train`` and ``Q~`` the held-out features centred over the held-out rows, the
   prediction's centred sum of squares is ``||R diag(w) z||**2`` where ``R^T R = Q~^T Q~`` (``R``
