@@ -15,10 +15,12 @@ from wav2brain.encoding import (
     pearson_r,
     prediction_scores,
     r2_score,
+    ridge,
     ridge_factors,
     select_alphas,
     solve_ridge,
 )
+from wav2brain.encoding.ridge import centred_gram
 
 
 def make_data(n_samples: int, n_features: int, n_targets: int, seed: int = 0):
@@ -166,3 +168,120 @@ def test_splits_without_groups_are_contiguous_blocks():
 def test_bad_splits_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_splits(10, **kwargs)
+
+
+def explicit_scores(X, Y, train, val, alphas):
+    """R², r and -MSE [n_alphas, n_targets] of scikit-learn Ridge fits on one split (float64)."""
+    r2, r, neg_mse = [], [], []
+    for alpha in alphas:
+        model = Ridge(alpha=alpha).fit(X[train].astype(float), Y[train].astype(float))
+        predicted = model.predict(X[val].astype(float))
+        r2.append(sk_r2_score(Y[val], predicted, multioutput="raw_values"))
+        r.append([np.corrcoef(Y[val][:, v], predicted[:, v])[0, 1] for v in range(Y.shape[1])])
+        neg_mse.append(-((Y[val] - predicted) ** 2).mean(0))
+    return np.array(r2), np.array(r), np.array(neg_mse)
+
+
+def assert_scores_close(scores, expected):
+    """Compare PredictionScores with :func:`explicit_scores` at float32 precision."""
+    np.testing.assert_allclose(scores.r2.numpy(), expected[0], atol=2e-5)
+    np.testing.assert_allclose(scores.r.numpy(), expected[1], atol=2e-5)
+    np.testing.assert_allclose(scores.neg_mse.numpy(), expected[2], rtol=1e-4)
+
+
+def score_split(X, Y, train, val, alphas, scorer_class):
+    """Score one split with one of the solver's two evaluations, forced."""
+    X_t, Y_t = torch.from_numpy(X), torch.from_numpy(Y)
+    train_t, val_t = torch.as_tensor(train), torch.as_tensor(val)
+    dual_gram = centred_gram(X_t) if len(train) <= X.shape[1] else None
+    held_out = ridge._held_out_factors(X_t, train_t, val_t, dual_gram)
+    weights = 1.0 / (held_out.eigenvalues + torch.tensor(alphas, dtype=torch.float64)[:, None])
+    if scorer_class is ridge._PredictionScorer:
+        scorer = scorer_class(held_out, weights, Y.shape[1])
+    else:
+        scorer = scorer_class(held_out, weights)
+    y_mean = Y_t[train_t].mean(0)
+    return scorer(Y_t[train_t] - y_mean, Y_t[val_t] - y_mean)
+
+
+@pytest.mark.parametrize("scorer_class", [ridge._PredictionScorer, ridge._MomentScorer])
+@pytest.mark.parametrize(
+    ("n_samples", "n_features", "n_val"),
+    [(200, 12, 80), (200, 60, 30), (90, 200, 30)],  # primal long and short folds, dual
+)
+def test_both_evaluations_match_explicit_fits(scorer_class, n_samples, n_features, n_val):
+    X, Y = make_data(n_samples, n_features, 5, seed=7)
+    Y[:, 4] += np.linspace(0, 50, n_samples, dtype=np.float32)  # a held-out mean far off
+    val = np.arange(n_samples - n_val, n_samples)
+    train = np.arange(n_samples - n_val)
+    alphas = [0.3, 30.0, 3e4]
+    expected = explicit_scores(X, Y, train, val, alphas)
+    assert_scores_close(score_split(X, Y, train, val, alphas, scorer_class), expected)
+    # negative control: the same evaluation on held-out rows shifted by one TR is caught
+    shifted = score_split(X, Y, train, val - 1, alphas, scorer_class)
+    with pytest.raises(AssertionError):
+        assert_scores_close(shifted, expected)
+
+
+def test_cost_model_picks_moments_for_long_folds_and_predictions_otherwise():
+    long_folds = ridge._evaluation_costs(6400, 1600, 768, 10, 10000)
+    short_folds = ridge._evaluation_costs(2400, 600, 768, 10, 10000)
+    dual = ridge._evaluation_costs(2400, 600, 2399, 10, 10000)
+    assert long_folds[1] < long_folds[0]
+    assert short_folds[0] < short_folds[1] and dual[0] < dual[1]
+
+
+def test_dual_gram_cut_equals_the_training_rows_own_decomposition():
+    X, _ = make_data(60, 90, 1, seed=8)
+    X_t = torch.from_numpy(X)
+    train, val = torch.arange(15, 60), torch.arange(15)
+    cut = ridge._held_out_factors(X_t, train, val, centred_gram(X_t))
+    direct = ridge_factors(X_t[train])
+    torch.testing.assert_close(cut.eigenvalues, direct.eigenvalues, rtol=1e-7, atol=1e-6)
+    expected_q = (X_t[val] - direct.x_mean).double() @ direct.left.double()
+    # eigenvectors are defined up to sign: compare |Q| column by column
+    torch.testing.assert_close(cut.q.abs(), expected_q.abs(), rtol=1e-4, atol=1e-3)
+    # double centring makes the Gram about any origin equivalent (here: uncentred rows)
+    raw = X_t.double() @ X_t.double().T
+    uncentred = ridge._held_out_factors(X_t, train, val, raw)
+    torch.testing.assert_close(uncentred.eigenvalues, direct.eigenvalues, rtol=1e-7, atol=1e-6)
+    # negative control: a Gram whose rows are misaligned by one TR gives other eigenvalues
+    shifted = ridge._held_out_factors(X_t, train, val, raw.roll(1, 0).roll(1, 1))
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(shifted.eigenvalues, direct.eigenvalues, rtol=1e-4, atol=1e-3)
+
+
+def test_shared_gram_gives_the_same_fit_and_a_wrong_gram_is_refused():
+    X, Y = make_data(40, 90, 3, seed=9)
+    X_t, Y_t = torch.from_numpy(X), torch.from_numpy(Y)
+    gram = centred_gram(X_t)
+    assert gram.shape == (40, 40) and gram.dtype == torch.float64
+    splits = make_splits(40, np.repeat(np.arange(4), 10), cv=4)
+    alphas = torch.tensor([1.0, 100.0])
+    shared = cross_validate_ridge(X_t, Y_t, alphas, splits, gram=gram)
+    own = cross_validate_ridge(X_t, Y_t, alphas, splits)
+    torch.testing.assert_close(shared.r2, own.r2)
+    coef, _ = solve_ridge(X_t, Y_t, 10.0, factors=ridge_factors(X_t, gram=gram))
+    torch.testing.assert_close(coef, solve_ridge(X_t, Y_t, 10.0)[0])
+    with pytest.raises(ValueError, match="centred_gram of X"):
+        ridge_factors(X_t, gram=gram[:10, :10])
+    with pytest.raises(ValueError, match="centred_gram of X"):
+        ridge_factors(X_t, gram=gram.float())
+    with pytest.raises(ValueError, match="centred_gram of X"):
+        cross_validate_ridge(X_t, Y_t, alphas, splits, gram=gram[:10, :10])
+    tall = torch.from_numpy(make_data(120, 10, 1)[0])
+    with pytest.raises(ValueError, match="n_samples <= n_features"):
+        cross_validate_ridge(tall, tall[:, :2], alphas, splits[:1], gram=torch.eye(120).double())
+
+
+def test_multiply_add_counts_of_a_small_problem():
+    splits = [(np.arange(20, 100), np.arange(20)), (np.arange(80), np.arange(80, 100))]
+    # primal (80 training rows > 30 features): Gram 465*80, eigh 5/3*27000, V^T X^T 30*30*80,
+    # Q 20*30*30; predictions 10*21 rows: min(210*30*80 + 210*80*5, 30*80*5 + 210*30*5)
+    per_split = 465 * 80 + 45000 + 72000 + 18000 + min(504000 + 84000, 12000 + 31500)
+    assert ridge.cv_multiply_adds(100, 30, splits, 10, 5) == 2 * per_split
+    # refit: Gram 465*100, eigh, V^T X^T 30*100*30, per alpha min(formed, projected), intercepts
+    alphas_part = sum(min(30 * 30 * 100 + 30 * 100 * v, 30 * 100 * v + 30 * 30 * v) for v in (2, 3))
+    expected = 465 * 100 + 45000 + 90000 + alphas_part + 30 * 5
+    assert ridge.solve_multiply_adds(100, 30, [2, 3]) == expected
+    assert ridge.solve_multiply_adds(100, 30, [2, 3], gram=False) == expected - 465 * 100

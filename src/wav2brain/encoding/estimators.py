@@ -9,7 +9,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from wav2brain.encoding.ridge import (
     CRITERIA,
+    centred_gram,
     cross_validate_ridge,
+    ridge_factors,
     select_alphas,
     solve_ridge,
 )
@@ -121,10 +123,18 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.x_scale_ = self._feature_scale(X_t)
         if self.standardize:
             X_t = X_t / self.x_scale_
-        cv_result = cross_validate_ridge(X_t, Y_t, alphas, splits, self.memory_budget_bytes)
+        gram = centred_gram(X_t)
+        dual_gram = gram if X_t.shape[0] <= X_t.shape[1] else None
+        cv_result = cross_validate_ridge(
+            X_t, Y_t, alphas, splits, self.memory_budget_bytes, gram=dual_gram
+        )
         index, best = select_alphas(cv_result.criterion(self.criterion), alphas)
         best_alphas = alphas[index]
-        coef, intercept = solve_ridge(X_t, Y_t, best_alphas, self.memory_budget_bytes)
+        factors = ridge_factors(X_t, gram=gram)
+        del gram, dual_gram
+        coef, intercept = solve_ridge(
+            X_t, Y_t, best_alphas, self.memory_budget_bytes, factors=factors
+        )
         chosen = index[None, None, :].expand(len(splits), 1, -1)
         attributes = {
             "best_alphas_": best_alphas,

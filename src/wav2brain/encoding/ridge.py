@@ -27,6 +27,30 @@ with ``left = X^T U`` and ``right = U^T`` (dual side) or ``left = V`` and ``righ
 Each product ``left' @ diag(w) @ right @ Y`` is evaluated in the cheaper of two exact orders
 (see :func:`_cheaper_plan`): form the operator ``left' diag(w) right`` once and multiply ``Y`` by
 it, or project ``Y`` first (``right @ Y``) and multiply by ``left' diag(w)``.
+
+Cross-validation
+----------------
+Per split, the held-out predictions of every alpha are ``Q diag(w_alpha) right (Y_train - mean)``
+with ``Q`` [n_val, rank] the centred held-out features in the eigenbasis. With fewer training
+rows than features (dual side) the Gram matrix of all rows, about the global feature mean, is
+formed once in float64 and each split's centred training Gram and held-out cross-Gram are cut
+from it by exact double centring (``K - row means - column means + grand mean``; centring on the
+global mean first only keeps large feature means out of the float64 sums); ``X^T U`` is never
+formed during CV. The Gram matrices, eigendecompositions, ``Q`` and the QR below are float64; the
+products with Y, which carry nearly all the multiply-adds, run in the dtype of X. The scores of
+all alphas then come from one of two exact evaluations, whichever needs fewer multiply-adds
+(:func:`cv_multiply_adds` counts them):
+
+- *predictions*: one GEMM ``[n_alphas * (n_val + 1), .] @ [., batch]`` gives every alpha's
+  held-out prediction already centred over the held-out rows (the operator's rows are centred)
+  plus one row of its mean, then reduced to moments (best when the rank exceeds ``n_val``);
+- *moments*: the sufficient statistics are formed without any prediction. With
+  ``Z = right @ Y_train`` and ``Q~`` the held-out features centred over the held-out rows, the
+  prediction's centred sum of squares is ``||R diag(w) z||**2`` where ``R^T R = Q~^T Q~`` (``R``
+  from a float64 QR of ``Q~``, [min(n_val, rank), rank]), its product with the centred target is
+  ``w . (z * Q~^T y~)`` and its mean ``mean(Q) diag(w) z``. Only ``min(n_val, rank)`` rows per
+  alpha are computed instead of ``n_val``: with fewer features than held-out TRs this is the
+  cheaper side, and no moment is a difference of large sums (each is about its own mean).
 """
 
 from __future__ import annotations
@@ -38,7 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wav2brain.encoding.scores import prediction_scores
+from wav2brain.encoding.scores import PredictionScores, scores_from_moments
 
 #: Components with an eigenvalue below this fraction of the largest are treated as exact zeros.
 NULL_SPACE_TOLERANCE = 1e-12
@@ -51,6 +75,11 @@ EIGH_THREADS: int | None = 1
 
 #: Names of the criteria that can select alphas, all "higher is better".
 CRITERIA = ("r2", "r", "neg_mse")
+
+#: Multiply-adds counted for the eigendecomposition (with vectors) of a d x d matrix, per d**3:
+#: the Householder work of LAPACK ``syevd``, reduction to tridiagonal form (2/3) and
+#: back-transformation of the eigenvectors (1); its tridiagonal divide and conquer is not counted.
+EIGH_MULTIPLY_ADDS_PER_CUBE = 5 / 3
 
 
 @dataclass
@@ -110,29 +139,56 @@ def _eigh_threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def ridge_factors(X: torch.Tensor) -> RidgeFactors:
+def centred_gram(X: torch.Tensor) -> torch.Tensor:
+    """Return the float64 Gram matrix of the smaller side of ``X`` centred on its column means.
+
+    ``(X - mean) (X - mean)^T`` [n_samples, n_samples] when ``n_samples <= n_features`` (dual
+    side), else ``(X - mean)^T (X - mean)`` [n_features, n_features]. Computed once, it serves both
+    :func:`cross_validate_ridge` (dual side) and :func:`ridge_factors` of the same ``X``.
+    """
+    wide = (X - X.mean(0)).to(torch.float64)
+    return wide @ wide.T if X.shape[0] <= X.shape[1] else wide.T @ wide
+
+
+def ridge_factors(X: torch.Tensor, gram: torch.Tensor | None = None) -> RidgeFactors:
     """Centre ``X`` [n_samples, n_features] and return its :class:`RidgeFactors`.
 
     The Gram matrix of the smaller side is built and diagonalised in float64 (see the module
     docstring); the eigenvalues stay float64, the factors (plain projections, no cancellation)
-    are formed in the dtype of ``X``.
+    are formed in the dtype of ``X``. ``gram``, if given, is :func:`centred_gram` of ``X``.
     """
     x_mean = X.mean(0)
     Xc = X - x_mean
-    wide = Xc.to(torch.float64)
     n_samples, n_features = Xc.shape
     dual = n_samples <= n_features
-    gram = wide @ wide.T if dual else wide.T @ wide
-    del wide
-    with _eigh_threads(gram.device):
-        eigenvalues, vectors = torch.linalg.eigh(gram)
-    keep = eigenvalues > NULL_SPACE_TOLERANCE * eigenvalues[-1].clamp_min(0)
-    eigenvalues, vectors = eigenvalues[keep], vectors[:, keep].to(X.dtype)
+    side = min(n_samples, n_features)
+    if gram is None:
+        gram = centred_gram(X)
+    elif tuple(gram.shape) != (side, side) or gram.dtype != torch.float64:
+        raise ValueError(
+            f"gram must be the float64 centred_gram of X, [{side}, {side}], "
+            f"got {gram.dtype} {tuple(gram.shape)}"
+        )
+    eigenvalues, vectors = _decompose(gram)
+    vectors = vectors.to(X.dtype)
     if dual:
         left, right = Xc.T @ vectors, vectors.T
     else:
         left, right = vectors, vectors.T @ Xc.T
     return RidgeFactors(left=left, eigenvalues=eigenvalues, right=right, x_mean=x_mean)
+
+
+def _decompose(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecompose a float64 Gram matrix; drop its null space (see the module docstring)."""
+    with _eigh_threads(gram.device):
+        eigenvalues, vectors = torch.linalg.eigh(gram)
+    keep = eigenvalues > NULL_SPACE_TOLERANCE * eigenvalues[-1].clamp_min(0)
+    return eigenvalues[keep], vectors[:, keep]
+
+
+def _plan_costs(m: int, k: int, n: int, n_targets: int) -> tuple[int, int]:
+    """Multiply-adds of ``[m, k] @ [k, n] @ Y [n, n_targets]``: (operator formed, Y projected)."""
+    return m * k * n + m * n * n_targets, k * n * n_targets + m * k * n_targets
 
 
 def _cheaper_plan(
@@ -141,13 +197,10 @@ def _cheaper_plan(
     """Choose the cheaper exact order for ``left @ right @ Y`` with ``n_targets`` columns in Y.
 
     Returns ``(operator, projection)``: multiply ``operator @ (projection @ Y)`` when
-    ``projection`` is not None, else ``operator @ Y``. Counts are multiply-adds:
-    forming costs ``m k n + m n V``; projecting costs ``k n V + m k V``.
+    ``projection`` is not None, else ``operator @ Y``. Counts are multiply-adds
+    (:func:`_plan_costs`): forming costs ``m k n + m n V``; projecting costs ``k n V + m k V``.
     """
-    m, k = left.shape
-    n = right.shape[1]
-    formed_cost = m * k * n + m * n * n_targets
-    projected_cost = k * n * n_targets + m * k * n_targets
+    formed_cost, projected_cost = _plan_costs(*left.shape, right.shape[1], n_targets)
     if formed_cost <= projected_cost:
         return left @ right, None
     return left, right
@@ -210,19 +263,162 @@ def solve_ridge(
     return coef, intercept
 
 
+@dataclass
+class _HeldOut:
+    """One split's factors: held-out predictions are ``q diag(w) right (Y_train - y_mean)``.
+
+    Attributes
+    ----------
+    q : Tensor [n_val, rank] float64, the held-out features (centred with the training mean) in
+        the eigenbasis of the training features.
+    eigenvalues : Tensor [rank] float64.
+    right : Tensor [rank, n_train], dtype of X.
+    """
+
+    q: torch.Tensor
+    eigenvalues: torch.Tensor
+    right: torch.Tensor
+
+
+def _held_out_factors(
+    X: torch.Tensor, train: torch.Tensor, val: torch.Tensor, dual_gram: torch.Tensor | None
+) -> _HeldOut:
+    """Decompose the training rows of ``X``; ``dual_gram`` (all rows, float64) selects the dual side.
+
+    On the dual side the centred training Gram and the held-out cross-Gram are cut from
+    ``dual_gram`` (the Gram of ``X`` about its overall mean) by double centring with the training
+    mean, which is exact: ``(a - m)(b - m)^T = a b^T - a m^T - m b^T + m m^T`` with every term a mean
+    of Gram entries. Otherwise :func:`ridge_factors` decomposes the training rows.
+    """
+    if dual_gram is None:
+        factors = ridge_factors(X[train])
+        q = (X[val] - factors.x_mean).to(torch.float64) @ factors.left.to(torch.float64)
+        return _HeldOut(q=q, eigenvalues=factors.eigenvalues, right=factors.right)
+    train_gram = dual_gram[train[:, None], train]
+    row_mean = train_gram.mean(1)
+    grand_mean = row_mean.mean()
+    eigenvalues, vectors = _decompose(
+        train_gram.sub_(row_mean[:, None]).sub_(row_mean - grand_mean)
+    )
+    del train_gram
+    cross_gram = dual_gram[val[:, None], train]
+    cross_gram.sub_(cross_gram.mean(1, keepdim=True)).sub_(row_mean - grand_mean)
+    return _HeldOut(q=cross_gram @ vectors, eigenvalues=eigenvalues, right=vectors.T.to(X.dtype))
+
+
+def _moment_rows(n_val: int, rank: int) -> int:
+    """Rows of the factor ``R`` (``R^T R = Q~^T Q~``) of the moments evaluation."""
+    return min(n_val, rank)
+
+
+def _evaluation_costs(
+    n_train: int, n_val: int, rank: int, n_alphas: int, n_targets: int
+) -> tuple[int, int]:
+    """Multiply-adds of one split's held-out evaluation: (predictions, moments).
+
+    Predictions: the cheaper order of ``[n_alphas * (n_val + 1), rank] @ [rank, n_train] @ Y``
+    (each alpha's centred held-out rows and their mean).
+    Moments: a QR of ``Q~`` when it has more rows than columns (``rank**2 (n_val - rank / 3)``),
+    then per target ``Z`` (``rank n_train``), ``Q~^T y~`` (``rank n_val``), ``R diag(w) z`` for
+    every alpha (``n_alphas rows rank``) and the cross and mean terms (``2 n_alphas rank``).
+    """
+    predictions = min(_plan_costs(n_alphas * (n_val + 1), rank, n_train, n_targets))
+    rows = _moment_rows(n_val, rank)
+    qr = rank * rank * (n_val - rank // 3) if rows < n_val else 0
+    per_target = rank * n_train + rank * n_val + n_alphas * rows * rank + 2 * n_alphas * rank
+    return predictions, qr + per_target * n_targets
+
+
+class _PredictionScorer:
+    """Scores every alpha from its held-out predictions, one GEMM for all alphas.
+
+    The operator's rows are those of the held-out features centred over the held-out rows (one
+    block per alpha), followed by one row per alpha of their mean, so the product gives each
+    prediction already centred, and its mean, without another pass over the predictions.
+    """
+
+    def __init__(self, held_out: _HeldOut, weights: torch.Tensor, n_targets: int) -> None:
+        n_val, rank = held_out.q.shape
+        q_mean = held_out.q.mean(0)
+        centred = (held_out.q - q_mean)[None] * weights[:, None, :]
+        stacked = torch.cat([centred.reshape(-1, rank), weights * q_mean])
+        self.n_alphas, self.n_val = len(weights), n_val
+        self.plan = _cheaper_plan(stacked.to(held_out.right.dtype), held_out.right, n_targets)
+
+    def bytes_per_target(self, n_train: int, element_size: int) -> int:
+        """Temporaries per target column: predictions, the projection and the target copies."""
+        projection = 0 if self.plan[1] is None else self.plan[1].shape[0]
+        rows = self.n_alphas * (self.n_val + 1)
+        return element_size * (rows + projection + 2 * n_train + 3 * self.n_val)
+
+    def __call__(self, y_train: torch.Tensor, y_val: torch.Tensor) -> PredictionScores:
+        """Score the alphas on ``y_val``; both targets are centred with the training mean."""
+        products = _apply(self.plan, y_train)
+        split = self.n_alphas * self.n_val
+        centred = products[:split].reshape(self.n_alphas, self.n_val, -1)
+        target_mean = y_val.mean(0)
+        y_centred = y_val.sub_(target_mean)
+        prediction_ss = torch.linalg.vector_norm(centred, dim=1).square()
+        cross = centred.mul_(y_centred).sum(1)
+        return scores_from_moments(
+            self.n_val,
+            products[split:],
+            prediction_ss,
+            cross,
+            target_mean,
+            y_centred.square().sum(0),
+        )
+
+
+class _MomentScorer:
+    """Scores every alpha from sufficient statistics, never forming a prediction."""
+
+    def __init__(self, held_out: _HeldOut, weights: torch.Tensor) -> None:
+        dtype = held_out.right.dtype
+        n_val, rank = held_out.q.shape
+        q_mean = held_out.q.mean(0)
+        q_centred = held_out.q - q_mean
+        rows = _moment_rows(n_val, rank)
+        factor = torch.linalg.qr(q_centred, mode="r")[1] if rows < n_val else q_centred
+        self.n_alphas, self.n_val, self.rows = len(weights), n_val, rows
+        self.right = held_out.right
+        self.q_centred = q_centred.to(dtype)
+        self.weights = weights.to(dtype)
+        self.mean_weights = (weights * q_mean).to(dtype)
+        self.stacked = (factor[None] * weights[:, None, :]).reshape(-1, rank).to(dtype)
+
+    def bytes_per_target(self, n_train: int, element_size: int) -> int:
+        """Temporaries per target column: the target copies, projections and factor products."""
+        rank = self.right.shape[0]
+        return element_size * (2 * n_train + 3 * self.n_val + 3 * rank + self.n_alphas * self.rows)
+
+    def __call__(self, y_train: torch.Tensor, y_val: torch.Tensor) -> PredictionScores:
+        """Score the alphas on ``y_val``; both targets are centred with the training mean."""
+        z = self.right @ y_train
+        target_mean = y_val.mean(0)
+        y_centred = y_val - target_mean
+        target_ss = y_centred.square().sum(0)
+        cross = self.weights @ (z * (self.q_centred.T @ y_centred))
+        factor_products = (self.stacked @ z).reshape(self.n_alphas, self.rows, -1)
+        prediction_ss = torch.linalg.vector_norm(factor_products, dim=1).square()
+        return scores_from_moments(
+            self.n_val, self.mean_weights @ z, prediction_ss, cross, target_mean, target_ss
+        )
+
+
 def cross_validate_ridge(
     X: torch.Tensor,
     Y: torch.Tensor,
     alphas: torch.Tensor,
     splits: Sequence[tuple[np.ndarray, np.ndarray]],
     memory_budget_bytes: int = 2**29,
+    gram: torch.Tensor | None = None,
 ) -> CVResult:
     """Score every alpha on every split, per target, reusing one decomposition per split.
 
-    For each split the training rows are decomposed once (:func:`ridge_factors`); the held-out
-    predictions of all alphas for a batch of targets come from one matrix product
-    ``[n_alphas * n_val, n_train or rank] @ [.., batch]``, and are reduced to scores at once, so
-    ``n_alphas x n_val x batch`` (bounded by ``memory_budget_bytes``) is the largest temporary.
+    For each split the training rows are decomposed once (see "Cross-validation" in the module
+    docstring); the scores of all alphas for a batch of targets then come from a few large matrix
+    products, by predictions or by moments, whichever needs fewer multiply-adds.
 
     Parameters
     ----------
@@ -232,33 +428,51 @@ def cross_validate_ridge(
     splits : sequence of (train indices, validation indices)
         Row indices (TRs); see :mod:`wav2brain.encoding.splits`.
     memory_budget_bytes : int
-        Bound on the prediction temporaries of one target batch.
+        Bound on the temporaries of one target batch.
+    gram : Tensor [n_samples, n_samples] float64, optional
+        :func:`centred_gram` of ``X`` when ``n_samples <= n_features``, to share it with the refit
+        (:func:`ridge_factors`); computed here when a split needs it and it is not given.
 
     Returns
     -------
     CVResult with tensors [n_splits, n_alphas, n_targets].
     """
+    n_features = X.shape[1]
     n_targets = Y.shape[1]
     n_alphas = len(alphas)
     shape = (len(splits), n_alphas, n_targets)
     result = CVResult(*(torch.empty(shape, dtype=Y.dtype, device=Y.device) for _ in range(3)))
+    n_samples = X.shape[0]
+    if gram is not None and (tuple(gram.shape) != (n_samples, n_samples) or n_samples > n_features):
+        raise ValueError(
+            f"gram must be the [{n_samples}, {n_samples}] centred_gram of X with n_samples <= "
+            f"n_features ({n_features}), got {tuple(gram.shape)}"
+        )
+    dual_gram = gram
     for split_index, (train, val) in enumerate(splits):
         train_t = torch.as_tensor(train, device=X.device)
         val_t = torch.as_tensor(val, device=X.device)
-        factors = ridge_factors(X[train_t])
-        val_features = (X[val_t] - factors.x_mean) @ factors.left
-        weights = factors.weights(alphas).to(X.dtype)
-        stacked = (val_features[None] * weights[:, None, :]).reshape(n_alphas * len(val), -1)
-        plan = _cheaper_plan(stacked, factors.right, n_targets)
+        dual = len(train) <= n_features
+        if dual and dual_gram is None:
+            centred = (X - X.mean(0)).to(torch.float64)
+            dual_gram = centred @ centred.T
+            del centred
+        held_out = _held_out_factors(X, train_t, val_t, dual_gram if dual else None)
+        weights = 1.0 / (held_out.eigenvalues + alphas.to(torch.float64)[:, None])
+        costs = _evaluation_costs(len(train), len(val), len(weights[0]), n_alphas, n_targets)
+        scorer = (
+            _PredictionScorer(held_out, weights, n_targets)
+            if costs[0] <= costs[1]
+            else _MomentScorer(held_out, weights)
+        )
         batch = target_batch_size(
-            4 * (3 * n_alphas * len(val) + len(train) + len(val)), memory_budget_bytes, n_targets
+            scorer.bytes_per_target(len(train), Y.element_size()), memory_budget_bytes, n_targets
         )
         for start in range(0, n_targets, batch):
             columns = slice(start, start + batch)
             y_train = Y[train_t, columns]
             y_train_mean = y_train.mean(0)
-            predictions = _apply(plan, y_train - y_train_mean).reshape(n_alphas, len(val), -1)
-            scores = prediction_scores(predictions, Y[val_t, columns] - y_train_mean)
+            scores = scorer(y_train.sub_(y_train_mean), Y[val_t, columns].sub_(y_train_mean))
             result.r2[split_index, :, columns] = scores.r2
             result.r[split_index, :, columns] = scores.r
             result.neg_mse[split_index, :, columns] = scores.neg_mse
@@ -281,3 +495,61 @@ def select_alphas(scores: torch.Tensor, alphas: torch.Tensor) -> tuple[torch.Ten
     index = torch.argmax(mean + tie_break, dim=0)
     best = torch.gather(mean, 0, index[None])[0]
     return index, best.to(scores.dtype)
+
+
+def _gram_cost(n_rows: int, n_columns: int) -> int:
+    """Multiply-adds of the symmetric Gram matrix of ``n_columns`` columns over ``n_rows`` rows."""
+    return n_columns * (n_columns + 1) // 2 * n_rows
+
+
+def _eigh_cost(size: int) -> int:
+    """Multiply-adds counted for one eigendecomposition (:data:`EIGH_MULTIPLY_ADDS_PER_CUBE`)."""
+    return int(EIGH_MULTIPLY_ADDS_PER_CUBE * size**3)
+
+
+def cv_multiply_adds(
+    n_samples: int,
+    n_features: int,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    n_alphas: int,
+    n_targets: int,
+) -> int:
+    """Multiply-adds of :func:`cross_validate_ridge` on full-rank data of this shape.
+
+    Counted: every matrix product the algorithm performs (a Gram matrix as its symmetric half,
+    float32 and float64 alike), each eigendecomposition as :data:`EIGH_MULTIPLY_ADDS_PER_CUBE`
+    ``* d**3`` and the QR of the moments evaluation as ``rank**2 (n_val - rank / 3)``. Not
+    counted: element-wise work (centring, scaling, the reductions that turn products into
+    scores) and copies. The rank is ``min(n_train - 1, n_features)`` (centring removes one
+    dimension), as for generic data; each split's evaluation is the one the solver chooses.
+    """
+    total = 0
+    if any(len(train) <= n_features for train, _ in splits):
+        total += _gram_cost(n_features, n_samples)
+    for train, val in splits:
+        n_train, n_val = len(train), len(val)
+        rank = min(n_train - 1, n_features)
+        if n_train <= n_features:
+            total += _eigh_cost(n_train) + n_val * n_train * rank
+        else:
+            total += _gram_cost(n_train, n_features) + _eigh_cost(n_features)
+            total += rank * n_features * n_train + n_val * n_features * rank
+        total += min(_evaluation_costs(n_train, n_val, rank, n_alphas, n_targets))
+    return total
+
+
+def solve_multiply_adds(
+    n_samples: int, n_features: int, targets_per_alpha: Sequence[int], gram: bool = True
+) -> int:
+    """Multiply-adds of :func:`solve_ridge` with ``targets_per_alpha[i]`` targets on alpha ``i``.
+
+    Counted as in :func:`cv_multiply_adds`: the Gram matrix (unless ``gram`` is False: given, as
+    ``RidgeCV`` shares the cross-validation's on the dual side), its eigendecomposition, the factor
+    ``X^T U`` (or ``V^T X^T``), each alpha's cheaper order and the intercepts.
+    """
+    rank = min(n_samples - 1, n_features)
+    total = _gram_cost(max(n_samples, n_features), min(n_samples, n_features)) if gram else 0
+    total += _eigh_cost(min(n_samples, n_features)) + n_features * n_samples * rank
+    for n_targets in targets_per_alpha:
+        total += min(_plan_costs(n_features, rank, n_samples, n_targets))
+    return total + n_features * sum(targets_per_alpha)

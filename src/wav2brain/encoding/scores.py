@@ -42,7 +42,6 @@ def prediction_scores(predictions: torch.Tensor, targets: torch.Tensor) -> Predi
     is ever subtracted from another (the squared error is rebuilt exactly from centred moments
     plus the squared difference of means).
     """
-    n_samples = targets.shape[0]
     target_mean = targets.mean(0)
     centred_targets = targets - target_mean
     target_ss = centred_targets.square().sum(0)
@@ -50,6 +49,35 @@ def prediction_scores(predictions: torch.Tensor, targets: torch.Tensor) -> Predi
     centred = predictions.sub_(prediction_mean[:, None, :])
     prediction_ss = torch.linalg.vector_norm(centred, dim=1).square()
     cross = torch.einsum("atv,tv->av", centred, centred_targets)
+    return scores_from_moments(
+        targets.shape[0], prediction_mean, prediction_ss, cross, target_mean, target_ss
+    )
+
+
+def scores_from_moments(
+    n_samples: int,
+    prediction_mean: torch.Tensor,
+    prediction_ss: torch.Tensor,
+    cross: torch.Tensor,
+    target_mean: torch.Tensor,
+    target_ss: torch.Tensor,
+) -> PredictionScores:
+    """Scores from the first and centred second moments of predictions and targets.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of samples (TRs) the moments sum over.
+    prediction_mean, prediction_ss, cross : Tensor [n_predictions, n_targets]
+        Mean of each prediction, its sum of squares about that mean, and the sum of products of
+        the centred prediction with the centred target.
+    target_mean, target_ss : Tensor [n_targets]
+        Mean of each target and its sum of squares about that mean.
+
+    Returns
+    -------
+    PredictionScores, as :func:`prediction_scores` (which reduces predictions to these moments).
+    """
     squared_error = (
         prediction_ss - 2 * cross + target_ss + n_samples * (prediction_mean - target_mean).square()
     ).clamp_min(0)
