@@ -96,7 +96,7 @@ SCORE_COLUMNS = (
 
 SKIPPED_COLUMNS = ("subject", "reason", "n_runs", "n_stories")
 
-VOXEL_BLOCK = 1024
+VOXEL_BLOCK = 4096
 """Voxels per block in the ceiling computations (bounds their float64 temporaries)."""
 
 
@@ -345,9 +345,8 @@ def loso_group_table(members: Sequence[RunRecord], max_lag: int | None):
     """
     import pandas as pd
 
-    from wav2brain.encoding.noise_ceiling import effective_samples
+    from wav2brain.encoding.noise_ceiling import paired_correlation
     from wav2brain.encoding.runs import load_bold
-    from wav2brain.encoding.scores import pearson_r
 
     first = members[0]
     total = np.zeros((first.n_trs, first.n_voxels))
@@ -368,10 +367,9 @@ def loso_group_table(members: Sequence[RunRecord], max_lag: int | None):
         r = np.full(first.n_voxels, np.nan)
         n_eff = np.full(first.n_voxels, np.nan)
         for block in _blocks(first.n_voxels):
-            own = np.array(bold[:, block])
+            own = bold[:, block]
             mean = (total[:, block] - own * keep[block]) / np.maximum(others_n[block], 1)
-            r[block] = pearson_r(own, mean.astype(np.float32))
-            n_eff[block] = effective_samples(own, mean, max_lag)
+            r[block], n_eff[block] = paired_correlation(own, mean, max_lag)
         r[~usable] = n_eff[~usable] = np.nan
         frames.append(
             pd.DataFrame(

@@ -156,27 +156,44 @@ def default_max_lag(n_trs: int) -> int:
     return max(1, n_trs // 4)
 
 
-def effective_samples(x, y, max_lag: int | None = None) -> np.ndarray:
-    """Effective number of samples of the correlation of ``x`` and ``y`` [TRs, n] per column.
+def paired_correlation(x, y, max_lag: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r of ``x`` and ``y`` [TRs, n] per column and its effective number of samples.
 
     Bartlett's large-sample variance of r under independence, ``(1 + 2 sum_k rho_x(k)
     rho_y(k)) / n``, gives ``n_eff = n / (1 + 2 sum_{k=1}^{K} rho_x(k) rho_y(k))`` with ``K``
     = ``max_lag`` (default :func:`default_max_lag`), clipped to ``[4, n]`` (``n_eff - 3`` is
-    Fisher's variance denominator).
+    Fisher's variance denominator). Computed in float64, in blocks of columns (numpy only: no
+    thread start-up per small block). Constant columns give r = 0.
+
+    Returns
+    -------
+    r, n_eff : float64 [n] each, inputs for :func:`ceiling_test`.
     """
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    x, y = np.asarray(x), np.asarray(y)
     if x.shape != y.shape or x.ndim != 2:
         raise ValueError(f"x and y must share one [TRs, n] shape, got {x.shape} and {y.shape}")
     n = x.shape[0]
     if n < 5:
         raise ValueError(f"need at least 5 TRs for an effective sample size, got {n}")
     lag = default_max_lag(n) if max_lag is None else max_lag
-    inflation = np.empty(x.shape[1])
+    r, inflation = np.empty(x.shape[1]), np.empty(x.shape[1])
     for first in range(0, x.shape[1], COLUMN_BLOCK):  # bounds the FFT temporaries
         block = slice(first, first + COLUMN_BLOCK)
-        products = autocorrelation(x[:, block], lag) * autocorrelation(y[:, block], lag)
+        a = x[:, block] - x[:, block].mean(0, dtype=np.float64)
+        b = y[:, block] - y[:, block].mean(0, dtype=np.float64)
+        scale = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+        r[block] = np.divide((a * b).sum(0), scale, out=np.zeros(scale.shape), where=scale > 0)
+        products = autocorrelation(a, lag) * autocorrelation(b, lag)
         inflation[block] = 1 + 2 * products.sum(0)
-    return np.clip(n / np.maximum(inflation, 1e-12), 4.0, float(n))
+    return r, np.clip(n / np.maximum(inflation, 1e-12), 4.0, float(n))
+
+
+def effective_samples(x, y, max_lag: int | None = None) -> np.ndarray:
+    """Effective number of samples of the correlation of ``x`` and ``y`` [TRs, n] per column.
+
+    The ``n_eff`` of :func:`paired_correlation`.
+    """
+    return paired_correlation(x, y, max_lag)[1]
 
 
 def ceiling_test(r, n_eff) -> np.ndarray:
@@ -226,8 +243,7 @@ def split_half(responses, max_lag: int | None = None) -> tuple[np.ndarray, np.nd
     :func:`ceiling_test`: a repeat ceiling is above zero exactly when this correlation is.
     """
     stack = _check_stack("repeats", responses)
-    first, second = stack[0::2].mean(0), stack[1::2].mean(0)
-    return pearson_r(first, second).astype(np.float64), effective_samples(first, second, max_lag)
+    return paired_correlation(stack[0::2].mean(0), stack[1::2].mean(0), max_lag)
 
 
 def select_voxels(ceiling, threshold: float) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +235,7 @@ class FeatureIndex:
         self.root = root
         self.path = path
         self.rows = {run_key(row): row for row in pd.read_parquet(path).to_dict("records")}
+        self._records: dict[Path, dict] = {}
 
     def check(self, records: Sequence[RunRecord]) -> None:
         """Raise a ValueError naming the runs that have no cached features."""
@@ -250,25 +250,26 @@ class FeatureIndex:
         """The cache entry (safetensors file) serving ``record``."""
         return self.root / self.rows[record.key]["path"]
 
-    def identity(self, record: RunRecord) -> dict:
-        """What the run's features depend on: its ``runs.parquet`` row and its entry's record.
-
-        The entry's header is read (its key and grid), never its tensors.
-        """
+    def entry_record(self, record: RunRecord) -> dict:
+        """The stored record (key, grid, units) of the entry serving ``record``; header only."""
         from wav2brain.features.cache import open_entry
 
+        path = self.entry_path(record)
+        if path not in self._records:
+            self._records[path] = open_entry(path).metadata
+        return self._records[path]
+
+    def identity(self, record: RunRecord) -> dict:
+        """What the run's features depend on: its ``runs.parquet`` row and its entry's record."""
         row = {
-            k: _text(v) if isinstance(v, float) and v != v else v
-            for k, v in self.rows[record.key].items()
+            name: None if isinstance(value, float) and value != value else value
+            for name, value in self.rows[record.key].items()
         }
-        entry = open_entry(self.entry_path(record))
-        return {"row": json.loads(json.dumps(row, default=str)), "entry": entry.metadata}
+        return {"row": json.loads(json.dumps(row, default=str)), "entry": self.entry_record(record)}
 
     def layers(self, record: RunRecord) -> list[str]:
         """The cached layer names of the entry serving ``record``."""
-        from wav2brain.features.cache import open_entry
-
-        return list(open_entry(self.entry_path(record)).layers)
+        return list(self.entry_record(record)["units"])
 
     def features(self, record: RunRecord, layer: str, entries: dict | None = None) -> np.ndarray:
         """Features of ``layer`` on the run's TRs, float32 ``[n_trs, units]`` (FIR: stacked delays).
@@ -416,10 +417,3 @@ def iter_subjects(
     """Each subject's :class:`SubjectData`, one at a time (the previous one can be freed)."""
     for subject, own in subject_runs(records, subjects).items():
         yield SubjectData.load(subject, own)
-
-
-def stat_identity(path: os.PathLike) -> dict:
-    """Resolved path, size and modification time (ns) of a file (cheap change detection)."""
-    path = Path(path)
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
