@@ -13,7 +13,8 @@ Data (SIMULATED, fabricated directly in the prepared layout): ``--stories`` stor
 (its shards linked), so both have the same stories. LOSO noise ceilings over all subjects are
 part of the run.
 
-Each size runs in a fresh subprocess: a warm-up encode of 2 subjects (another dataset and output)
+Each size runs in a fresh subprocess (glibc told to map every block of 1 MB or more on its own
+and pyarrow to use it, :data:`MALLOC_ENV`, so that freed arrays leave the RSS): a warm-up encode of 2 subjects (another dataset and output)
 loads every lazy import, the peak RSS (``VmHWM``) is reset, then the timed encode runs. Reported:
 peak RSS above the RSS before the call, and the absolute peak. Targets: 32-subject peak within
 1.25x of the 4-subject peak, and within 2x of one subject's BOLD plus one layer's features.
@@ -39,6 +40,10 @@ from bench_prepare import current_rss_kb, peak_rss_kb, reset_peak_rss
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TR = 1.5
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20), "ARROW_DEFAULT_MEMORY_POOL": "system"}
+"""glibc: every block of 1 MB or more is its own mapping, returned to the system when freed, and
+pyarrow allocates through it too (not mimalloc, which keeps freed pages): RSS then follows the
+live arrays instead of what allocators keep after earlier subjects."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--units", type=int, default=32)
     parser.add_argument("--sizes", type=int, nargs=2, default=(4, 32))
+    parser.add_argument(
+        "--ridge-budget-mb",
+        type=float,
+        help="EncodingConfig.memory_budget_bytes in MB (bound on ridge temporaries; "
+        "default: the config's)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep data here (default: a temp folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -144,9 +155,10 @@ def child(spec: dict) -> dict:
     from wav2brain.encoding.layers import EncodingConfig
 
     torch.set_num_threads(spec["threads"])
-    config = EncodeConfig(
-        encoding=EncodingConfig(alphas=(1.0, 100.0, 10000.0), inner_cv=2), maps=False
-    )
+    encoding = EncodingConfig(alphas=(1.0, 100.0, 10000.0), inner_cv=2)
+    if spec["budget_bytes"]:
+        encoding.memory_budget_bytes = spec["budget_bytes"]
+    config = EncodeConfig(encoding=encoding, maps=False)
     root = Path(spec["root"])
     encode_dataset(root / "warmup", root / "cache", root / "out-warmup", config, progress=False)
     reset = reset_peak_rss()
@@ -169,7 +181,7 @@ def child(spec: dict) -> dict:
 
 
 def run_child(spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), **MALLOC_ENV}
     output = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)],
         check=True,
@@ -196,7 +208,13 @@ def main(argv=None) -> dict:
         for size in (small, large):
             for out in (f"out-{size}", "out-warmup"):
                 shutil.rmtree(root / out, ignore_errors=True)
-            spec = {"root": str(root), "dataset": names[size], "out": f"out-{size}", "threads": 2}
+            spec = {
+                "root": str(root),
+                "dataset": names[size],
+                "out": f"out-{size}",
+                "threads": 2,
+                "budget_bytes": int(args.ridge_budget_mb * 2**20) if args.ridge_budget_mb else 0,
+            }
             measured[size] = run_child(spec)
     one_bold_mb = args.stories * args.trs * args.voxels * 4 / 2**20
     one_layer_mb = args.stories * args.trs * args.units * 4 / 2**20
@@ -215,6 +233,8 @@ def main(argv=None) -> dict:
             "layers": args.layers,
             "units": args.units,
         },
+        "ridge_memory_budget_mb": args.ridge_budget_mb or "EncodingConfig default (512)",
+        "malloc_env": MALLOC_ENV,
         "one_subject_bold_mb": round(one_bold_mb, 1),
         "one_layer_features_mb": round(one_layer_mb, 2),
         "naive_sum_mb": {str(k): v for k, v in naive.items()},

@@ -336,15 +336,31 @@ def loso_groups(records: Sequence[RunRecord]) -> dict[tuple, list[RunRecord]]:
     return {timing: list(members.values()) for timing, members in groups.items()}
 
 
-def loso_group_table(members: Sequence[RunRecord], max_lag: int | None):
-    """LOSO correlation of every member with the mean of the others (pandas, per voxel).
+LOSO_SCHEMA = (
+    ("subject", "string"),
+    ("voxel", "int32"),
+    ("r", "float32"),
+    ("n_eff", "float32"),
+    ("n_others", "int32"),
+)
+"""Columns of a LOSO group part: one row group per member."""
 
-    Columns subject, voxel, r, n_eff, n_others. Two passes over the members' BOLD: their sum
-    (float64 ``[TRs, voxels]``, voxels dropped in a run left out with their count), then each
-    member against the mean of the others. One run and the sum are held at a time.
+
+def write_loso_group(members: Sequence[RunRecord], max_lag: int | None, path: Path) -> Path:
+    """LOSO correlation of every member with the mean of the others, written to ``path``.
+
+    Columns :data:`LOSO_SCHEMA`, one Parquet row group per member (read back one member at a
+    time by :func:`read_loso_member`). Two passes over the members' BOLD: their sum (float64
+    ``[TRs, voxels]``, voxels dropped in a run left out with their count), then each member
+    against the mean of the others. One run and the sum are held at a time, whatever the number
+    of members; the file is written under a temporary name and renamed.
     """
-    import pandas as pd
+    import os
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wav2brain.atomic import partial_path
     from wav2brain.encoding.noise_ceiling import paired_correlation
     from wav2brain.encoding.runs import load_bold
 
@@ -358,31 +374,42 @@ def loso_group_table(members: Sequence[RunRecord], max_lag: int | None):
         valid[member.subject] = keep
         np.add(total, load_bold(member), out=total, where=keep)
         count += keep
-    frames = []
-    for member in members:
-        bold = load_bold(member)
-        keep = valid[member.subject]
-        others_n = count - keep
-        usable = keep & (others_n >= 1)
-        r = np.full(first.n_voxels, np.nan)
-        n_eff = np.full(first.n_voxels, np.nan)
-        for block in _blocks(first.n_voxels):
-            own = bold[:, block]
-            mean = (total[:, block] - own * keep[block]) / np.maximum(others_n[block], 1)
-            r[block], n_eff[block] = paired_correlation(own, mean, max_lag)
-        r[~usable] = n_eff[~usable] = np.nan
-        frames.append(
-            pd.DataFrame(
-                {
-                    "subject": member.subject,
-                    "voxel": np.arange(first.n_voxels),
-                    "r": r,
-                    "n_eff": n_eff,
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in LOSO_SCHEMA])
+    temporary = partial_path(path)
+    try:
+        with pq.ParquetWriter(temporary, schema) as writer:
+            for member in members:
+                bold = load_bold(member)
+                keep = valid[member.subject]
+                others_n = count - keep
+                usable = keep & (others_n >= 1)
+                r = np.full(first.n_voxels, np.nan)
+                n_eff = np.full(first.n_voxels, np.nan)
+                for block in _blocks(first.n_voxels):
+                    own = bold[:, block]
+                    mean = (total[:, block] - own * keep[block]) / np.maximum(others_n[block], 1)
+                    r[block], n_eff[block] = paired_correlation(own, mean, max_lag)
+                r[~usable] = n_eff[~usable] = np.nan
+                columns = {
+                    "subject": [member.subject] * first.n_voxels,
+                    "voxel": np.arange(first.n_voxels, dtype=np.int32),
+                    "r": r.astype(np.float32),
+                    "n_eff": n_eff.astype(np.float32),
                     "n_others": np.where(usable, others_n, 0).astype(np.int32),
                 }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
+                writer.write_table(pa.table(columns, schema=schema))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def read_loso_member(path: Path, subject: str):
+    """One member's rows of a LOSO group part (pandas, sorted by voxel); only its row group."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, filters=[("subject", "==", subject)]).to_pandas()
+    return table.sort_values("voxel", ignore_index=True)
 
 
 class _Ceilings:
@@ -392,16 +419,12 @@ class _Ceilings:
         self.parts = parts
         self.max_lag = max_lag
         self.groups = loso_groups(records)
+        self.loso_paths: dict[tuple, Path] = {}
 
-    def _part(self, name: str, record: dict, compute: Callable[[], object]):
-        import pandas as pd
-
-        path = self.parts / f"ceiling-{name}_{_digest({**record, 'max_lag': self.max_lag})}.parquet"
-        if path.is_file():
-            return pd.read_parquet(path)
-        table = compute()
-        _write_frame(table, path)
-        return table
+    def path(self, name: str, record: dict) -> Path:
+        """The part of a ceiling computation named by a digest of its inputs."""
+        digest = _digest({**record, "max_lag": self.max_lag})
+        return self.parts / f"ceiling-{name}_{digest}.parquet"
 
     def subject_table(self, plan: SubjectPlan):
         """The ceiling table (voxel, ceiling, ceiling_method, ceiling_n, ceiling_z) of a subject."""
@@ -409,12 +432,13 @@ class _Ceilings:
 
         repeats = repeat_groups(plan.records)
         if repeats:
-            record = {"runs": [[r.identity() for r in group] for group in repeats]}
-            return self._part(
+            path = self.path(
                 f"sub-{plan.subject}",
-                record,
-                lambda: repeat_ceiling_table(repeats, self.max_lag),
+                {"runs": [[r.identity() for r in group] for group in repeats]},
             )
+            if not path.is_file():
+                _write_frame(repeat_ceiling_table(repeats, self.max_lag), path)
+            return pd.read_parquet(path)
         firsts = {}
         for record in plan.records:
             firsts.setdefault(record.stimulus_id, record)
@@ -423,13 +447,13 @@ class _Ceilings:
             members = self.groups[record.timing]
             if len(members) < 2:
                 continue
-            identity = {"members": sorted((m.identity() for m in members), key=lambda m: m["key"])}
-            table = self._part(
-                "loso",
-                identity,
-                lambda members=members: loso_group_table(members, self.max_lag),
-            )
-            own = table[table["subject"] == plan.subject].sort_values("voxel")
+            if record.timing not in self.loso_paths:
+                identity = sorted((m.identity() for m in members), key=lambda m: m["key"])
+                self.loso_paths[record.timing] = self.path("loso", {"members": identity})
+            path = self.loso_paths[record.timing]
+            if not path.is_file():
+                write_loso_group(members, self.max_lag, path)
+            own = read_loso_member(path, plan.subject)
             r = own["r"].to_numpy()
             values.append(r)
             weights.append(np.where(np.isfinite(r), record.n_trs, 0.0))
