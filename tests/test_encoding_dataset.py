@@ -312,3 +312,27 @@ def test_unnumbered_layer_names_are_refused():
     with pytest.raises(ValueError, match="cached layer 'conv' has no number"):
         select_layers(["layer_01", "conv"], None)
     assert select_layers(["layer_03", "layer_07"], ["7"]) == ["layer_07"]
+
+
+def test_the_run_reader_refuses_broken_folders(tmp_path):
+    from wav2brain.encoding.runs import check_dataset, read_cleaning
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README.md").write_text("# card\n")
+    with pytest.raises(FileNotFoundError, match="no Parquet shards"):
+        check_dataset(empty)
+    (empty / "responses").mkdir()
+    pd.DataFrame({"subject": ["01"]}).to_parquet(empty / "responses" / "x.parquet")
+    with pytest.raises(ValueError, match=r"x.parquet: responses shard without columns \['session'"):
+        read_responses(empty)
+    (empty / "wav2brain_prepare.json").write_text("{not json")
+    with pytest.raises(ValueError, match="no readable settings.cleaning"):
+        read_cleaning(empty)
+    (empty / "wav2brain_prepare.json").write_text(
+        '{"settings": {"cleaning": {"drift_order": 2, "standardize": false}}}'
+    )
+    cleaning = read_cleaning(empty)
+    assert cleaning.drift_order == 2 and not cleaning.standardize
+    with pytest.raises(FileNotFoundError, match="no such feature cache"):
+        FeatureIndex(tmp_path / "nope")
