@@ -7,11 +7,17 @@ import pytest
 
 from wav2brain.encoding.layers import EncodingConfig, encode
 from wav2brain.encoding.noise_ceiling import (
+    autocorrelation,
     ceiling_agreement,
+    ceiling_test,
+    combine_tests,
+    effective_samples,
     loso_ceiling,
     repeat_ceiling,
     select_voxels,
     signal_power,
+    significant,
+    split_half,
 )
 
 
@@ -74,11 +80,71 @@ def test_select_voxels():
             lambda: ceiling_agreement(np.zeros(3), np.zeros(2), np.zeros(3, bool), 100),
             "share one 1-D shape",
         ),
+        (lambda: autocorrelation(np.zeros((10, 2)), 10), "max_lag must be in"),
+        (lambda: effective_samples(np.zeros((10, 2)), np.zeros((10, 3))), "share one"),
+        (lambda: effective_samples(np.zeros((4, 2)), np.zeros((4, 2))), "at least 5 TRs"),
+        (lambda: ceiling_test(np.zeros(3), np.zeros(2)), "share one shape"),
+        (lambda: combine_tests([np.zeros(3)], []), "one n_eff per r"),
+        (lambda: significant(np.zeros(3), alpha=0.5), "alpha must be in"),
     ],
 )
 def test_bad_input_is_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def ar1(shape, phi: float, seed: int) -> np.ndarray:
+    """AR(1) noise along axis -2 (TRs) with coefficient ``phi`` and unit innovations."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(shape)
+    out = np.empty_like(noise)
+    out[..., 0, :] = noise[..., 0, :]
+    for t in range(1, shape[-2]):
+        out[..., t, :] = phi * out[..., t - 1, :] + noise[..., t, :]
+    return out
+
+
+def test_autocorrelation_and_effective_samples_of_ar1_noise():
+    x = ar1((4000, 50), 0.6, seed=0)
+    rho = autocorrelation(x, 3)
+    np.testing.assert_allclose(rho.mean(1), [0.6, 0.36, 0.216], atol=0.03)
+    # Bartlett: n_eff = n (1 - phi^2) / (1 + phi^2) for two independent AR(1) series
+    n_eff = effective_samples(x, ar1((4000, 50), 0.6, seed=1), max_lag=40)
+    assert np.median(n_eff) == pytest.approx(4000 * 0.64 / 1.36, rel=0.1)
+    white = effective_samples(
+        *(np.random.default_rng(s).standard_normal((400, 50)) for s in (2, 3))
+    )
+    assert np.median(white) == pytest.approx(400, rel=0.1)
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.5, 0.8])
+def test_noise_only_ceilings_pass_the_test_at_its_nominal_level(phi):
+    """Negative control: no shared signal, so about alpha of the voxels pass at level alpha.
+
+    Its own negative control: with the plain TR count instead of the autocorrelation-corrected
+    one, autocorrelated noise passes far more often than the nominal level.
+    """
+    repeats = ar1((2, 300, 3000), phi, seed=4)
+    r, n_eff = split_half(repeats)
+    passed = significant(ceiling_test(r, n_eff), alpha=0.05).mean()
+    assert 0.03 < passed < 0.07
+    naive = significant(ceiling_test(r, np.full_like(r, 300.0)), alpha=0.05).mean()
+    if phi >= 0.5:
+        assert naive > 0.09
+    # CCmax is biased upwards without signal: a positive mean, many above the old 0.1 cut
+    ceiling = repeat_ceiling(repeats, target="single")
+    assert ceiling.mean() > 0.08 and (ceiling > 0.1).mean() > 0.35
+
+
+def test_real_ceilings_pass_and_tests_combine_over_stories():
+    signal = ar1((1, 200, 40), 0.5, seed=5)[0]
+    repeats = signal[None] + 2.0 * ar1((2, 200, 40), 0.5, seed=6)  # r about 0.2
+    r, n_eff = split_half(repeats)
+    one = ceiling_test(r, n_eff)
+    assert significant(one).mean() > 0.5
+    combined = combine_tests([r, r], [n_eff, n_eff])  # twice the data: sqrt(2) times the z
+    np.testing.assert_allclose(combined, np.sqrt(2) * one, rtol=1e-6)
+    np.testing.assert_allclose(combine_tests([r, np.full_like(r, np.nan)], [n_eff, n_eff]), one)
 
 
 def test_held_out_r_reaches_a_known_ceiling_and_noise_stays_at_chance():

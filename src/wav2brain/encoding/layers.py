@@ -2,9 +2,16 @@
 
 Held-out scores are nested: an outer split holds out whole runs; a :class:`RidgeCV` fitted on the
 other runs chooses each voxel's alpha with its own inner folds over those runs, and only then
-predicts the held-out runs. Scores are averaged over outer folds. This keeps the alpha search
-from inflating the reported r (with 10 alphas, choosing on the scored folds biases noise voxels
-upwards).
+predicts the held-out runs. This keeps the alpha search from inflating the reported r (with 10
+alphas, choosing on the scored folds biases noise voxels upwards).
+
+Scores are pooled over folds: r and R² of each voxel are computed once, over the concatenated
+held-out predictions of all outer folds (every TR is held out exactly once), not averaged over
+folds. Each held-out TR therefore weighs the same, so a 56-minute story counts 18 times as much
+as a 3-minute one, where an unweighted mean of fold scores would count them equally and let the
+noisiest, shortest fold move the score most. The pooled r also sees differences of mean and
+scale between the folds' predictions; with runs z-scored (``prepare``'s default) and features
+cleaned the same way these are small, and they are part of what a model gets wrong.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from wav2brain.encoding.estimators import DEFAULT_ALPHAS, RidgeCV
-from wav2brain.encoding.scores import pearson_r, r2_score
 from wav2brain.encoding.splits import make_splits
 
 
@@ -71,8 +77,8 @@ def encode(X, Y, groups, config: EncodingConfig | None = None) -> EncodingScores
 
     Returns
     -------
-    EncodingScores: r and R² averaged over outer folds; alpha is the geometric mean of the alphas
-    chosen in the outer folds.
+    EncodingScores: r and R² of the pooled held-out predictions of all outer folds (see the
+    module docstring); alpha is the geometric mean of the alphas chosen in the outer folds.
     """
     config = config or EncodingConfig()
     X, Y, groups = (
@@ -84,7 +90,8 @@ def encode(X, Y, groups, config: EncodingConfig | None = None) -> EncodingScores
         raise ValueError(
             f"held-out scores need at least 2 runs, got groups {np.unique(groups).tolist()}"
         )
-    r_folds, r2_folds, log_alphas = [], [], []
+    pooled = _PooledScores(Y.shape[1])
+    log_alphas = []
     for train, test in make_splits(len(X), groups, config.outer_cv):
         n_train_groups = len(np.unique(groups[train]))
         inner_groups = groups[train] if n_train_groups >= 2 else None
@@ -97,15 +104,44 @@ def encode(X, Y, groups, config: EncodingConfig | None = None) -> EncodingScores
             standardize=config.standardize,
             memory_budget_bytes=config.memory_budget_bytes,
         ).fit(X[train], Y[train], groups=inner_groups)
-        predictions = model.predict(X[test])
-        r_folds.append(pearson_r(Y[test], predictions))
-        r2_folds.append(r2_score(Y[test], predictions))
+        pooled.add(Y[test], model.predict(X[test]))
         log_alphas.append(np.log(model.best_alphas_))
+    r, r2 = pooled.scores()
     return EncodingScores(
-        r=np.mean(r_folds, axis=0).astype(np.float32),
-        r2=np.mean(r2_folds, axis=0).astype(np.float32),
+        r=r.astype(np.float32),
+        r2=r2.astype(np.float32),
         alpha=np.exp(np.mean(log_alphas, axis=0)).astype(np.float32),
     )
+
+
+class _PooledScores:
+    """Running sums (float64 [n_voxels]) for r and R² over concatenated held-out predictions."""
+
+    def __init__(self, n_voxels: int) -> None:
+        self.n = 0
+        self.sums = {name: np.zeros(n_voxels) for name in ("p", "y", "pp", "yy", "py")}
+
+    def add(self, y: np.ndarray, p: np.ndarray) -> None:
+        """Add one fold's held-out targets ``y`` and predictions ``p`` [TRs, n_voxels]."""
+        self.n += len(y)
+        # per-fold sums in the data's float32 (no float64 copy of a fold), accumulated in float64
+        for name, a, b in (("pp", p, p), ("yy", y, y), ("py", p, y)):
+            self.sums[name] += np.einsum("tv,tv->v", a, b)
+        self.sums["p"] += p.sum(0)
+        self.sums["y"] += y.sum(0)
+
+    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled Pearson r and R² (0 where the held-out targets or predictions are constant)."""
+        s, n = self.sums, self.n
+        pp = s["pp"] - s["p"] ** 2 / n
+        yy = s["yy"] - s["y"] ** 2 / n
+        py = s["py"] - s["p"] * s["y"] / n
+        sse = s["yy"] - 2 * s["py"] + s["pp"]
+        denominator = np.sqrt(np.clip(pp, 0, None) * np.clip(yy, 0, None))
+        valid = yy > 1e-12 * np.maximum(s["yy"], 1e-300)
+        r = np.divide(py, denominator, out=np.zeros_like(py), where=valid & (denominator > 0))
+        r2 = np.divide(sse, yy, out=np.ones_like(yy), where=valid)
+        return np.clip(r, -1, 1), np.where(valid, 1 - r2, 0.0)
 
 
 def encode_layers(

@@ -121,8 +121,8 @@ def r2_score(y_true, y_pred):
     return _as_input_kind(scores.r2, is_numpy, np.ndim(y_true) == 1)
 
 
-def normalized_score(score, ceiling, min_ceiling: float = 0.1):
-    """Divide per-voxel scores by their noise ceiling; NaN where it is at most ``min_ceiling``.
+def normalized_score(score, ceiling, min_ceiling: float = 0.1, significant=None):
+    """Divide per-voxel scores by their noise ceiling where the ceiling is trustworthy, else NaN.
 
     Parameters
     ----------
@@ -131,9 +131,16 @@ def normalized_score(score, ceiling, min_ceiling: float = 0.1):
     ceiling : array or Tensor [n_voxels]
         The noise ceiling of the same score (see :mod:`wav2brain.encoding.noise_ceiling`).
     min_ceiling : float
-        Ceilings at or below this value (or NaN) give NaN instead of a ratio. A ratio over a tiny
-        ceiling is dominated by the ceiling's own estimation noise and can be arbitrarily large;
-        0.1 (r) is a common cut in the encoding literature.
+        Ceilings at or below this value (or NaN) give NaN instead of a ratio. 0.1 (r) is a
+        common cut in the encoding literature, kept as the default of this function; with
+        ``significant`` pass 0, as :func:`~wav2brain.encoding.dataset.encode_dataset` does.
+    significant : bool array [n_voxels], optional
+        Where the ceiling is significantly above zero
+        (:func:`~wav2brain.encoding.noise_ceiling.ceiling_test`); NaN elsewhere. A ratio over a
+        ceiling that cannot be told from zero is dominated by the ceiling's estimation noise and
+        can be arbitrarily large: a test with the ceiling's own degrees of freedom decides where
+        to divide, which a fixed cut such as 0.1 cannot (it passes most noise-only voxels with
+        few TRs and rejects real but weak ceilings with many).
 
     Returns
     -------
@@ -153,5 +160,12 @@ def normalized_score(score, ceiling, min_ceiling: float = 0.1):
             f"ceiling shape {tuple(ceiling_t.shape)} != score shape {tuple(score_t.shape)}"
         )
     defined = ceiling_t > min_ceiling
+    if significant is not None:
+        mask = torch.as_tensor(np.array(significant, dtype=bool), device=score_t.device)
+        if mask.shape != score_t.shape:
+            raise ValueError(
+                f"significant shape {tuple(mask.shape)} != score shape {tuple(score_t.shape)}"
+            )
+        defined = defined & mask
     ratio = torch.where(defined, score_t / torch.where(defined, ceiling_t, 1), torch.nan)
     return ratio.numpy() if is_numpy else ratio

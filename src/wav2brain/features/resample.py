@@ -228,7 +228,10 @@ def align_to_run(
 
     Returns
     -------
-    array [run.n_trs, units * len(delays or [0])] float32
+    array [run.n_trs, units * len(delays or [0])] float32. When the run lies inside the
+    stimulus grid and no delay but 0 is asked for, this is a slice (a view) of ``rows``: a
+    story heard by many subjects is then never copied once per run, and a memory-mapped cache
+    entry is only read where used. Copy it before writing to it (a memory map is read-only).
     """
     if rows.ndim != 2 or rows.shape[0] != stimulus.n_rows:
         raise ValueError(
@@ -236,6 +239,9 @@ def align_to_run(
         )
     offset = row_offset(stimulus, run)
     delays = [0] if delays is None else list(delays)
+    inside = offset >= 0 and offset + run.n_rows <= stimulus.n_rows
+    if delays == [0] and inside and rows.dtype == np.float32:
+        return rows[offset : offset + run.n_rows]
     units = rows.shape[1]
     out = np.zeros((run.n_rows, units * len(delays)), dtype=np.float32)
     for d, delay in enumerate(delays):

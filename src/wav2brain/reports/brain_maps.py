@@ -3,7 +3,10 @@
 Column ``j`` of a dataset's ``bold`` is voxel ``j`` of its mask in nilearn's order
 (:func:`nilearn.masking.apply_mask`), so :func:`nilearn.masking.unmask` puts a per-voxel array
 back into the volume. Surface datasets (space ``fsaverage*``) hold both hemispheres, left then
-right. Every file is written under a temporary name and renamed (atomic). Plots use the Agg
+right. Each run names its own mask (the ``mask`` column of ``responses``: ``mask.nii.gz``, or
+``masks/grid-<k>.nii.gz`` when runs lie on several voxel grids); :func:`map_target` checks, before
+any BOLD is read, whether a subject's maps can be drawn and from which mask. Every file is written
+under a temporary name and renamed (atomic). Plots use the Agg
 backend (no display needed) and nilearn's bundled MNI152 template or fsaverage5 mesh (no download).
 """
 
@@ -20,6 +23,54 @@ FSAVERAGE5_VERTICES = 2 * 10242
 """Vertices of nilearn's bundled fsaverage5 mesh, both hemispheres."""
 
 logger = logging.getLogger(__name__)
+
+
+def mask_voxel_count(mask_path: str | os.PathLike) -> int:
+    """Voxels inside a mask image (non-zero values); the header and data of a small file."""
+    import nibabel as nib
+
+    return int(np.count_nonzero(np.asarray(nib.load(str(mask_path)).dataobj)))
+
+
+def map_target(space: str, mask_path: Path | None, n_voxels: int) -> str | None:
+    """Why a subject's maps cannot be drawn (None when they can), checked before any loading.
+
+    Parameters
+    ----------
+    space : str
+        The runs' space (``responses.space``).
+    mask_path : Path or None
+        The mask the runs name (``dataset / responses.mask``), or None when they name none.
+    n_voxels : int
+        Columns of the runs' ``bold``.
+
+    Returns
+    -------
+    None for a volume with its mask or a surface (``fsaverage*``, GIfTI); else one line saying
+    why only tables are written (arrays without a mask, such as LeBel's native voxels).
+
+    Raises
+    ------
+    FileNotFoundError
+        The runs name a mask that is not in the dataset folder.
+    ValueError
+        The mask holds another number of voxels than the runs' columns.
+    """
+    if mask_path is None:
+        if space.startswith("fsaverage"):
+            return None
+        return (
+            f"the runs (space {space!r}) name no mask in the responses table: "
+            "their columns cannot be placed in a volume, so only tables are written"
+        )
+    if not mask_path.is_file():
+        raise FileNotFoundError(f"the runs name the mask {mask_path}, which does not exist")
+    inside = mask_voxel_count(mask_path)
+    if inside != n_voxels:
+        raise ValueError(
+            f"mask {mask_path} holds {inside} voxels but the runs' bold has {n_voxels} columns"
+        )
+    return None
 
 
 def _temporary(path: Path) -> Path:
