@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -39,7 +40,13 @@ from wav2brain.atomic import PARTIAL_SUFFIX, write_text_atomic
 from wav2brain.data.bids import AlignOn, RunSpec, discover_runs, require_file
 from wav2brain.data.confounds import as_strategy, kept_confounds, run_confounds
 from wav2brain.data.derivatives import DEFAULT_SPACE, pair_derivatives
-from wav2brain.data.fmri import CleaningConfig, check_coverage, gifti_volumes, resolve_tr
+from wav2brain.data.fmri import (
+    CleaningConfig,
+    check_coverage,
+    check_overlap,
+    gifti_volumes,
+    resolve_tr,
+)
 from wav2brain.data.hf_layout import (
     CARD_NAME,
     MASK_NAME,
@@ -99,7 +106,8 @@ def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
         BOLD or stimulus file missing.
     ValueError
         Unreadable header, not 4D, TR sources that disagree by more than 1 % or no TR at all,
-        or fewer volumes than onset + duration need.
+        or fewer volumes than onset + duration need (without a duration: volumes that barely
+        overlap the WAV, :func:`~wav2brain.data.fmri.check_overlap`).
     """
     require_file(Path(run.bold_path))
     require_file(Path(run.stimulus_path))
@@ -125,9 +133,9 @@ def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
         raise ValueError(
             f"{run.bold_path}: unsupported BOLD file; expected .nii[.gz], .func.gii, .hf5, .npy"
         )
-    if not run.is_array or run.duration is not None:
-        trims = (cleaning.trim_start_trs, cleaning.trim_end_trs) if cleaning else (0, 0)
-        check_coverage(probe.n_volumes, run, run.described, *trims)
+    trims = (cleaning.trim_start_trs, cleaning.trim_end_trs) if cleaning else (0, 0)
+    check = check_coverage if run.duration is not None else check_overlap
+    check(probe.n_volumes, run, run.described, *trims)
     return probe
 
 
@@ -503,6 +511,10 @@ def with_reference(runs: Sequence[RunSpec], reference_s: float | None) -> list[R
     """
     if reference_s is None:
         for run in runs:
+            if math.isnan(run.slice_time_reference):
+                raise ValueError(
+                    f"{run.key} ({run.described}): slice-time reference {run.slice_time_source}"
+                )
             check_reference(
                 run.slice_time_reference, run.tr, f"{run.key} ({run.slice_time_source})"
             )

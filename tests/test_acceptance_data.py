@@ -1,0 +1,197 @@
+"""Acceptance cases of the data layer: mistakes a tired researcher makes, each refused by name.
+
+Each test pairs the mistake with a negative control (the same input, corrected, is accepted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from test_prepare import make_bids
+from wav2brain.data.bids import discover_runs, read_mapping_table
+from wav2brain.data.derivatives import pair_derivatives
+from wav2brain.data.prepare import prepare_dataset
+
+SPACE = "MNI152NLin2009cAsym"
+ALPHA = "sub-01/func/sub-01_task-alpha_bold.nii.gz"
+BETA = "sub-01/func/sub-01_task-beta_bold.nii.gz"
+HEADER = "subject\ttask\trun\tbold\tstimulus\tonset"
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    """Two subjects, tasks alpha/beta: 10 TRs of 1.5 s, 6-s WAVs."""
+    make_bids(tmp_path / "bids")
+    return tmp_path / "bids"
+
+
+def table(path: Path, *rows: str, header: str = HEADER) -> Path:
+    path.write_text("\n".join((header, *rows)) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("column", "known", "value"), [("duraton", "duration", 6), ("TR", "tr", 1.5)]
+)
+def test_misspelt_mapping_column_is_an_error(root, tmp_path, column, known, value):
+    bad = table(
+        tmp_path / "map.tsv",
+        f"01\talpha\t\t{ALPHA}\talpha_audio.wav\t3\t{value}",
+        header=f"{HEADER}\t{column}",
+    )
+    with pytest.raises(
+        ValueError, match=rf"map.tsv: column\(s\) '{column}' \(expected '{known}'\)"
+    ):
+        read_mapping_table(bad, root=root)
+    good = table(
+        tmp_path / "ok.tsv",
+        f"01\talpha\t\t{ALPHA}\talpha_audio.wav\t3\t{value}",
+        header=f"{HEADER}\t{known}",
+    )
+    (run,) = read_mapping_table(good, root=root)  # negative control: the column spelt right
+    assert run.onset == 3.0
+
+
+def test_bookkeeping_column_beside_its_known_twin_is_only_warned_about(root, tmp_path):
+    """``run`` is present, so ``runs`` is not taken for it (a column like nothing absent)."""
+    path = table(
+        tmp_path / "map.tsv",
+        f"01\talpha\t\t{ALPHA}\talpha_audio.wav\t3\tx",
+        header=f"{HEADER}\truns",
+    )
+    with pytest.warns(UserWarning, match=r"\['runs'\] are not read"):
+        read_mapping_table(path, root=root)
+
+
+def test_duration_longer_than_the_wav_names_the_row(root, tmp_path):
+    header = f"{HEADER}\tduration"
+    bad = table(
+        tmp_path / "map.tsv", f"01\talpha\t\t{ALPHA}\talpha_audio.wav\t0\t6.5", header=header
+    )
+    with pytest.raises(
+        ValueError, match=r"map.tsv, row 1 \(line 2\): duration 6.5 s .*alpha_audio.wav \(6.000 s"
+    ):
+        read_mapping_table(bad, root=root)
+    good = table(tmp_path / "ok.tsv", f"01\talpha\t\t{ALPHA}\talpha_audio.wav\t0\t6", header=header)
+    (run,) = read_mapping_table(good, root=root)
+    assert run.duration == 6.0
+
+
+def test_run_7_and_run_07_are_one_run(root, tmp_path):
+    bad = table(
+        tmp_path / "map.tsv",
+        f"01\talpha\t7\t{ALPHA}\talpha_audio.wav\t0",
+        f"01\talpha\t07\t{BETA}\talpha_audio.wav\t0",
+    )
+    with pytest.raises(
+        ValueError, match=r"several files describe the run sub-01_task-alpha_run-7: .*row 2"
+    ):
+        discover_runs(root, mapping=bad)
+    good = table(
+        tmp_path / "ok.tsv",
+        f"01\talpha\t7\t{ALPHA}\talpha_audio.wav\t0",
+        f"01\talpha\t08\t{BETA}\talpha_audio.wav\t0",
+    )
+    assert [r.run for r in discover_runs(root, mapping=good)] == ["7", "08"]
+
+
+def test_one_bold_file_in_two_rows_is_an_error(root, tmp_path):
+    bad = table(
+        tmp_path / "map.tsv",
+        f"01\talpha\t\t{ALPHA}\talpha_audio.wav\t0",
+        f"02\talpha\t\t{ALPHA}\talpha_audio.wav\t0",
+    )
+    with pytest.raises(
+        ValueError, match=r"one BOLD file .*alpha_bold.nii.gz is given 2 times.*row 2"
+    ):
+        discover_runs(root, mapping=bad)
+    other = table(  # negative control: the same scan for two stimuli is two runs
+        tmp_path / "ok.tsv",
+        f"01\talpha\t\t{ALPHA}\talpha_audio.wav\t0",
+        f"01\tbeta\t\t{ALPHA}\tbeta_audio.wav\t0",
+    )
+    assert len(discover_runs(root, mapping=other)) == 2
+
+
+@pytest.mark.parametrize("onset", [3000.0, -20.0])
+def test_array_outside_its_wav_is_refused_before_any_work(root, tmp_path, onset):
+    np.save(root / "resp.npy", np.random.default_rng(0).standard_normal((10, 5)).astype("f4"))
+    header = f"{HEADER}\ttr"
+    bad = table(
+        tmp_path / "map.tsv", f"01\talpha\t\tresp.npy\talpha_audio.wav\t{onset}\t1.5", header=header
+    )
+    with pytest.raises(ValueError, match=r"map.tsv, row 1 \(line 2\)\): 10 volumes .*overlapping"):
+        prepare_dataset(root, tmp_path / "out", mapping=bad, progress=False)
+    assert not (tmp_path / "out").exists()
+    good = table(
+        tmp_path / "ok.tsv", "01\talpha\t\tresp.npy\talpha_audio.wav\t-1.5\t1.5", header=header
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no alignment
+        prepare_dataset(root, tmp_path / "out", mapping=good, progress=False)
+    assert (tmp_path / "out" / "README.md").is_file()
+
+
+def fmriprep_tree(root: Path, slice_timing: list | None, description: dict) -> Path:
+    """Derivatives without sidecars for sub-01's runs; raw sidecars get ``slice_timing``."""
+    tree = root / "derivatives" / "fmriprep"
+    tree.mkdir(parents=True)
+    (tree / "dataset_description.json").write_text(json.dumps(description))
+    for task in ("alpha", "beta"):
+        raw = root / f"sub-01/func/sub-01_task-{task}_bold.nii.gz"
+        sidecar = raw.with_name(raw.name.replace(".nii.gz", ".json"))
+        meta = json.loads(sidecar.read_text())
+        if slice_timing is not None:
+            meta["SliceTiming"] = slice_timing
+        sidecar.write_text(json.dumps(meta))
+        func = tree / "sub-01" / "func"
+        func.mkdir(parents=True, exist_ok=True)
+        stem = f"sub-01_task-{task}_space-{SPACE}"
+        shutil.copyfile(raw, func / f"{stem}_desc-preproc_bold.nii.gz")
+        mask = nib.Nifti1Image(np.ones((4, 4, 3), np.uint8), np.diag([3.0, 3.0, 3.0, 1.0]))
+        mask.to_filename(str(func / f"{stem}_desc-brain_mask.nii.gz"))
+    return tree
+
+
+def test_derivative_of_unknown_slice_timing_needs_the_reference(root, tmp_path):
+    tree = fmriprep_tree(root, [0.0, 0.5, 1.0], {"Name": "copied images", "BIDSVersion": "1.8.0"})
+    kwargs = dict(subjects=["01"], derivatives=tree, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"sub-01_task-alpha .*slice-time reference unknown.*SliceTiming spans 0-1 s; pass "
+        r"--slice-time-reference .*the middle, 0.5 s",
+    ):
+        prepare_dataset(root, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = prepare_dataset(root, tmp_path / "out", slice_time_reference=0.5, **kwargs)
+    from test_hf_layout import load
+    from wav2brain.data.hf_layout import RESPONSES
+
+    assert set(load(out, RESPONSES)["slice_time_reference"]) == {0.5}
+
+
+def test_derivative_slice_timing_is_known_without_a_doubt(root, tmp_path):
+    """Negative controls: no raw SliceTiming (nothing to correct), or fMRIPrep < 20.2 named."""
+    tree = fmriprep_tree(root, None, {"Name": "copied images", "BIDSVersion": "1.8.0"})
+    runs = pair_derivatives(discover_runs(root, subjects="01"), root, tree)
+    assert {r.slice_time_reference for r in runs} == {0.0}
+    shutil.rmtree(tree)
+    old = {"Name": "fMRIPrep", "GeneratedBy": [{"Name": "fMRIPrep", "Version": "1.5.0"}]}
+    masks = fmriprep_tree(root, [0.0, 0.5, 1.0], old)
+    cleaned = root / "derivatives" / "cleaned"  # images without a pipeline, masks from fMRIPrep
+    shutil.copytree(masks, cleaned)
+    (cleaned / "dataset_description.json").write_text('{"Name": "cleaned"}')
+    runs = pair_derivatives(discover_runs(root, subjects="01"), root, cleaned, masks_from=masks)
+    assert {r.slice_time_reference for r in runs} == {0.5}
+    assert all("fMRIPrep 1.5.0" in r.slice_time_source for r in runs)
+    assert not any(math.isnan(r.slice_time_reference) for r in runs)
