@@ -195,3 +195,20 @@ def test_derivative_slice_timing_is_known_without_a_doubt(root, tmp_path):
     assert {r.slice_time_reference for r in runs} == {0.5}
     assert all("fMRIPrep 1.5.0" in r.slice_time_source for r in runs)
     assert not any(math.isnan(r.slice_time_reference) for r in runs)
+
+
+def test_card_names_the_echo_that_was_kept(tmp_path):
+    """Multi-echo raw data: refused without ``echo``; with it, the card's Runs table names the file."""
+    root = tmp_path / "me"
+    made = make_bids(root, subjects=("01",), tasks=("alpha",))
+    image = made["images"][("01", "alpha")]
+    for echo in (1, 2):
+        shutil.copyfile(image, image.with_name(f"sub-01_task-alpha_echo-{echo}_bold.nii.gz"))
+    image.unlink()
+    with pytest.raises(ValueError, match=r"multi-echo run \(2 echoes"):
+        prepare_dataset(root, tmp_path / "out", mask=made["mask"], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = prepare_dataset(root, tmp_path / "out", mask=made["mask"], echo="2", progress=False)
+    card = (out / "README.md").read_text()
+    assert "| sub-01_task-alpha_echo-2_bold.nii.gz |" in card and "echo-1" not in card

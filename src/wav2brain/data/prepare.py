@@ -486,6 +486,7 @@ def _write_run(
         dropped_voxels=int(len(dropped)),
         slice_time_reference=float(run.slice_time_reference),
         slice_time_source=run.slice_time_source,
+        bold_file=Path(run.bold_path).name,
     )
 
 
