@@ -212,3 +212,18 @@ def test_card_names_the_echo_that_was_kept(tmp_path):
         out = prepare_dataset(root, tmp_path / "out", mask=made["mask"], echo="2", progress=False)
     card = (out / "README.md").read_text()
     assert "| sub-01_task-alpha_echo-2_bold.nii.gz |" in card and "echo-1" not in card
+
+
+def test_exclusion_entry_matching_nothing_is_named_in_a_warning(root, tmp_path):
+    """Documented: a typo'd entry excludes nothing and is named; a correct one excludes its run."""
+    listing = tmp_path / "exclude.txt"
+    listing.write_text("sub-01_task-alpah  # typo\n")
+    with pytest.warns(
+        UserWarning, match=r"1 of 1 exclusion entries match no run here: sub-01_task-alpah"
+    ):
+        assert len(discover_runs(root, exclude=listing)) == 4
+    listing.write_text("sub-01_task-alpha\n")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*exclusion entries")
+        kept = discover_runs(root, tasks="alpha", exclude=listing)
+    assert [run.key for run in kept] == ["sub-02_task-alpha"]

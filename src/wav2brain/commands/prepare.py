@@ -50,7 +50,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
         help="runs to leave out: JSON (every string in it, e.g. Narratives' scan_exclude.json) "
         "or text (one entry a line, # comments); an entry is a BIDS name prefix such as "
         "sub-038_task-prettymouth or sub-001_task-pieman_run-1 (every file of that run), or a "
-        "shell pattern on the BOLD file name",
+        "shell pattern on the BOLD file name; entries that match no file of the dataset are "
+        "named in a warning (a list written for the whole dataset may be applied to a partial "
+        "copy), a missing file or an entry that is neither form is an error",
     )
     parser.add_argument(
         "--echo", metavar="N", help="the echo to keep of multi-echo data (echo-N entity)"
