@@ -227,3 +227,43 @@ def test_exclusion_entry_matching_nothing_is_named_in_a_warning(root, tmp_path):
         warnings.filterwarnings("error", message=".*exclusion entries")
         kept = discover_runs(root, tasks="alpha", exclude=listing)
     assert [run.key for run in kept] == ["sub-02_task-alpha"]
+
+
+def write_textgrid(path: Path, tiers: dict[str, list[tuple[float, float, str]]]) -> Path:
+    """A long-format Praat TextGrid of interval tiers ``{name: [(start, end, label), ...]}``."""
+    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "xmin = 0", "xmax = 6"]
+    lines += ["tiers? <exists>", f"size = {len(tiers)}", "item []:"]
+    for number, (name, intervals) in enumerate(tiers.items(), start=1):
+        lines += [f"item [{number}]:", 'class = "IntervalTier"', f'name = "{name}"']
+        lines += ["xmin = 0", "xmax = 6", f"intervals: size = {len(intervals)}"]
+        for index, (start, end, label) in enumerate(intervals, start=1):
+            lines += [
+                f"intervals [{index}]:",
+                f"xmin = {start}",
+                f"xmax = {end}",
+                f'text = "{label}"',
+            ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_tier_names_that_differ_between_textgrids_take_several_names(root, tmp_path):
+    """Events files give no per-stimulus column: one --word-tier list serves both spellings."""
+    words = [(0.0, 1.0, "hello"), (1.0, 2.0, "world")]
+    phones = [(0.0, 0.5, "HH"), (0.5, 1.0, "AH")]
+    write_textgrid(root / "stimuli" / "alpha_audio.TextGrid", {"Mot": words, "Phon": phones})
+    write_textgrid(root / "stimuli" / "beta_audio.TextGrid", {"word": words, "phone": phones})
+    kwargs = dict(subjects=["01"], mask=root / "mask.nii.gz", progress=False)
+    with pytest.raises(ValueError, match=r"beta_audio.TextGrid: no word tier named 'Mot';"):
+        prepare_dataset(root, tmp_path / "one", word_tier="Mot", phone_tier="Phon", **kwargs)
+    out = prepare_dataset(
+        root, tmp_path / "out", word_tier=["Mot", "word"], phone_tier=("Phon", "phone"), **kwargs
+    )
+    from test_hf_layout import load
+    from wav2brain.data.hf_layout import STIMULI
+
+    for row in load(out, STIMULI):
+        assert [w["label"] for w in row["words"]] == ["hello", "world"]
+        assert [p["label"] for p in row["phonemes"]] == ["HH", "AH"]
+    with pytest.raises(ValueError, match=r"no word tier named 'Mot' or 'Wort'; tiers: \['word'"):
+        prepare_dataset(root, tmp_path / "x", word_tier=["Mot", "Wort"], **kwargs)

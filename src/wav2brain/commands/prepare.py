@@ -69,14 +69,18 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
     parser.add_argument("--trial-type", default="story", help="events trial_type of the stimulus")
     parser.add_argument(
         "--word-tier",
+        nargs="+",
         metavar="NAME",
-        help="TextGrid tier holding the words, when not named 'word'/'words' (a mapping "
+        help="TextGrid tier holding the words, when not named 'word'/'words'; several names "
+        "take each grid's one tier with any of them (--word-tier Mot words) (a mapping "
         "table's word_tier column overrides it per row)",
     )
     parser.add_argument(
         "--phone-tier",
+        nargs="+",
         metavar="NAME",
-        help="TextGrid tier holding the phonemes, when not named 'phone(s)'/'phoneme(s)' "
+        help="TextGrid tier holding the phonemes, when not named 'phone(s)'/'phoneme(s)'; "
+        "several names as for --word-tier "
         "(mapping-table column phone_tier); without a phone tier no phonemes are stored",
     )
     parser.add_argument("--no-detrend", action="store_true", help="do not remove slow drift")

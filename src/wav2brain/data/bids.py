@@ -155,9 +155,10 @@ class RunSpec:
     origin : str or None
         Where the run was described (``"mapping table runs.tsv, row 3 (line 4)"``,
         ``"events file sub-01_task-x_events.tsv"``), for error messages.
-    word_tier, phone_tier : str or None
+    word_tier, phone_tier : str, tuple of str, or None
         Names of the TextGrid tiers holding the words and the phonemes of the alignment
-        (mapping-table columns ``word_tier``/``phone_tier``); None: found by name
+        (mapping-table columns ``word_tier``/``phone_tier``; several names: the grid's one tier
+        with any of them); None: found by name
         (:func:`wav2brain.data.alignments.read_textgrid`).
     """
 
@@ -183,8 +184,8 @@ class RunSpec:
     acquisition: str | None = None
     repeat: int | None = None
     origin: str | None = None
-    word_tier: str | None = None
-    phone_tier: str | None = None
+    word_tier: str | tuple[str, ...] | None = None
+    phone_tier: str | tuple[str, ...] | None = None
 
     @property
     def is_array(self) -> bool:

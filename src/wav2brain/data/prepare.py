@@ -505,6 +505,11 @@ def _check_written_counts(summaries: Iterable[RunSummary], runs: Sequence[RunSpe
             )
 
 
+def _tier_names(names: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    """A tier option as :class:`RunSpec` holds it: one name, or several as a tuple (hashable)."""
+    return names if names is None or isinstance(names, str) else tuple(names)
+
+
 def with_reference(runs: Sequence[RunSpec], reference_s: float | None) -> list[RunSpec]:
     """Runs with their slice-time reference (s) checked, or replaced by ``reference_s``.
 
@@ -543,8 +548,8 @@ def prepare_dataset(
     card: CardText | None = None,
     trial_type: str = "story",
     slice_time_reference: float | None = None,
-    word_tier: str | None = None,
-    phone_tier: str | None = None,
+    word_tier: str | Sequence[str] | None = None,
+    phone_tier: str | Sequence[str] | None = None,
     progress: bool = True,
     exclude: str | Path | Iterable[str] | None = None,
     sessions: Iterable[str] | None = None,
@@ -586,9 +591,11 @@ def prepare_dataset(
         discovery found (sidecar ``StartTime`` of slice-time corrected data, else 0: the
         acquisition start; :mod:`wav2brain.data.timing`). Stored per run in the ``responses``
         column ``slice_time_reference`` and in the card; must lie in ``[0, TR)``.
-    word_tier, phone_tier : str, optional
+    word_tier, phone_tier : str or sequence of str, optional
         Names of the TextGrid tiers holding words and phonemes, for alignments whose tiers are
-        not named ``word(s)`` / ``phone(s)``; a mapping table's ``word_tier``/``phone_tier``
+        not named ``word(s)`` / ``phone(s)``; several names take each grid's one tier with any
+        of them (TextGrids that name the tier differently from stimulus to stimulus); a mapping
+        table's ``word_tier``/``phone_tier``
         columns override them for their rows. Stimuli without an alignment get no words or
         phonemes, and the card lists them.
     progress : bool
@@ -707,7 +714,9 @@ def prepare_dataset(
             )
     found = [
         dataclasses.replace(
-            run, word_tier=run.word_tier or word_tier, phone_tier=run.phone_tier or phone_tier
+            run,
+            word_tier=run.word_tier or _tier_names(word_tier),
+            phone_tier=run.phone_tier or _tier_names(phone_tier),
         )
         for run in found
     ]
