@@ -265,7 +265,7 @@ def test_coverage_error_names_the_mapping_table_row(tmp_path):
     table = tmp_path / "map.tsv"
     table.write_text(
         "subject\ttask\trun\tbold\tstimulus\tonset\tduration\n"
-        "01\talpha\t\tsub-01/func/sub-01_task-alpha_bold.nii.gz\talpha_audio.wav\t3\t60\n"
+        "01\talpha\t\tsub-01/func/sub-01_task-alpha_bold.nii.gz\talpha_audio.wav\t30\t6\n"
     )
     with pytest.raises(
         ValueError,
@@ -536,12 +536,12 @@ def test_subject_given_as_a_number_matches_its_zero_padded_label(narratives, tmp
 def test_unknown_mapping_table_column_is_warned_about(lebel, tmp_path):
     table = tmp_path / "map.tsv"
     table.write_text(
-        "subject\ttask\trun\tbold\tstimulus\tonset\tdurations\n"
+        "subject\ttask\trun\tbold\tstimulus\tonset\tnotes\n"
         f"UTS01\tsouls\t\t{SOULS}\tsouls.wav\t10\t700\n"
     )
-    with pytest.warns(UserWarning, match=r"column\(s\) \['durations'\] are not read"):
+    with pytest.warns(UserWarning, match=r"column\(s\) \['notes'\] are not read"):
         (run,) = read_mapping_table(table, root=lebel)
-    assert run.duration == 730.0  # the WAV's length, not the misspelt column
+    assert run.duration == 730.0  # the WAV's length (a misspelt known column is an error)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # negative control: known columns only, no warning
         read_mapping_table(souls_table(lebel, tmp_path, "2.0"), root=lebel)

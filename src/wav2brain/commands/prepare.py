@@ -17,14 +17,17 @@ mapping tables (--mapping runs.tsv; TSV, or CSV by extension), one row per run:
             onset (s): time from the first stored volume (row 0 of the image or array)
             to the WAV's first sample; negative when the responses start after the sound
   optional  session; tr (s; checked against the run's sidecars, 1 % tolerance, 0.2-20 s;
-            arrays need it); duration (s of the WAV the run must cover; default its length);
+            arrays need it); duration (s of the WAV the run must cover, at most its length;
+            default its length; arrays without it must overlap the WAV for half the scan);
             space; alignment (TextGrid / Gentle align.json; default: searched by the WAV's
             name in any spelling); confounds (TSV, one row per volume); echo and acquisition
             (BIDS labels; default from the file name); repeat (0-based index into a
             [repeats, TRs, voxels] array); word_tier, phone_tier (TextGrid tier names,
             overriding --word-tier/--phone-tier for the row)
   paths are relative to ROOT. Errors name the table and the row (row 1 = first line after
-  the header). Labels compare as BIDS labels: --runs 7 matches run-07.
+  the header). Labels compare as BIDS labels: --runs 7 matches run-07, and two rows for
+  run 7 and run 07 (or one BOLD file twice for one stimulus) are refused. A column that looks
+  like a misspelt known one (duraton, TR) is an error; other extra columns are warned about.
 """
 
 
@@ -47,7 +50,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
         help="runs to leave out: JSON (every string in it, e.g. Narratives' scan_exclude.json) "
         "or text (one entry a line, # comments); an entry is a BIDS name prefix such as "
         "sub-038_task-prettymouth or sub-001_task-pieman_run-1 (every file of that run), or a "
-        "shell pattern on the BOLD file name",
+        "shell pattern on the BOLD file name; entries that match no file of the dataset are "
+        "named in a warning (a list written for the whole dataset may be applied to a partial "
+        "copy), a missing file or an entry that is neither form is an error",
     )
     parser.add_argument(
         "--echo", metavar="N", help="the echo to keep of multi-echo data (echo-N entity)"
@@ -64,14 +69,18 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
     parser.add_argument("--trial-type", default="story", help="events trial_type of the stimulus")
     parser.add_argument(
         "--word-tier",
+        nargs="+",
         metavar="NAME",
-        help="TextGrid tier holding the words, when not named 'word'/'words' (a mapping "
+        help="TextGrid tier holding the words, when not named 'word'/'words'; several names "
+        "take each grid's one tier with any of them (--word-tier Mot words) (a mapping "
         "table's word_tier column overrides it per row)",
     )
     parser.add_argument(
         "--phone-tier",
+        nargs="+",
         metavar="NAME",
-        help="TextGrid tier holding the phonemes, when not named 'phone(s)'/'phoneme(s)' "
+        help="TextGrid tier holding the phonemes, when not named 'phone(s)'/'phoneme(s)'; "
+        "several names as for --word-tier "
         "(mapping-table column phone_tier); without a phone tier no phonemes are stored",
     )
     parser.add_argument("--no-detrend", action="store_true", help="do not remove slow drift")
@@ -143,7 +152,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, root_help: str) -> No
         metavar="SECONDS",
         help="seconds into each TR at which its signal is sampled, for every run, in [0, TR) "
         "(default: the sidecar's StartTime for slice-time corrected data such as fMRIPrep "
-        "output, else 0 = acquisition start); stored per run and in the card",
+        "output, else 0 = acquisition start; required for derivatives whose sidecar does "
+        "not say whether they were corrected while the raw data have SliceTiming); stored per "
+        "run and in the card",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

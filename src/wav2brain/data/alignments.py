@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,10 @@ TIER_OPTIONS = (
     "columns word_tier/phone_tier)"
 )
 """How a user names TextGrid tiers, quoted by the errors of :func:`read_textgrid`."""
+
+TierChoice = str | int | Sequence[str] | None
+"""A TextGrid tier: a name, several names (any one of them), a 0-based index, or None (default
+names)."""
 
 _GENTLE_POSITION = re.compile(r"_[BIES]$")
 _TOKEN = re.compile(
@@ -62,8 +67,8 @@ class Alignment:
 
 def read_alignment(
     path: str | Path,
-    word_tier: str | int | None = None,
-    phone_tier: str | int | None = None,
+    word_tier: TierChoice = None,
+    phone_tier: TierChoice = None,
 ) -> Alignment:
     """Read a Gentle ``.json`` or a Praat ``.TextGrid`` by file ending.
 
@@ -171,8 +176,8 @@ def write_gentle_json(alignment: Alignment, path: str | Path, transcript: str) -
 
 def read_textgrid(
     path: str | Path,
-    word_tier: str | int | None = None,
-    phone_tier: str | int | None = None,
+    word_tier: TierChoice = None,
+    phone_tier: TierChoice = None,
 ) -> Alignment:
     """Read words and phonemes from a Praat TextGrid (long or short text format).
 
@@ -180,8 +185,10 @@ def read_textgrid(
     ----------
     path : str or Path
         ``.TextGrid`` file, UTF-8 or UTF-16 (Praat writes either).
-    word_tier, phone_tier : str or int, optional
-        Tier name (any case) or 0-based index. By default the one tier named ``word``/``words``
+    word_tier, phone_tier : str, sequence of str, or int, optional
+        Tier name (any case), several names (the grid's one tier with any of them: one
+        ``--word-tier Mot words`` serves a dataset whose TextGrids name the tier either way), or
+        0-based index. By default the one tier named ``word``/``words``
         (:data:`WORD_TIER_NAMES`) and the one named ``phone(s)``/``phoneme(s)``
         (:data:`PHONE_TIER_NAMES`).
 
@@ -288,7 +295,8 @@ def _tier_index(tiers, choice, names, kind: str, path: Path) -> int | None:
         if not -len(tiers) <= choice < len(tiers):
             raise ValueError(f"TextGrid {path}: no tier {choice}; it has {len(tiers)}: {available}")
         return choice % len(tiers)
-    wanted = {w.strip().lower() for w in ((choice,) if choice is not None else names)}
+    given = None if choice is None else (choice,) if isinstance(choice, str) else tuple(choice)
+    wanted = {w.strip().lower() for w in (given if given is not None else names)}
     found = [i for i, name in enumerate(available) if name.strip().lower() in wanted]
     if len(found) > 1:
         raise ValueError(
@@ -298,7 +306,8 @@ def _tier_index(tiers, choice, names, kind: str, path: Path) -> int | None:
     if found:
         return found[0]
     if choice is not None:
-        raise ValueError(f"TextGrid {path}: no {kind} tier named {choice!r}; tiers: {available}")
+        shown = " or ".join(repr(name) for name in given)
+        raise ValueError(f"TextGrid {path}: no {kind} tier named {shown}; tiers: {available}")
     return None
 
 

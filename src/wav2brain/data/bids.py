@@ -155,9 +155,10 @@ class RunSpec:
     origin : str or None
         Where the run was described (``"mapping table runs.tsv, row 3 (line 4)"``,
         ``"events file sub-01_task-x_events.tsv"``), for error messages.
-    word_tier, phone_tier : str or None
+    word_tier, phone_tier : str, tuple of str, or None
         Names of the TextGrid tiers holding the words and the phonemes of the alignment
-        (mapping-table columns ``word_tier``/``phone_tier``); None: found by name
+        (mapping-table columns ``word_tier``/``phone_tier``; several names: the grid's one tier
+        with any of them); None: found by name
         (:func:`wav2brain.data.alignments.read_textgrid`).
     """
 
@@ -183,8 +184,8 @@ class RunSpec:
     acquisition: str | None = None
     repeat: int | None = None
     origin: str | None = None
-    word_tier: str | None = None
-    phone_tier: str | None = None
+    word_tier: str | tuple[str, ...] | None = None
+    phone_tier: str | tuple[str, ...] | None = None
 
     @property
     def is_array(self) -> bool:
@@ -450,14 +451,17 @@ def discover_runs(
 def check_unique_runs(runs: Sequence[RunSpec]) -> None:
     """Refuse several files for one run (one :attr:`RunSpec.key`), naming files and rows.
 
-    Echoes of a multi-echo run are named as such, with how to choose one.
+    Run labels compare as BIDS indices (``run-7`` and ``run-07`` are one run). Echoes of a
+    multi-echo run are named as such, with how to choose one. One BOLD file named twice for one
+    stimulus (and repeat) is refused too: a copied mapping-table row, whatever its labels say.
     """
-    groups: dict[str, list[RunSpec]] = {}
+    groups: dict[tuple, list[RunSpec]] = {}
     for run in runs:
-        groups.setdefault(run.key, []).append(run)
-    for key, group in groups.items():
+        groups.setdefault(_run_identity(run), []).append(run)
+    for group in groups.values():
         if len(group) < 2:
             continue
+        key = group[0].key
         listing = "; ".join(run.described for run in group)
         echoes = sorted({run.echo for run in group if run.echo is not None})
         if len(echoes) > 1:
@@ -471,6 +475,26 @@ def check_unique_runs(runs: Sequence[RunSpec]) -> None:
             f"several files describe the run {key}: {listing}; expected one file per run "
             "(exclude the others, or tell them apart with acq-/run- entities)"
         )
+    images: dict[tuple, list[RunSpec]] = {}
+    for run in runs:
+        identity = (run.bold_path.resolve(), run.stimulus_id, run.repeat)
+        images.setdefault(identity, []).append(run)
+    for (bold, stimulus, _), group in images.items():
+        if len(group) > 1:
+            listing = "; ".join(f"{run.key}: {run.origin or run.bold_path}" for run in group)
+            raise ValueError(
+                f"one BOLD file {bold} is given {len(group)} times for stimulus {stimulus!r} "
+                f"({listing}); expected one row per run (a copied row? a repeated scan stored "
+                "as [repeats, TRs, voxels] needs a 'repeat' column)"
+            )
+
+
+def _run_identity(run: RunSpec) -> tuple:
+    """What makes a run one run: its labels, the run index compared by value (``7`` = ``07``)."""
+    index = run.run
+    if index is not None and index.isdigit():
+        index = str(int(index))
+    return (run.subject, run.session, run.task, run.acquisition, index)
 
 
 def check_story_positions(runs: Sequence[RunSpec], align_on: AlignOn = None) -> list[RunSpec]:
@@ -583,6 +607,11 @@ def _align_choices(align_on: AlignOn, stimuli: set[str]) -> dict[str, str]:
     return choices
 
 
+DURATION_TOLERANCE_S = 0.01
+"""How far (s) a mapping table's ``duration`` may exceed its WAV's length (rounding of a typed
+value); more is a mistake (a duration in ms, or the scan's length instead of the stimulus's)."""
+
+
 def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list[RunSpec]:
     """Read a CSV/TSV that maps runs to stimuli for datasets without events.
 
@@ -614,8 +643,10 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
     FileNotFoundError
         Table, BOLD, stimulus, alignment or confounds file missing (the row is named).
     ValueError
-        Missing columns, non-numeric onset/tr/duration/repeat, no TR, a TR outside 0.2-20 s or
-        disagreeing with the sidecar by more than 1 % (the row and every source are named).
+        Missing columns, a column that looks like a misspelt known one (``duraton``), non-numeric
+        onset/tr/duration/repeat, a duration outside the WAV's length, no TR, a TR outside
+        0.2-20 s or disagreeing with the sidecar by more than 1 % (the row and every source are
+        named).
     """
     import pandas as pd
 
@@ -631,6 +662,7 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
             f"(found {list(table.columns)})"
         )
     unknown = [c for c in table.columns if c not in MAPPING_COLUMNS + MAPPING_OPTIONAL_COLUMNS]
+    _refuse_misspelt_columns(path, unknown, list(table.columns))
     if unknown:
         warnings.warn(
             f"mapping table {path}: column(s) {unknown} are not read (a misspelling?); known "
@@ -651,6 +683,31 @@ def read_mapping_table(path: str | Path, root: str | Path | None = None) -> list
     return specs
 
 
+def _refuse_misspelt_columns(path: Path, unknown: Sequence[str], present: Sequence[str]) -> None:
+    """Refuse a column that is probably a known one misspelt (``duraton``, ``TR``, ``sesion``).
+
+    A column is taken as misspelt when it is, ignoring case and surrounding spaces, within a
+    ``difflib`` similarity of 0.8 of a known column that the table lacks; reading on without it
+    would silently drop the user's values (a ``duraton`` column leaves coverage unchecked).
+    Columns like nothing known (``notes``) are only warned about by the caller: tables often
+    carry bookkeeping columns.
+    """
+    import difflib
+
+    absent = [c for c in MAPPING_COLUMNS + MAPPING_OPTIONAL_COLUMNS if c not in present]
+    guesses = {}
+    for column in unknown:
+        close = difflib.get_close_matches(str(column).strip().lower(), absent, n=1, cutoff=0.8)
+        if close:
+            guesses[column] = close[0]
+    if guesses:
+        shown = ", ".join(f"{column!r} (expected {known!r})" for column, known in guesses.items())
+        raise ValueError(
+            f"mapping table {path}: column(s) {shown} look like misspelt known columns; rename "
+            f"them (known columns: {list(MAPPING_COLUMNS + MAPPING_OPTIONAL_COLUMNS)})"
+        )
+
+
 def _spec_from_row(row, number: int, path: Path, root: Path, where: str) -> RunSpec:
     """One mapping-table row as a RunSpec (``where`` names the table and row in errors)."""
     bold = _resolve(root, row["bold"])
@@ -669,6 +726,12 @@ def _spec_from_row(row, number: int, path: Path, root: Path, where: str) -> RunS
     tr, tr_sources = _checked_tr(sources, f"{where} ({bold.name})")
     wav_duration = _wav_duration(stimulus)
     duration = _number(row.get("duration", ""), "duration", where)
+    if duration is not None and not 0 < duration <= wav_duration + DURATION_TOLERANCE_S:
+        raise ValueError(
+            f"{where}: duration {duration} s is not within the WAV {stimulus} "
+            f"({wav_duration:.3f} s long); expected the seconds of the WAV, from its first "
+            "sample, that the run must cover"
+        )
     if duration is None and not is_array:
         duration = wav_duration
     onset = _number(row["onset"], "onset", where)

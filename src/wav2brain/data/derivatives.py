@@ -17,6 +17,11 @@ output space, matched by the run's entities (``sub``, ``ses``, ``task``, ``acq``
   ``RepetitionTime`` joins the run's TR sources, and its ``SliceTimingCorrected``/``StartTime``
   give the slice-time reference (:func:`wav2brain.data.timing.slice_time_reference`).
 
+A derivative whose sidecar says nothing about slice timing (none, or no ``SliceTimingCorrected``:
+sidecars not copied, another pipeline) while its raw run has ``SliceTiming`` is refused unless
+the reference is given (``--slice-time-reference``): it was corrected or it was not, and the two
+differ by about half a TR, too much to guess.
+
 fMRIPrep before 20.2 corrected slice timing (AFNI ``3dTshift`` without ``-tzero``, which aligns
 every slice to the *mean* of the slice times) but wrote neither key. For a derivative tree whose
 ``dataset_description.json`` names fMRIPrep older than 20.2 and a raw sidecar with
@@ -101,7 +106,9 @@ def pair_derivatives(
         ``res-``/``den-`` label, needed only when one space has several resolutions.
     masks_from : path, optional
         Derivatives tree searched for the brain masks (default: ``derivatives``); Narratives'
-        cleaned volumes take the masks of its fMRIPrep tree.
+        cleaned volumes take the masks of its fMRIPrep tree. When ``derivatives`` names no
+        fMRIPrep version, this tree's is used for the slice-timing inference (module docstring):
+        images cleaned from fMRIPrep output keep its slice timing.
 
     Returns
     -------
@@ -129,6 +136,8 @@ def pair_derivatives(
     masks = files if mask_root == root else _index(mask_root)
     images = [f for f in files if f.kind != "mask" and _in_space(f, space, desc, res)]
     fmriprep_version = _fmriprep_version(root)
+    if fmriprep_version is None and mask_root != root:
+        fmriprep_version = _fmriprep_version(mask_root)  # images made from that fMRIPrep output
     paired = []
     claimed: set[Path] = set()
     for run in runs:
@@ -224,9 +233,9 @@ def _slice_time(
     :func:`wav2brain.data.timing.first_sample_time`.
     """
     bound = tr if math.isfinite(tr) else math.inf
-    if "SliceTimingCorrected" not in sidecar and fmriprep_version is not None:
+    if "SliceTimingCorrected" not in sidecar:
         times = read_sidecar(run.bold_path, bids_root).get("SliceTiming")
-        if fmriprep_version < _STC_VERSION and times:
+        if fmriprep_version is not None and fmriprep_version < _STC_VERSION and times:
             mean = sum(float(t) for t in times) / len(times)
             if 0.0 <= mean < bound:
                 version = ".".join(str(v) for v in fmriprep_version)
@@ -234,6 +243,17 @@ def _slice_time(
                     f"inferred: fMRIPrep {version} corrects slice timing to the mean slice time "
                     f"(AFNI 3dTshift default) of the raw SliceTiming, {mean:.3f} s"
                 )
+        if times and len({float(t) for t in times}) > 1:
+            low, high = min(float(t) for t in times), max(float(t) for t in times)
+            return math.nan, (
+                f"unknown: the derivative of {run.bold_path.name} does not say whether it was "
+                "slice-time corrected (no SliceTimingCorrected in its sidecar, and no fMRIPrep "
+                f"older than 20.2 named by the derivatives' dataset_description.json) while the "
+                f"raw SliceTiming spans {low:g}-{high:g} s; pass --slice-time-reference SECONDS "
+                "(prepare_dataset(slice_time_reference=...)): 0 if it was not corrected, else "
+                f"the time it was corrected to (fMRIPrep 20.2+: the middle, "
+                f"{(low + high) / 2:g} s)"
+            )
     try:
         return slice_time_reference(sidecar, bound)
     except ValueError as err:

@@ -304,7 +304,8 @@ def check_coverage(
     the whole stimulus (negative onsets are supported end to end), and dropping non-steady-state
     volumes of a story that starts with the scan is the usual practice. The duration is not
     checked when ``run.duration`` is None: preprocessed arrays from a mapping table without a
-    ``duration`` column, which their authors cropped to the span they model.
+    ``duration`` column, which their authors cropped to the span they model; ``prepare`` checks
+    those with :func:`check_overlap`.
     """
     kept = n_volumes - trim_start_trs - trim_end_trs
     onset = run.onset - trim_start_trs * run.tr
@@ -338,6 +339,50 @@ def check_coverage(
             f"(<= 1 TR) short of the stimulus end at {needed:.2f} s; the last {shortfall:.2f} s "
             "of audio have no volume and are trimmed",
             stacklevel=3,
+        )
+
+
+MIN_UNCHECKED_OVERLAP = 0.5
+"""Least fraction of the shorter of scan and WAV that must overlap in time when a run has no
+``duration`` to check (:func:`check_overlap`). LeBel's cropped arrays overlap their story over
+nearly all of the scan; half leaves room for any author's cropping while catching an onset that
+puts the scan outside the story."""
+
+
+def check_overlap(
+    n_volumes: int,
+    run: RunSpec,
+    source: Path | str,
+    trim_start_trs: int = 0,
+    trim_end_trs: int = 0,
+) -> None:
+    """Refuse a run without ``duration`` whose kept volumes barely overlap its WAV in time.
+
+    The run's coverage of the stimulus is not checked (:func:`check_coverage`), but an onset in
+    milliseconds, or one that puts the scan outside a short story, gives a run that samples no
+    audio and so yields no training window or feature row: the kept volumes must overlap the WAV
+    (read from its header) for :data:`MIN_UNCHECKED_OVERLAP` of the shorter of the two.
+    """
+    from wav2brain.data.audio import audio_info
+
+    kept = n_volumes - trim_start_trs - trim_end_trs
+    onset = run.onset - trim_start_trs * run.tr
+    trimmed = (
+        f" (after trimming {trim_start_trs} + {trim_end_trs})"
+        if trim_start_trs or trim_end_trs
+        else ""
+    )
+    length = audio_info(run.stimulus_path)[2]
+    start, end = -onset, kept * run.tr - onset
+    overlap = max(min(end, length) - max(start, 0.0), 0.0)
+    shorter = min(kept * run.tr, length)
+    if overlap < MIN_UNCHECKED_OVERLAP * shorter:
+        raise ValueError(
+            f"{source}: {kept} volumes x {run.tr} s{trimmed} at onset {onset:.2f} s span stimulus "
+            f"time {start:.2f} to {end:.2f} s, overlapping the {length:.2f}-s WAV "
+            f"{run.stimulus_path.name} by {overlap:.2f} s; expected at least "
+            f"{MIN_UNCHECKED_OVERLAP:.0%} of {shorter:.2f} s (onset in seconds from the first "
+            "volume to the WAV's first sample, negative when the responses start after it)"
         )
 
 

@@ -116,6 +116,9 @@ class RunSummary:
         Seconds into each TR at which its signal is sampled (:mod:`wav2brain.data.timing`).
     slice_time_source : str
         Why that reference (sidecar ``StartTime``, acquisition start, set by the user).
+    bold_file : str
+        Name of the BOLD file the row was read from: the card's only record of entities the
+        ``responses`` columns do not hold (``echo-``, ``acq-``, ``desc-``); empty when unknown.
     """
 
     shard: str
@@ -131,6 +134,7 @@ class RunSummary:
     dropped_voxels: int
     slice_time_reference: float = 0.0
     slice_time_source: str = REFERENCE_NONE
+    bold_file: str = ""
 
 
 @dataclass
@@ -520,6 +524,7 @@ def card_body(summary: DatasetSummary, text: CardText, files: Mapping[str, Table
             r.n_trs,
             r.n_voxels,
             r.dropped_voxels,
+            r.bold_file,
         )
         for r in summary.runs
     ]
@@ -582,6 +587,7 @@ def card_body(summary: DatasetSummary, text: CardText, files: Mapping[str, Table
                 "TRs",
                 "voxels",
                 "dropped voxels",
+                "file",
             ),
             run_rows,
         ),

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -39,7 +40,13 @@ from wav2brain.atomic import PARTIAL_SUFFIX, write_text_atomic
 from wav2brain.data.bids import AlignOn, RunSpec, discover_runs, require_file
 from wav2brain.data.confounds import as_strategy, kept_confounds, run_confounds
 from wav2brain.data.derivatives import DEFAULT_SPACE, pair_derivatives
-from wav2brain.data.fmri import CleaningConfig, check_coverage, gifti_volumes, resolve_tr
+from wav2brain.data.fmri import (
+    CleaningConfig,
+    check_coverage,
+    check_overlap,
+    gifti_volumes,
+    resolve_tr,
+)
 from wav2brain.data.hf_layout import (
     CARD_NAME,
     MASK_NAME,
@@ -99,7 +106,8 @@ def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
         BOLD or stimulus file missing.
     ValueError
         Unreadable header, not 4D, TR sources that disagree by more than 1 % or no TR at all,
-        or fewer volumes than onset + duration need.
+        or fewer volumes than onset + duration need (without a duration: volumes that barely
+        overlap the WAV, :func:`~wav2brain.data.fmri.check_overlap`).
     """
     require_file(Path(run.bold_path))
     require_file(Path(run.stimulus_path))
@@ -125,9 +133,9 @@ def probe_run(run: RunSpec, cleaning: CleaningConfig | None = None) -> RunProbe:
         raise ValueError(
             f"{run.bold_path}: unsupported BOLD file; expected .nii[.gz], .func.gii, .hf5, .npy"
         )
-    if not run.is_array or run.duration is not None:
-        trims = (cleaning.trim_start_trs, cleaning.trim_end_trs) if cleaning else (0, 0)
-        check_coverage(probe.n_volumes, run, run.described, *trims)
+    trims = (cleaning.trim_start_trs, cleaning.trim_end_trs) if cleaning else (0, 0)
+    check = check_coverage if run.duration is not None else check_overlap
+    check(probe.n_volumes, run, run.described, *trims)
     return probe
 
 
@@ -478,6 +486,7 @@ def _write_run(
         dropped_voxels=int(len(dropped)),
         slice_time_reference=float(run.slice_time_reference),
         slice_time_source=run.slice_time_source,
+        bold_file=Path(run.bold_path).name,
     )
 
 
@@ -496,6 +505,11 @@ def _check_written_counts(summaries: Iterable[RunSummary], runs: Sequence[RunSpe
             )
 
 
+def _tier_names(names: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    """A tier option as :class:`RunSpec` holds it: one name, or several as a tuple (hashable)."""
+    return names if names is None or isinstance(names, str) else tuple(names)
+
+
 def with_reference(runs: Sequence[RunSpec], reference_s: float | None) -> list[RunSpec]:
     """Runs with their slice-time reference (s) checked, or replaced by ``reference_s``.
 
@@ -503,6 +517,10 @@ def with_reference(runs: Sequence[RunSpec], reference_s: float | None) -> list[R
     """
     if reference_s is None:
         for run in runs:
+            if math.isnan(run.slice_time_reference):
+                raise ValueError(
+                    f"{run.key} ({run.described}): slice-time reference {run.slice_time_source}"
+                )
             check_reference(
                 run.slice_time_reference, run.tr, f"{run.key} ({run.slice_time_source})"
             )
@@ -530,8 +548,8 @@ def prepare_dataset(
     card: CardText | None = None,
     trial_type: str = "story",
     slice_time_reference: float | None = None,
-    word_tier: str | None = None,
-    phone_tier: str | None = None,
+    word_tier: str | Sequence[str] | None = None,
+    phone_tier: str | Sequence[str] | None = None,
     progress: bool = True,
     exclude: str | Path | Iterable[str] | None = None,
     sessions: Iterable[str] | None = None,
@@ -573,9 +591,11 @@ def prepare_dataset(
         discovery found (sidecar ``StartTime`` of slice-time corrected data, else 0: the
         acquisition start; :mod:`wav2brain.data.timing`). Stored per run in the ``responses``
         column ``slice_time_reference`` and in the card; must lie in ``[0, TR)``.
-    word_tier, phone_tier : str, optional
+    word_tier, phone_tier : str or sequence of str, optional
         Names of the TextGrid tiers holding words and phonemes, for alignments whose tiers are
-        not named ``word(s)`` / ``phone(s)``; a mapping table's ``word_tier``/``phone_tier``
+        not named ``word(s)`` / ``phone(s)``; several names take each grid's one tier with any
+        of them (TextGrids that name the tier differently from stimulus to stimulus); a mapping
+        table's ``word_tier``/``phone_tier``
         columns override them for their rows. Stimuli without an alignment get no words or
         phonemes, and the card lists them.
     progress : bool
@@ -694,7 +714,9 @@ def prepare_dataset(
             )
     found = [
         dataclasses.replace(
-            run, word_tier=run.word_tier or word_tier, phone_tier=run.phone_tier or phone_tier
+            run,
+            word_tier=run.word_tier or _tier_names(word_tier),
+            phone_tier=run.phone_tier or _tier_names(phone_tier),
         )
         for run in found
     ]
