@@ -267,3 +267,26 @@ def test_tier_names_that_differ_between_textgrids_take_several_names(root, tmp_p
         assert [p["label"] for p in row["phonemes"]] == ["HH", "AH"]
     with pytest.raises(ValueError, match=r"no word tier named 'Mot' or 'Wort'; tiers: \['word'"):
         prepare_dataset(root, tmp_path / "x", word_tier=["Mot", "Wort"], **kwargs)
+
+
+def test_two_acquisitions_of_one_run_are_refused_until_the_table_can_name_them(root, tmp_path):
+    rows = (
+        f"01\talpha\t1\t{ALPHA}\talpha_audio.wav\t0\tmb4",
+        f"01\talpha\t1\t{BETA}\talpha_audio.wav\t0\tmb8",
+    )
+    bad = table(tmp_path / "map.tsv", *rows, header=f"{HEADER}\tacquisition")
+    with pytest.raises(ValueError, match=r"differ only by their acq- entity \('mb4', 'mb8'\)"):
+        prepare_dataset(root, tmp_path / "out", mapping=bad, progress=False)
+    assert not (tmp_path / "out").exists()
+    good = table(  # negative control: distinct run labels are two rows the readers can tell apart
+        tmp_path / "ok.tsv",
+        rows[0],
+        rows[1].replace("\t1\t", "\t2\t", 1),
+        header=f"{HEADER}\tacquisition",
+    )
+    image = nib.load(str(root / ALPHA))
+    mask = nib.Nifti1Image(np.ones(image.shape[:3], np.uint8), image.affine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare_dataset(root, tmp_path / "ok", mapping=good, mask=mask, progress=False)
+    assert (tmp_path / "ok" / "README.md").is_file()

@@ -510,6 +510,31 @@ def _tier_names(names: str | Sequence[str] | None) -> str | tuple[str, ...] | No
     return names if names is None or isinstance(names, str) else tuple(names)
 
 
+def check_distinct_rows(runs: Sequence[RunSpec]) -> None:
+    """Refuse runs that the ``responses`` table could not tell apart.
+
+    A row is named by subject, session, task and run; the ``acq-`` entity is not a column yet, so
+    two acquisitions of one run (``acq-mb4`` and ``acq-mb8``) would be two rows with the same name
+    that every reader (windows, extract, encode) would mix up.
+
+    Raises
+    ------
+    ValueError
+        Naming both files and how to keep one.
+    """
+    seen: dict[tuple, RunSpec] = {}
+    for run in runs:
+        name = (run.subject, run.session, run.task, run.run)
+        other = seen.setdefault(name, run)
+        if other is not run:
+            raise ValueError(
+                f"{other.described} and {run.described} differ only by their acq- entity "
+                f"({other.acquisition!r}, {run.acquisition!r}); the responses table names a run by "
+                "subject, session, task and run, so prepare one acquisition at a time "
+                "(--exclude the other, or give them distinct run labels in a mapping table)"
+            )
+
+
 def with_reference(runs: Sequence[RunSpec], reference_s: float | None) -> list[RunSpec]:
     """Runs with their slice-time reference (s) checked, or replaced by ``reference_s``.
 
@@ -705,6 +730,7 @@ def prepare_dataset(
             res=derivatives_res,
             masks_from=derivatives_masks,
         )
+    check_distinct_rows(found)
     stimulus_paths: dict[str, Path] = {}
     for run in found:
         if stimulus_paths.setdefault(run.stimulus_id, run.stimulus_path) != run.stimulus_path:
