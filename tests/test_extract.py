@@ -179,6 +179,17 @@ def test_short_context_is_an_approximation():
     assert max_diff(got, want) > 1e-4
 
 
+def test_default_chunking_is_exact_within_one_core_and_approximate_across_cores():
+    """Default 10-s cores: a 4-s clip is one window (a single pass); a 25-s clip is not."""
+    model = tiny(feat_extract_norm="group")
+    short = story()
+    want = {"layer_02": single_pass(model, short)[2]}
+    assert max_diff(extract_activations(model, short, ExtractionConfig(layers=(2,))), want) < 1e-4
+    long = story(seconds=25.0)
+    want = {"layer_02": single_pass(model, long)[2]}
+    assert max_diff(extract_activations(model, long, ExtractionConfig(layers=(2,))), want) > 1e-4
+
+
 @pytest.mark.parametrize("norm", ["layer", "group"])
 def test_causal_chunks_see_no_audio_after_their_core(norm):
     model = tiny(feat_extract_norm=norm)
