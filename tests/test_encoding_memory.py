@@ -113,3 +113,35 @@ def test_bad_budgets_are_refused_before_fitting(change, message):
     X, Y, groups = make_data()
     with pytest.raises(ValueError, match=message):
         encode(X, Y, groups, EncodingConfig(alphas=ALPHAS, **change))
+
+
+@pytest.mark.parametrize("n_features", [6, 200])  # primal and dual side
+def test_fit_predict_batches_equals_fit_then_predict(n_features):
+    X, Y, groups = make_data(n_features=n_features)
+    train, test = np.flatnonzero(groups != 0), np.flatnonzero(groups == 0)
+    params = dict(alphas=ALPHAS, cv=3, standardize=True, memory_budget_bytes=5000)
+    fitted = RidgeCV(**params).fit(X, Y, groups=groups, rows=train)
+    expected = fitted.predict(X[test])
+    model = RidgeCV(**params).fit(X, Y, groups=groups)  # its coef_ must not survive
+    batches = list(model.fit_predict_batches(X, Y, X[test], groups=groups, rows=train))
+    assert not hasattr(model, "coef_")
+    np.testing.assert_array_equal(model.best_alphas_, fitted.best_alphas_)
+    assert len(batches) > 1
+    voxels = np.concatenate([v for v, _ in batches])
+    np.testing.assert_array_equal(np.sort(voxels), np.arange(Y.shape[1]))  # each target once
+    predictions = np.empty_like(expected)
+    for v, p in batches:
+        predictions[:, v] = p
+    np.testing.assert_allclose(predictions, expected, atol=2e-5, rtol=1e-4)
+    # negative control: predictions for other rows differ
+    assert not np.allclose(fitted.predict(X[train[: len(test)]]), expected, atol=1e-3)
+
+
+def test_fit_predict_batches_refuses_bad_new_features():
+    X, Y, groups = make_data()
+    with pytest.raises(ValueError, match=r"X_new must be \[n_samples, 6\]"):
+        RidgeCV(alphas=ALPHAS, cv=3).fit_predict_batches(X, Y, X[:, :3], groups=groups)
+    bad = X[:5].copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="X_new contains 1 NaN or infinite"):
+        RidgeCV(alphas=ALPHAS, cv=3).fit_predict_batches(X, Y, bad, groups=groups)

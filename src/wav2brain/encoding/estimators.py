@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
@@ -11,6 +13,7 @@ from wav2brain.encoding.ridge import (
     CRITERIA,
     centred_gram,
     cross_validate_ridge,
+    predict_ridge,
     ridge_factors,
     select_alphas,
     solve_ridge,
@@ -124,6 +127,55 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
             subject's whole BOLD, where a copy of each fold's training rows would cost most of
             the BOLD again.
         """
+        X_t, Y_t, rows_t, factors = self._select(X, Y, groups, rows)
+        coef, intercept = solve_ridge(
+            X_t, Y_t, self._best_alphas, self.memory_budget_bytes, factors=factors, rows=rows_t
+        )
+        self.coef_ = self._output(self._ravel(coef.div_(self.x_scale_[:, None])))
+        self.intercept_ = self._output(self._ravel(intercept))
+        self._finish()
+        return self
+
+    def fit_predict_batches(
+        self, X, Y, X_new, groups=None, rows=None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Fit as :meth:`fit` does, without ``coef_``; return predictions for ``X_new`` in batches.
+
+        The cross-validation runs (and ``best_alphas_``, ``cv_scores_``, ``cv_r_``, ``cv_r2_``
+        are set) before this returns; the returned iterator then yields ``(targets, predictions
+        [n_new, len(targets)])``, numpy int64 and float32 for numpy input, each target once.
+        The weights ``[n_features, n_targets]`` are never formed
+        (:func:`~wav2brain.encoding.ridge.predict_ridge`): with 768 features they alone are
+        the size of 768 TRs of BOLD. Each batch is bounded by ``memory_budget_bytes``.
+        """
+        n_features = np.shape(X)[1] if np.ndim(X) == 2 else None
+        X_new_t = _as_tensor(
+            "X_new", X_new, device=X.device if isinstance(X, torch.Tensor) else None
+        )
+        if X_new_t.ndim != 2 or X_new_t.shape[1] != n_features:
+            raise ValueError(
+                f"X_new must be [n_samples, {n_features}] like the training features, "
+                f"got {tuple(X_new_t.shape)}"
+            )
+        _check_finite("X_new", X_new_t)
+        X_t, Y_t, rows_t, factors = self._select(X, Y, groups, rows)
+        X_new_t = X_new_t.to(X_t.dtype)
+        X_new_t = X_new_t / self.x_scale_ if self.standardize else X_new_t
+        best_alphas = self._best_alphas
+        self._finish()
+        for stale in ("coef_", "intercept_"):  # of an earlier fit
+            self.__dict__.pop(stale, None)
+        batches = predict_ridge(
+            X_t, Y_t, best_alphas, X_new_t, self.memory_budget_bytes, factors=factors, rows=rows_t
+        )
+        return ((self._output(t), self._output(p)) for t, p in batches)
+
+    def _select(self, X, Y, groups, rows):
+        """Validate, cross-validate and choose alphas; set the CV attributes.
+
+        Returns the (standardised) training features, ``Y``, the row indices (or None) and the
+        training features' :class:`RidgeFactors`.
+        """
         rows_t = None
         if rows is not None:
             device = X.device if isinstance(X, torch.Tensor) else None
@@ -139,7 +191,7 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
             rows_t = rows_t.long()
             if groups is not None:
                 groups = np.asarray(groups)[rows_t.cpu().numpy()]
-        X_t, Y_t, ravel = self._validate_xy(X, Y, rows_t)
+        X_t, Y_t, self._ravel_output = self._validate_xy(X, Y, rows_t)
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         alphas = _as_tensor("alphas", np.atleast_1d(np.asarray(self.alphas, dtype=float)))
@@ -163,25 +215,28 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
             X_t, Y_t, alphas, splits, self.memory_budget_bytes, gram=dual_gram, rows=rows_t
         )
         index, best = select_alphas(cv_result.criterion(self.criterion), alphas)
-        best_alphas = alphas[index]
+        self._best_alphas = alphas[index]
         factors = ridge_factors(X_t, gram=gram)
         del gram, dual_gram
-        coef, intercept = solve_ridge(
-            X_t, Y_t, best_alphas, self.memory_budget_bytes, factors=factors, rows=rows_t
-        )
         chosen = index[None, None, :].expand(len(splits), 1, -1)
         attributes = {
-            "best_alphas_": best_alphas,
-            "coef_": coef.div_(self.x_scale_[:, None]),
-            "intercept_": intercept,
+            "best_alphas_": self._best_alphas,
             "cv_scores_": best,
             "cv_r_": torch.gather(cv_result.r, 1, chosen)[:, 0].mean(0),
             "cv_r2_": torch.gather(cv_result.r2, 1, chosen)[:, 0].mean(0),
         }
         for name, value in attributes.items():
-            setattr(self, name, self._output(value[..., 0] if ravel else value))
+            setattr(self, name, self._output(self._ravel(value)))
+        return X_t, Y_t, rows_t, factors
+
+    def _ravel(self, value: torch.Tensor) -> torch.Tensor:
+        """A per-target attribute as the caller's Y was: 1-D Y gives scalars per attribute."""
+        return value[..., 0] if self._ravel_output else value
+
+    def _finish(self) -> None:
+        """Convert ``x_scale_`` to the caller's kind and drop the fit's working state."""
         self.x_scale_ = self._output(self.x_scale_)
-        return self
+        del self._best_alphas, self._ravel_output
 
     def predict(self, X):
         """Predict [n_samples, n_targets] (or [n_samples] after a 1-D fit) for ``X``."""

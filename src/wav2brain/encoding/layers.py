@@ -20,10 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from wav2brain.encoding.estimators import DEFAULT_ALPHAS, RidgeCV
-from wav2brain.encoding.ridge import target_batch_size
 from wav2brain.encoding.splits import make_splits
 
 
@@ -109,9 +107,9 @@ def encode(X, Y, groups, config: EncodingConfig | None = None) -> EncodingScores
     module docstring); alpha is the geometric mean of the alphas chosen in the outer folds.
 
     Memory: ``Y`` is never copied whole. Each outer fold fits on its training rows by index
-    (``RidgeCV.fit(..., rows=train)``), and its held-out predictions are formed and pooled one
-    batch of voxels at a time; every temporary is bounded by
-    :meth:`EncodingConfig.budget_bytes` of ``Y``'s size.
+    and its held-out predictions are formed and pooled one batch of voxels at a time
+    (:meth:`RidgeCV.fit_predict_batches`: no ``[units, voxels]`` weights); every temporary is
+    bounded by :meth:`EncodingConfig.budget_bytes` of ``Y``'s size.
     """
     config = config or EncodingConfig()
     X, Y, groups = (
@@ -134,8 +132,13 @@ def encode(X, Y, groups, config: EncodingConfig | None = None) -> EncodingScores
             criterion=config.criterion,
             standardize=config.standardize,
             memory_budget_bytes=budget,
-        ).fit(X, Y, groups=groups if n_train_groups >= 2 else None, rows=train)
-        _pool_predictions(pooled, model, X[test], Y, test, budget)
+        )
+        batches = model.fit_predict_batches(
+            X, Y, X[test], groups=groups if n_train_groups >= 2 else None, rows=train
+        )
+        pooled.add_trs(len(test))
+        for voxels, predictions in batches:
+            pooled.add(Y[np.ix_(test, voxels)], predictions, voxels)
         log_alphas.append(np.log(model.best_alphas_))
     r, r2 = pooled.scores()
     return EncodingScores(
@@ -145,24 +148,6 @@ def encode(X, Y, groups, config: EncodingConfig | None = None) -> EncodingScores
     )
 
 
-def _pool_predictions(
-    pooled: _PooledScores, model: RidgeCV, x_test: np.ndarray, Y: np.ndarray, test, budget: int
-) -> None:
-    """Add a fitted fold's held-out predictions on ``Y[test]`` to ``pooled``, in voxel batches.
-
-    Each batch holds its predictions and its copy of the held-out targets (float32
-    ``[n_test, batch]`` each), sized to ``budget`` bytes.
-    """
-    pooled.add_trs(len(x_test))
-    x_t = torch.as_tensor(x_test)
-    coef, intercept = torch.as_tensor(model.coef_), torch.as_tensor(model.intercept_)
-    batch = target_batch_size(2 * x_test.shape[0] * Y.itemsize, budget, Y.shape[1])
-    for start in range(0, Y.shape[1], batch):
-        columns = slice(start, start + batch)
-        predictions = (x_t @ coef[:, columns] + intercept[columns]).numpy()
-        pooled.add(Y[test, columns], predictions, columns)
-
-
 class _PooledScores:
     """Running sums (float64 [n_voxels]) for r and R² over concatenated held-out predictions."""
 
@@ -170,10 +155,11 @@ class _PooledScores:
         self.n = 0
         self.sums = {name: np.zeros(n_voxels) for name in ("p", "y", "pp", "yy", "py")}
 
-    def add(self, y: np.ndarray, p: np.ndarray, columns: slice) -> None:
+    def add(self, y: np.ndarray, p: np.ndarray, columns: np.ndarray) -> None:
         """Add held-out targets ``y`` and predictions ``p`` [TRs, voxels] of one fold.
 
-        ``columns``: the voxels they hold; the fold's TRs are counted by :meth:`add_trs`.
+        ``columns``: the voxels they hold (distinct indices); the fold's TRs are counted by
+        :meth:`add_trs`.
         """
         # per-fold sums in the data's float32 (no float64 copy of a fold), accumulated in float64
         for name, a, b in (("pp", p, p), ("yy", y, y), ("py", p, y)):

@@ -258,24 +258,74 @@ def solve_ridge(
         ``y_mean - x_mean @ coef``, so that predictions are ``X @ coef + intercept``.
     """
     factors = ridge_factors(X) if factors is None else factors
-    n_samples, n_targets = X.shape[0], Y.shape[1]
-    per_target = torch.as_tensor(alphas, dtype=torch.float64, device=X.device)
-    per_target = per_target.expand(n_targets) if per_target.ndim == 0 else per_target
+    n_targets = Y.shape[1]
     y_mean = torch.empty(n_targets, dtype=Y.dtype, device=Y.device)
     coef = torch.empty(X.shape[1], n_targets, dtype=X.dtype, device=X.device)
+    for chunk, product, mean in _alpha_batches(
+        factors.left, factors, Y, alphas, memory_budget_bytes, rows
+    ):
+        y_mean[chunk] = mean
+        coef[:, chunk] = product
+    intercept = y_mean - factors.x_mean @ coef
+    return coef, intercept
+
+
+def predict_ridge(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    alphas: torch.Tensor | float,
+    X_new: torch.Tensor,
+    memory_budget_bytes: int = 2**29,
+    factors: RidgeFactors | None = None,
+    rows: torch.Tensor | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Predictions for ``X_new`` of the ridge :func:`solve_ridge` fits, without its weights.
+
+    ``(X_new - x_mean) @ left diag(w) right (Y - y_mean) + y_mean`` per alpha, in the cheaper
+    order (:func:`_cheaper_plan`), so neither the weights ``[n_features, n_targets]`` nor all
+    predictions at once are held. Parameters as :func:`solve_ridge`; ``X_new`` is
+    ``[n_new, n_features]``.
+
+    Yields
+    ------
+    (targets, predictions) : LongTensor [batch] and Tensor [n_new, batch], each target once,
+    grouped by alpha; each batch is bounded by ``memory_budget_bytes``.
+    """
+    factors = ridge_factors(X) if factors is None else factors
+    held_out = (X_new - factors.x_mean) @ factors.left
+    for chunk, product, mean in _alpha_batches(
+        held_out, factors, Y, alphas, memory_budget_bytes, rows
+    ):
+        yield chunk, product.add_(mean)
+
+
+def _alpha_batches(
+    left: torch.Tensor,
+    factors: RidgeFactors,
+    Y: torch.Tensor,
+    alphas: torch.Tensor | float,
+    memory_budget_bytes: int,
+    rows: torch.Tensor | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``left diag(w_alpha) right (Y - mean)`` for batches of targets sharing an alpha.
+
+    Yields ``(targets, product [len(left), batch], target means [batch])``; ``Y`` is gathered
+    one batch at a time (:func:`target_rows`), sized to ``memory_budget_bytes``.
+    """
+    n_samples, n_targets = factors.right.shape[1], Y.shape[1]
+    per_target = torch.as_tensor(alphas, dtype=torch.float64, device=left.device)
+    per_target = per_target.expand(n_targets) if per_target.ndim == 0 else per_target
     unique_alphas, inverse = torch.unique(per_target, return_inverse=True)
-    batch = target_batch_size(4 * (2 * n_samples + 2 * X.shape[1]), memory_budget_bytes, n_targets)
+    batch = target_batch_size(4 * (2 * n_samples + 2 * len(left)), memory_budget_bytes, n_targets)
     for index, alpha in enumerate(unique_alphas):
         columns = torch.nonzero(inverse == index).flatten()
-        scaled_left = factors.left * factors.weights(alpha[None])[0].to(X.dtype)
+        scaled_left = left * factors.weights(alpha[None])[0].to(left.dtype)
         plan = _cheaper_plan(scaled_left, factors.right, len(columns))
         for start in range(0, len(columns), batch):
             chunk = columns[start : start + batch]
             targets = target_rows(Y, rows, chunk)
-            y_mean[chunk] = targets.mean(0)
-            coef[:, chunk] = _apply(plan, targets.sub_(y_mean[chunk]))
-    intercept = y_mean - factors.x_mean @ coef
-    return coef, intercept
+            mean = targets.mean(0)
+            yield chunk, _apply(plan, targets.sub_(mean)), mean
 
 
 @dataclass
