@@ -13,12 +13,21 @@ Data (SIMULATED, fabricated directly in the prepared layout): ``--stories`` stor
 (its shards linked), so both have the same stories. LOSO noise ceilings over all subjects are
 part of the run.
 
+Sizes: by default 3 stories of 300 TRs (real runs are 300-1000+ TRs), 20,000 voxels (the issue's
+minimum), 1 layer of 768 units (wav2vec 2.0 base; ridge weights ``[768, voxels]`` would be the size
+of 768 TRs of BOLD, and encode must not form them). The first version used 100 TRs and 32 units
+(``--trs 100 --units 32 --layers 2 --label small``): there, fixed costs (the Parquet decoding of
+one run, about 4x that run; one story's float64 LOSO sum) weigh more against the 23 MB of one
+subject's BOLD than they do at real sizes, so both are reported. One layer, so that 32 subjects
+take a few minutes on 2 cores (each layer is fitted and released in turn; the small sizes fit 2).
+
 Each size runs in a fresh subprocess (glibc told to map every block of 1 MB or more on its own
 and pyarrow to use it, :data:`MALLOC_ENV`, so that freed arrays leave the RSS): a warm-up encode of 2 subjects (another dataset and output)
 loads every lazy import, the peak RSS (``VmHWM``) is reset, then the timed encode runs. Reported:
 peak RSS above the RSS before the call, and the absolute peak. Targets: 32-subject peak within
 1.25x of the 4-subject peak, and within 2x of one subject's BOLD plus one layer's features.
-Prints one JSON object and writes ``benchmarks/results/encode_scale[-quick].json``.
+Prints one JSON object and writes ``benchmarks/results/encode_scale[-LABEL].json`` (``--label``;
+``quick`` with ``--quick``), with the load average before and after each size.
 """
 
 from __future__ import annotations
@@ -50,10 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
     parser.add_argument("--voxels", type=int, help="voxels per run (default 20,000)")
-    parser.add_argument("--trs", type=int, help="TRs per story (default 100)")
+    parser.add_argument("--trs", type=int, help="TRs per story (default 300)")
     parser.add_argument("--stories", type=int, default=3)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--units", type=int, default=32)
+    parser.add_argument("--layers", type=int, help="layers (default 1; 2 with --quick)")
+    parser.add_argument("--units", type=int, help="units per layer (default 768)")
+    parser.add_argument("--label", help="results file suffix (default: none; 'quick' with --quick)")
     parser.add_argument("--sizes", type=int, nargs=2, default=(4, 32))
     parser.add_argument(
         "--ridge-budget-mb",
@@ -65,7 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.voxels = args.voxels or (4000 if args.quick else 20000)
-    args.trs = args.trs or (60 if args.quick else 100)
+    args.trs = args.trs or (60 if args.quick else 300)
+    args.units = args.units or (32 if args.quick else 768)
+    args.layers = args.layers or (2 if args.quick else 1)
+    args.label = args.label or ("quick" if args.quick else None)
     return args
 
 
@@ -215,7 +228,12 @@ def main(argv=None) -> dict:
                 "threads": 2,
                 "budget_bytes": int(args.ridge_budget_mb * 2**20) if args.ridge_budget_mb else 0,
             }
+            load_before = round(os.getloadavg()[0], 2)
             measured[size] = run_child(spec)
+            measured[size]["load_average"] = {
+                "before": load_before,
+                "after": round(os.getloadavg()[0], 2),
+            }
     one_bold_mb = args.stories * args.trs * args.voxels * 4 / 2**20
     one_layer_mb = args.stories * args.trs * args.units * 4 / 2**20
     reference_mb = one_bold_mb + one_layer_mb
@@ -233,10 +251,12 @@ def main(argv=None) -> dict:
             "layers": args.layers,
             "units": args.units,
         },
-        "ridge_memory_budget_mb": args.ridge_budget_mb or "EncodingConfig default (512)",
+        "ridge_memory_budget_mb": args.ridge_budget_mb
+        or "EncodingConfig default: min(512, max(4, 0.25 x one subject's BOLD))",
         "malloc_env": MALLOC_ENV,
         "one_subject_bold_mb": round(one_bold_mb, 1),
         "one_layer_features_mb": round(one_layer_mb, 2),
+        "one_subject_bold_plus_one_layer_mb": round(reference_mb, 1),
         "naive_sum_mb": {str(k): v for k, v in naive.items()},
         "runs": {str(k): v for k, v in measured.items()},
         "ratio_peak_above_baseline_large_to_small": round(
@@ -252,7 +272,7 @@ def main(argv=None) -> dict:
         and result["ratio_peak_above_baseline_to_one_subject"] <= 2.0
     )
     RESULTS.mkdir(exist_ok=True)
-    name = "encode_scale-quick.json" if args.quick else "encode_scale.json"
+    name = f"encode_scale-{args.label}.json" if args.label else "encode_scale.json"
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return result

@@ -398,6 +398,7 @@ def write_loso_group(members: Sequence[RunRecord], max_lag: int | None, path: Pa
                     "n_others": np.where(usable, others_n, 0).astype(np.int32),
                 }
                 writer.write_table(pa.table(columns, schema=schema))
+                del bold  # before the next member is decoded (about 4x a run at its peak)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
@@ -11,6 +13,7 @@ from wav2brain.encoding.ridge import (
     CRITERIA,
     centred_gram,
     cross_validate_ridge,
+    predict_ridge,
     ridge_factors,
     select_alphas,
     solve_ridge,
@@ -33,10 +36,23 @@ def _as_tensor(name: str, values, device=None) -> torch.Tensor:
     return torch.as_tensor(array, dtype=torch.float32, device=device)
 
 
-def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    """Raise a ValueError naming ``name`` if ``tensor`` has NaN or infinite values."""
-    if not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).sum())
+#: Elements checked at a time by :func:`_check_finite` (bounds its boolean temporary, bytes).
+FINITE_CHECK_BLOCK = 2**20
+
+
+def _check_finite(name: str, tensor: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+    """Raise a ValueError naming ``name`` if ``tensor`` (its ``rows`` only) has NaN or inf values.
+
+    Checked in blocks of columns of about :data:`FINITE_CHECK_BLOCK` elements, so a subject's
+    whole BOLD is never mirrored by a boolean mask or copied.
+    """
+    width = tensor.shape[1] if tensor.ndim == 2 else 1
+    step = max(1, FINITE_CHECK_BLOCK // max(len(tensor), 1))
+    bad = 0
+    for start in range(0, width, step):
+        finite = torch.isfinite(tensor[..., start : start + step] if tensor.ndim == 2 else tensor)
+        bad += int((~(finite if rows is None else finite[rows])).sum())
+    if bad:
         raise ValueError(f"{name} contains {bad} NaN or infinite values; clean or mask them first")
 
 
@@ -95,8 +111,8 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.standardize = standardize
         self.memory_budget_bytes = memory_budget_bytes
 
-    def fit(self, X, Y, groups=None) -> RidgeCV:
-        """Choose per-target alphas by CV over ``groups`` and refit on all rows.
+    def fit(self, X, Y, groups=None, rows=None) -> RidgeCV:
+        """Choose per-target alphas by CV over ``groups`` and refit on all (selected) rows.
 
         Parameters
         ----------
@@ -104,8 +120,78 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Y : array or Tensor [n_samples] or [n_samples, n_targets (voxels)]
         groups : array-like [n_samples], optional
             Run or story of each TR; folds never split a group.
+        rows : array-like of int, optional
+            Fit on these rows of ``X``, ``Y`` and ``groups`` only (default all), as if
+            ``fit(X[rows], Y[rows], groups[rows])`` were called, but without copying ``Y``:
+            its rows are gathered one batch of targets at a time. For a cross-validation over a
+            subject's whole BOLD, where a copy of each fold's training rows would cost most of
+            the BOLD again.
         """
-        X_t, Y_t, ravel = self._validate_xy(X, Y)
+        X_t, Y_t, rows_t, factors = self._select(X, Y, groups, rows)
+        coef, intercept = solve_ridge(
+            X_t, Y_t, self._best_alphas, self.memory_budget_bytes, factors=factors, rows=rows_t
+        )
+        self.coef_ = self._output(self._ravel(coef.div_(self.x_scale_[:, None])))
+        self.intercept_ = self._output(self._ravel(intercept))
+        self._finish()
+        return self
+
+    def fit_predict_batches(
+        self, X, Y, X_new, groups=None, rows=None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Fit as :meth:`fit` does, without ``coef_``; return predictions for ``X_new`` in batches.
+
+        The cross-validation runs (and ``best_alphas_``, ``cv_scores_``, ``cv_r_``, ``cv_r2_``
+        are set) before this returns; the returned iterator then yields ``(targets, predictions
+        [n_new, len(targets)])``, numpy int64 and float32 for numpy input, each target once.
+        The weights ``[n_features, n_targets]`` are never formed
+        (:func:`~wav2brain.encoding.ridge.predict_ridge`): with 768 features they alone are
+        the size of 768 TRs of BOLD. Each batch is bounded by ``memory_budget_bytes``.
+        """
+        n_features = np.shape(X)[1] if np.ndim(X) == 2 else None
+        X_new_t = _as_tensor(
+            "X_new", X_new, device=X.device if isinstance(X, torch.Tensor) else None
+        )
+        if X_new_t.ndim != 2 or X_new_t.shape[1] != n_features:
+            raise ValueError(
+                f"X_new must be [n_samples, {n_features}] like the training features, "
+                f"got {tuple(X_new_t.shape)}"
+            )
+        _check_finite("X_new", X_new_t)
+        X_t, Y_t, rows_t, factors = self._select(X, Y, groups, rows)
+        X_new_t = X_new_t.to(X_t.dtype)
+        X_new_t = X_new_t / self.x_scale_ if self.standardize else X_new_t
+        best_alphas = self._best_alphas
+        self._finish()
+        for stale in ("coef_", "intercept_"):  # of an earlier fit
+            self.__dict__.pop(stale, None)
+        batches = predict_ridge(
+            X_t, Y_t, best_alphas, X_new_t, self.memory_budget_bytes, factors=factors, rows=rows_t
+        )
+        return ((self._output(t), self._output(p)) for t, p in batches)
+
+    def _select(self, X, Y, groups, rows):
+        """Validate, cross-validate and choose alphas; set the CV attributes.
+
+        Returns the (standardised) training features, ``Y``, the row indices (or None) and the
+        training features' :class:`RidgeFactors`.
+        """
+        rows_t = None
+        if rows is not None:
+            device = X.device if isinstance(X, torch.Tensor) else None
+            rows_t = torch.as_tensor(rows, device=device)
+            n_samples = len(X)
+            if rows_t.ndim != 1 or rows_t.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"rows must be a 1-D array of row indices, got {rows!r}")
+            if len(rows_t) and (int(rows_t.min()) < 0 or int(rows_t.max()) >= n_samples):
+                raise ValueError(
+                    f"rows must index the {n_samples} samples (0 .. {n_samples - 1}), got "
+                    f"values from {int(rows_t.min())} to {int(rows_t.max())}"
+                )
+            rows_t = rows_t.long()
+            if groups is not None:
+                groups = np.asarray(groups)[rows_t.cpu().numpy()]
+        X_t, Y_t, self._ravel_output = self._validate_xy(X, Y, rows_t)
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         alphas = _as_tensor("alphas", np.atleast_1d(np.asarray(self.alphas, dtype=float)))
@@ -126,28 +212,31 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
         gram = centred_gram(X_t)
         dual_gram = gram if X_t.shape[0] <= X_t.shape[1] else None
         cv_result = cross_validate_ridge(
-            X_t, Y_t, alphas, splits, self.memory_budget_bytes, gram=dual_gram
+            X_t, Y_t, alphas, splits, self.memory_budget_bytes, gram=dual_gram, rows=rows_t
         )
         index, best = select_alphas(cv_result.criterion(self.criterion), alphas)
-        best_alphas = alphas[index]
+        self._best_alphas = alphas[index]
         factors = ridge_factors(X_t, gram=gram)
         del gram, dual_gram
-        coef, intercept = solve_ridge(
-            X_t, Y_t, best_alphas, self.memory_budget_bytes, factors=factors
-        )
         chosen = index[None, None, :].expand(len(splits), 1, -1)
         attributes = {
-            "best_alphas_": best_alphas,
-            "coef_": coef / self.x_scale_[:, None],
-            "intercept_": intercept,
+            "best_alphas_": self._best_alphas,
             "cv_scores_": best,
             "cv_r_": torch.gather(cv_result.r, 1, chosen)[:, 0].mean(0),
             "cv_r2_": torch.gather(cv_result.r2, 1, chosen)[:, 0].mean(0),
         }
         for name, value in attributes.items():
-            setattr(self, name, self._output(value[..., 0] if ravel else value))
+            setattr(self, name, self._output(self._ravel(value)))
+        return X_t, Y_t, rows_t, factors
+
+    def _ravel(self, value: torch.Tensor) -> torch.Tensor:
+        """A per-target attribute as the caller's Y was: 1-D Y gives scalars per attribute."""
+        return value[..., 0] if self._ravel_output else value
+
+    def _finish(self) -> None:
+        """Convert ``x_scale_`` to the caller's kind and drop the fit's working state."""
         self.x_scale_ = self._output(self.x_scale_)
-        return self
+        del self._best_alphas, self._ravel_output
 
     def predict(self, X):
         """Predict [n_samples, n_targets] (or [n_samples] after a 1-D fit) for ``X``."""
@@ -174,8 +263,14 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
             )
         return pearson_r(Y, predictions)
 
-    def _validate_xy(self, X, Y) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Convert and check ``X`` and ``Y`` before any work; return tensors and a 1-D flag."""
+    def _validate_xy(
+        self, X, Y, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Convert and check ``X`` and ``Y`` before any work; return tensors and a 1-D flag.
+
+        With ``rows``, the returned ``X`` holds those rows only and ``Y`` all of them (its
+        ``rows`` are checked).
+        """
         X_t = _as_tensor("X", X)
         Y_t = _as_tensor("Y", Y, device=X_t.device).to(X_t.dtype)
         if X_t.ndim != 2:
@@ -188,13 +283,16 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
             )
         if X_t.shape[0] != Y_t.shape[0]:
             raise ValueError(f"X has {X_t.shape[0]} samples (TRs) but Y has {Y_t.shape[0]}")
+        if rows is not None:
+            X_t = X_t[rows]
         if X_t.shape[0] < 3 or X_t.shape[1] == 0 or Y_t.shape[1] == 0:
             raise ValueError(
                 f"need >= 3 samples, >= 1 feature and >= 1 target, "
                 f"got X {tuple(X_t.shape)}, Y {tuple(Y_t.shape)}"
+                + ("" if rows is None else f" ({len(rows)} rows selected)")
             )
         _check_finite("X", X_t)
-        _check_finite("Y", Y_t)
+        _check_finite("Y", Y_t, rows)
         return X_t, Y_t, ravel
 
     def _feature_scale(self, X: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,15 @@ class EncodingConfig:
         Standardise features: layers differ in scale by orders of magnitude, and one alpha grid
         only fits all of them after standardisation.
     memory_budget_bytes : int
-        Bound on ridge temporaries.
+        Upper bound on ridge temporaries (bytes).
+    memory_budget_fraction : float
+        Bound on ridge temporaries relative to the BOLD being fitted: the budget of
+        :func:`encode` is ``min(memory_budget_bytes, max(min_memory_budget_bytes, fraction *
+        Y bytes))``. A fixed budget either dwarfs a small subject (512 MB against 23 MB of
+        BOLD) or starves a large one; a quarter of the data keeps the peak near one subject's
+        BOLD while the target batches stay thousands of voxels wide (full-speed GEMMs).
+    min_memory_budget_bytes : int
+        Floor of that budget (bytes), so small data is never cut into tiny batches.
     """
 
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
@@ -53,6 +61,24 @@ class EncodingConfig:
     criterion: str = "r2"
     standardize: bool = True
     memory_budget_bytes: int = 2**29
+    memory_budget_fraction: float = 0.25
+    min_memory_budget_bytes: int = 2**22
+
+    def budget_bytes(self, data_bytes: int) -> int:
+        """The bound on ridge temporaries for fitting ``data_bytes`` of BOLD (see above)."""
+        if not (0 < self.memory_budget_fraction < np.inf):
+            raise ValueError(
+                f"memory_budget_fraction must be a positive number, got "
+                f"{self.memory_budget_fraction!r}"
+            )
+        if self.memory_budget_bytes < 1 or self.min_memory_budget_bytes < 1:
+            raise ValueError(
+                f"memory budgets must be >= 1 byte, got memory_budget_bytes="
+                f"{self.memory_budget_bytes}, min_memory_budget_bytes="
+                f"{self.min_memory_budget_bytes}"
+            )
+        relative = max(self.min_memory_budget_bytes, int(self.memory_budget_fraction * data_bytes))
+        return int(min(self.memory_budget_bytes, relative))
 
 
 @dataclass
@@ -79,6 +105,11 @@ def encode(X, Y, groups, config: EncodingConfig | None = None) -> EncodingScores
     -------
     EncodingScores: r and R² of the pooled held-out predictions of all outer folds (see the
     module docstring); alpha is the geometric mean of the alphas chosen in the outer folds.
+
+    Memory: ``Y`` is never copied whole. Each outer fold fits on its training rows by index
+    and its held-out predictions are formed and pooled one batch of voxels at a time
+    (:meth:`RidgeCV.fit_predict_batches`: no ``[units, voxels]`` weights); every temporary is
+    bounded by :meth:`EncodingConfig.budget_bytes` of ``Y``'s size.
     """
     config = config or EncodingConfig()
     X, Y, groups = (
@@ -90,21 +121,24 @@ def encode(X, Y, groups, config: EncodingConfig | None = None) -> EncodingScores
         raise ValueError(
             f"held-out scores need at least 2 runs, got groups {np.unique(groups).tolist()}"
         )
+    budget = config.budget_bytes(Y.nbytes)
     pooled = _PooledScores(Y.shape[1])
     log_alphas = []
     for train, test in make_splits(len(X), groups, config.outer_cv):
         n_train_groups = len(np.unique(groups[train]))
-        inner_groups = groups[train] if n_train_groups >= 2 else None
         model = RidgeCV(
             alphas=config.alphas,
-            cv=min(config.inner_cv, n_train_groups)
-            if inner_groups is not None
-            else config.inner_cv,
+            cv=min(config.inner_cv, n_train_groups) if n_train_groups >= 2 else config.inner_cv,
             criterion=config.criterion,
             standardize=config.standardize,
-            memory_budget_bytes=config.memory_budget_bytes,
-        ).fit(X[train], Y[train], groups=inner_groups)
-        pooled.add(Y[test], model.predict(X[test]))
+            memory_budget_bytes=budget,
+        )
+        batches = model.fit_predict_batches(
+            X, Y, X[test], groups=groups if n_train_groups >= 2 else None, rows=train
+        )
+        pooled.add_trs(len(test))
+        for voxels, predictions in batches:
+            pooled.add(Y[np.ix_(test, voxels)], predictions, voxels)
         log_alphas.append(np.log(model.best_alphas_))
     r, r2 = pooled.scores()
     return EncodingScores(
@@ -121,14 +155,21 @@ class _PooledScores:
         self.n = 0
         self.sums = {name: np.zeros(n_voxels) for name in ("p", "y", "pp", "yy", "py")}
 
-    def add(self, y: np.ndarray, p: np.ndarray) -> None:
-        """Add one fold's held-out targets ``y`` and predictions ``p`` [TRs, n_voxels]."""
-        self.n += len(y)
+    def add(self, y: np.ndarray, p: np.ndarray, columns: np.ndarray) -> None:
+        """Add held-out targets ``y`` and predictions ``p`` [TRs, voxels] of one fold.
+
+        ``columns``: the voxels they hold (distinct indices); the fold's TRs are counted by
+        :meth:`add_trs`.
+        """
         # per-fold sums in the data's float32 (no float64 copy of a fold), accumulated in float64
         for name, a, b in (("pp", p, p), ("yy", y, y), ("py", p, y)):
-            self.sums[name] += np.einsum("tv,tv->v", a, b)
-        self.sums["p"] += p.sum(0)
-        self.sums["y"] += y.sum(0)
+            self.sums[name][columns] += np.einsum("tv,tv->v", a, b)
+        self.sums["p"][columns] += p.sum(0)
+        self.sums["y"][columns] += y.sum(0)
+
+    def add_trs(self, n_trs: int) -> None:
+        """Count one fold's ``n_trs`` held-out TRs (once, whatever the voxel batches)."""
+        self.n += n_trs
 
     def scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Pooled Pearson r and R² (0 where the held-out targets or predictions are constant)."""

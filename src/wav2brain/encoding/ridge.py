@@ -217,12 +217,22 @@ def target_batch_size(bytes_per_target: int, memory_budget_bytes: int, n_targets
     return int(min(n_targets, max(1, memory_budget_bytes // max(bytes_per_target, 1))))
 
 
+def target_rows(Y: torch.Tensor, rows: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:
+    """A copy of ``Y[rows][:, columns]`` made in one gather (``rows`` None: every row).
+
+    ``columns`` is a LongTensor of target indices. The result is a fresh copy, so the caller may
+    modify it in place.
+    """
+    return Y[:, columns] if rows is None else Y[rows[:, None], columns[None, :]]
+
+
 def solve_ridge(
     X: torch.Tensor,
     Y: torch.Tensor,
     alphas: torch.Tensor | float,
     memory_budget_bytes: int = 2**29,
     factors: RidgeFactors | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ridge with one alpha per target; targets sharing an alpha are solved together.
 
@@ -236,6 +246,9 @@ def solve_ridge(
         Bound on the temporaries of one batch of targets.
     factors : RidgeFactors, optional
         Precomputed :func:`ridge_factors` of ``X``.
+    rows : LongTensor [n_samples], optional
+        The rows of ``Y`` that match the rows of ``X`` (default: all, in order). ``Y`` is then read
+        one batch of targets at a time (:func:`target_rows`), never copied whole.
 
     Returns
     -------
@@ -245,22 +258,74 @@ def solve_ridge(
         ``y_mean - x_mean @ coef``, so that predictions are ``X @ coef + intercept``.
     """
     factors = ridge_factors(X) if factors is None else factors
-    n_samples, n_targets = Y.shape
-    per_target = torch.as_tensor(alphas, dtype=torch.float64, device=X.device)
-    per_target = per_target.expand(n_targets) if per_target.ndim == 0 else per_target
-    y_mean = Y.mean(0)
+    n_targets = Y.shape[1]
+    y_mean = torch.empty(n_targets, dtype=Y.dtype, device=Y.device)
     coef = torch.empty(X.shape[1], n_targets, dtype=X.dtype, device=X.device)
+    for chunk, product, mean in _alpha_batches(
+        factors.left, factors, Y, alphas, memory_budget_bytes, rows
+    ):
+        y_mean[chunk] = mean
+        coef[:, chunk] = product
+    intercept = y_mean - factors.x_mean @ coef
+    return coef, intercept
+
+
+def predict_ridge(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    alphas: torch.Tensor | float,
+    X_new: torch.Tensor,
+    memory_budget_bytes: int = 2**29,
+    factors: RidgeFactors | None = None,
+    rows: torch.Tensor | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Predictions for ``X_new`` of the ridge :func:`solve_ridge` fits, without its weights.
+
+    ``(X_new - x_mean) @ left diag(w) right (Y - y_mean) + y_mean`` per alpha, in the cheaper
+    order (:func:`_cheaper_plan`), so neither the weights ``[n_features, n_targets]`` nor all
+    predictions at once are held. Parameters as :func:`solve_ridge`; ``X_new`` is
+    ``[n_new, n_features]``.
+
+    Yields
+    ------
+    (targets, predictions) : LongTensor [batch] and Tensor [n_new, batch], each target once,
+    grouped by alpha; each batch is bounded by ``memory_budget_bytes``.
+    """
+    factors = ridge_factors(X) if factors is None else factors
+    held_out = (X_new - factors.x_mean) @ factors.left
+    for chunk, product, mean in _alpha_batches(
+        held_out, factors, Y, alphas, memory_budget_bytes, rows
+    ):
+        yield chunk, product.add_(mean)
+
+
+def _alpha_batches(
+    left: torch.Tensor,
+    factors: RidgeFactors,
+    Y: torch.Tensor,
+    alphas: torch.Tensor | float,
+    memory_budget_bytes: int,
+    rows: torch.Tensor | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``left diag(w_alpha) right (Y - mean)`` for batches of targets sharing an alpha.
+
+    Yields ``(targets, product [len(left), batch], target means [batch])``; ``Y`` is gathered
+    one batch at a time (:func:`target_rows`), sized to ``memory_budget_bytes``.
+    """
+    n_samples, n_targets = factors.right.shape[1], Y.shape[1]
+    per_target = torch.as_tensor(alphas, dtype=torch.float64, device=left.device)
+    per_target = per_target.expand(n_targets) if per_target.ndim == 0 else per_target
     unique_alphas, inverse = torch.unique(per_target, return_inverse=True)
-    batch = target_batch_size(4 * (2 * n_samples + 2 * X.shape[1]), memory_budget_bytes, n_targets)
+    batch = target_batch_size(4 * (2 * n_samples + 2 * len(left)), memory_budget_bytes, n_targets)
     for index, alpha in enumerate(unique_alphas):
         columns = torch.nonzero(inverse == index).flatten()
-        scaled_left = factors.left * factors.weights(alpha[None])[0].to(X.dtype)
+        scaled_left = left * factors.weights(alpha[None])[0].to(left.dtype)
         plan = _cheaper_plan(scaled_left, factors.right, len(columns))
         for start in range(0, len(columns), batch):
             chunk = columns[start : start + batch]
-            coef[:, chunk] = _apply(plan, Y[:, chunk] - y_mean[chunk])
-    intercept = y_mean - factors.x_mean @ coef
-    return coef, intercept
+            targets = target_rows(Y, rows, chunk)
+            mean = targets.mean(0)
+            yield chunk, _apply(plan, targets.sub_(mean)), mean
 
 
 @dataclass
@@ -413,6 +478,7 @@ def cross_validate_ridge(
     splits: Sequence[tuple[np.ndarray, np.ndarray]],
     memory_budget_bytes: int = 2**29,
     gram: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> CVResult:
     """Score every alpha on every split, per target, reusing one decomposition per split.
 
@@ -432,6 +498,10 @@ def cross_validate_ridge(
     gram : Tensor [n_samples, n_samples] float64, optional
         :func:`centred_gram` of ``X`` when ``n_samples <= n_features``, to share it with the refit
         (:func:`ridge_factors`); computed here when a split needs it and it is not given.
+    rows : LongTensor [n_samples], optional
+        The rows of ``Y`` that match the rows of ``X`` (default: all, in order); ``splits`` index
+        the rows of ``X``. Each batch of targets is gathered from ``Y`` (one copy per batch), so
+        a caller holding a subject's whole BOLD never copies a fold's training rows.
 
     Returns
     -------
@@ -452,6 +522,7 @@ def cross_validate_ridge(
     for split_index, (train, val) in enumerate(splits):
         train_t = torch.as_tensor(train, device=X.device)
         val_t = torch.as_tensor(val, device=X.device)
+        train_rows, val_rows = (train_t, val_t) if rows is None else (rows[train_t], rows[val_t])
         dual = len(train) <= n_features
         if dual and dual_gram is None:
             centred = (X - X.mean(0)).to(torch.float64)
@@ -470,9 +541,9 @@ def cross_validate_ridge(
         )
         for start in range(0, n_targets, batch):
             columns = slice(start, start + batch)
-            y_train = Y[train_t, columns]
+            y_train = Y[train_rows, columns]
             y_train_mean = y_train.mean(0)
-            scores = scorer(y_train.sub_(y_train_mean), Y[val_t, columns].sub_(y_train_mean))
+            scores = scorer(y_train.sub_(y_train_mean), Y[val_rows, columns].sub_(y_train_mean))
             result.r2[split_index, :, columns] = scores.r2
             result.r[split_index, :, columns] = scores.r
             result.neg_mse[split_index, :, columns] = scores.neg_mse

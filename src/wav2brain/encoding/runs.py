@@ -185,6 +185,14 @@ def read_responses(dataset: Path) -> list[RunRecord]:
     return records
 
 
+BOLD_READ_OPTIONS = {"pre_buffer": False, "use_threads": False, "buffer_size": 2**20}
+"""``pyarrow.parquet.read_table`` options of :func:`load_bold`: the column chunk is streamed in
+1-MB reads instead of being buffered whole. Decoding a run's nested ``bold`` list still holds
+about 4x the run's float32 size at its peak (compressed pages, repetition and definition
+levels, the values); streaming took it from 38 to 32 MB for a 7.6-MB run (100 TRs x 20,000
+voxels), for 0.12 s instead of 0.08 s of reading."""
+
+
 def load_bold(record: RunRecord, out: np.ndarray | None = None) -> np.ndarray:
     """One run's BOLD as float32 ``[n_trs, n_voxels]``, read from its shard.
 
@@ -196,7 +204,7 @@ def load_bold(record: RunRecord, out: np.ndarray | None = None) -> np.ndarray:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    column = pq.read_table(record.shard, columns=["bold"]).column("bold")
+    column = pq.read_table(record.shard, columns=["bold"], **BOLD_READ_OPTIONS).column("bold")
     cell = column.slice(record.row, 1).combine_chunks()
     values = cell.storage if isinstance(cell, pa.ExtensionArray) else cell
     while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type):
