@@ -271,7 +271,7 @@ def load_bold(
     if dropped:
         warnings.warn(f"{path}: dropped {dropped} NaN/inf or constant voxel(s)", stacklevel=2)
         data = data[:, valid]
-    data = _clean(data, run.tr, cleaning, confound_matrix)
+    data = clean_signals(data, run.tr, cleaning, confound_matrix)
     kept = reader.kept.copy()
     kept[kept] = valid
     return BoldData(
@@ -744,8 +744,13 @@ def drift_confounds(n_trs: int, order: int) -> np.ndarray | None:
     return np.polynomial.legendre.legvander(grid, order)[:, 1:]
 
 
-def _clean(data, tr, cleaning: CleaningConfig, confounds) -> np.ndarray:
-    """:func:`nilearn.signal.clean` in place, a block of voxels at a time.
+def clean_signals(
+    data: np.ndarray, tr: float, cleaning: CleaningConfig, confounds: np.ndarray | None
+) -> np.ndarray:
+    """:func:`nilearn.signal.clean` in place, a block of voxels at a time (``tr`` in seconds).
+
+    The one cleaning rule: prepare applies it to the BOLD and encoding to the features, so both
+    lose the same drift basis and are z-scored alike.
 
     ``confounds`` are float64 [TRs, k] of the kept volumes (:func:`trim_confounds`) or None. The
     drift polynomials (:func:`drift_confounds`) join them, so nilearn removes them with its own

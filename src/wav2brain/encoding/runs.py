@@ -359,9 +359,9 @@ def clean_features(features: np.ndarray, tr: float, cleaning) -> np.ndarray:
 
     Returns float32 ``[n_trs, units]``; constant columns (TRs outside a story) stay 0.
     """
-    from wav2brain.data.fmri import _clean
+    from wav2brain.data.fmri import clean_signals
 
-    return _clean(np.array(features, dtype=np.float32), tr, cleaning, None)
+    return clean_signals(np.array(features, dtype=np.float32), tr, cleaning, None)
 
 
 @dataclass
