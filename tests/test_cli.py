@@ -170,3 +170,17 @@ def test_negative_control_registering_mid_import_breaks_transformers(saved_brain
     """Without waiting for transformers' imports to finish, importing a model class fails."""
     lines = run_python(REGISTRATION, str(saved_brain_model), "without-deferral").splitlines()
     assert lines == ["import failed"]
+
+
+def test_the_data_package_loads_its_windows_and_torch_only_when_asked():
+    """The converters' command lines start without torch; the windows bring it when used."""
+    import json
+
+    code = (
+        "import json, sys\n"
+        "import wav2brain.data\n"
+        "before = 'torch' in sys.modules\n"
+        "wav2brain.data.BrainWindows\n"
+        "print(json.dumps([before, 'torch' in sys.modules]))\n"
+    )
+    assert json.loads(run_python(code).splitlines()[-1]) == [False, True]

@@ -1,4 +1,14 @@
-"""Audio-fMRI data: BIDS discovery, BOLD loading, audio, alignments, the HF layout, windows, simulation."""
+"""Audio-fMRI data: BIDS discovery, scan timing, BOLD loading, audio, alignments, the HF layout,
+training windows.
+
+The windows import torch, so they load on first access (PEP 562 ``__getattr__``): the converters'
+and ``wav2brain prepare``'s command lines start without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from wav2brain.data.alignments import AlignedToken as AlignedToken
 from wav2brain.data.alignments import Alignment as Alignment
@@ -24,6 +34,19 @@ from wav2brain.data.masks import iter_volumes as iter_volumes
 from wav2brain.data.masks import load_mask as load_mask
 from wav2brain.data.masks import mean_image as mean_image
 from wav2brain.data.prepare import prepare_dataset as prepare_dataset
-from wav2brain.data.windows import BrainWindowCollator as BrainWindowCollator
-from wav2brain.data.windows import BrainWindows as BrainWindows
-from wav2brain.data.windows import WindowConfig as WindowConfig
+
+_LAZY = ("BrainWindowCollator", "BrainWindows", "WindowConfig")
+
+if TYPE_CHECKING:
+    from wav2brain.data.windows import BrainWindowCollator as BrainWindowCollator
+    from wav2brain.data.windows import BrainWindows as BrainWindows
+    from wav2brain.data.windows import WindowConfig as WindowConfig
+
+
+def __getattr__(name: str):
+    """Import the training windows (and torch) on first access."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'wav2brain.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module("wav2brain.data.windows"), name)
+    globals()[name] = value
+    return value
