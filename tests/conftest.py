@@ -27,6 +27,18 @@ def tiny_kwargs() -> dict:
     return tiny_wav2vec2_kwargs()
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A saved tiny ``Wav2Vec2Model`` (seeded), as ``wav2brain extract --model`` takes it."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model")
+    Wav2Vec2Model(Wav2Vec2Config(**tiny_wav2vec2_kwargs())).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def real_layouts() -> Path:
     """The real OpenNeuro metadata (``ds002345``, ``ds003020``) kept in ``tests/data``.

@@ -24,6 +24,23 @@ def mask_image(n_voxels: int) -> nib.Nifti1Image:
     return nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0]))
 
 
+def fixture_key(story: str, tr: float):
+    """The cache key of a fabricated feature entry of ``story`` on a grid of TR ``tr`` (s)."""
+    from wav2brain.features.cache import FeatureKey
+    from wav2brain.features.resample import TRGridConfig
+
+    return FeatureKey(
+        model={"name": "fixture"},
+        stimulus_id=story,
+        audio_sha256=story,
+        extraction={},
+        grid_config=TRGridConfig().to_dict(),
+        tr_s=tr,
+        phase_s=0.0,
+        frame_rate_hz=50.0,
+    )
+
+
 def write_prepared(
     root: Path,
     runs: list[dict],
@@ -41,8 +58,8 @@ def write_prepared(
     ``n_trs``, ``n_voxels`` and ``mask`` (overriding the defaults per run).
     """
     from wav2brain.data.hf_layout import response_table, write_shard
-    from wav2brain.features.cache import FeatureCache, FeatureKey
-    from wav2brain.features.resample import TRGrid, TRGridConfig
+    from wav2brain.features.cache import FeatureCache
+    from wav2brain.features.resample import TRGrid
 
     rng = np.random.default_rng(seed)
     dataset, cache_dir = root / "dataset", root / "cache"
@@ -63,16 +80,7 @@ def write_prepared(
     for story in stories:
         n_rows = longest[story] + 10
         planted = rng.standard_normal((n_rows, UNITS)).astype(np.float32)
-        key = FeatureKey(
-            model={"name": "fixture"},
-            stimulus_id=story,
-            audio_sha256=story,
-            extraction={},
-            grid_config=TRGridConfig().to_dict(),
-            tr_s=TR,
-            phase_s=0.0,
-            frame_rate_hz=50.0,
-        )
+        key = fixture_key(story, TR)
         noise = rng.standard_normal((n_rows, UNITS)).astype(np.float32)
         entries[story] = (
             cache.put(key, TRGrid(TR, 0.0, n_rows), {"layer_01": planted, "layer_02": noise}),

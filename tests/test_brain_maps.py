@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from encoding_data import fixture_key
 from wav2brain.commands import encode as encode_command
 from wav2brain.encoding.dataset import SCORE_COLUMNS
 from wav2brain.reports.brain_maps import (
@@ -85,8 +86,8 @@ def test_volume_map_png(tmp_path):
 def build_dataset(root):
     """A prepared dataset folder and a feature cache (SIMULATED); returns (dataset, cache)."""
     from wav2brain.data.hf_layout import response_table, write_shard
-    from wav2brain.features.cache import FeatureCache, FeatureKey
-    from wav2brain.features.resample import TRGrid, TRGridConfig
+    from wav2brain.features.cache import FeatureCache
+    from wav2brain.features.resample import TRGrid
 
     rng = np.random.default_rng(0)
     dataset, cache_dir = root / "dataset", root / "cache"
@@ -102,16 +103,7 @@ def build_dataset(root):
     cache, run_rows = FeatureCache(cache_dir), []
     for story in STORIES:
         planted = rng.standard_normal((N_TRS, 6)).astype(np.float32)
-        key = FeatureKey(
-            model={"name": "fixture"},
-            stimulus_id=story,
-            audio_sha256=story,
-            extraction={},
-            grid_config=TRGridConfig().to_dict(),
-            tr_s=TR,
-            phase_s=0.0,
-            frame_rate_hz=50.0,
-        )
+        key = fixture_key(story, TR)
         features = {
             "layer_01": planted,
             "layer_02": rng.standard_normal((N_TRS, 6)).astype(np.float32),

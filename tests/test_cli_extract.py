@@ -70,19 +70,6 @@ def dataset(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("prepared"), RUNS)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    from conftest import tiny_wav2vec2_kwargs
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model")
-    Wav2Vec2Model(Wav2Vec2Config(**tiny_wav2vec2_kwargs())).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(autouse=True)
 def datasets_cache(tmp_path, monkeypatch):
     """Keep ``load_dataset``'s Arrow cache inside the test folder."""

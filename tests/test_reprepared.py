@@ -85,19 +85,6 @@ def datasets_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    from conftest import tiny_wav2vec2_kwargs
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model")
-    Wav2Vec2Model(Wav2Vec2Config(**tiny_wav2vec2_kwargs())).save_pretrained(path)
-    return path
-
-
 def extract(dataset, features, model_dir) -> set[float]:
     """Run ``wav2brain extract``; return the onsets (s) its run index holds."""
     argv = [str(dataset), "--model", str(model_dir), "--out", str(features)]
