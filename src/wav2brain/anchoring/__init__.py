@@ -1,0 +1,1 @@
+"""Neuron-level anchoring: every artificial neuron of a speech model against every voxel and brain network."""

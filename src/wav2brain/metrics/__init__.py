@@ -1,0 +1,1 @@
+"""Metrics of brain prediction, also shipped as ``evaluate`` metric modules."""

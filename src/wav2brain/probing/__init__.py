@@ -1,0 +1,1 @@
+"""SUPERB-style downstream probing of speech models, offline tasks included."""

@@ -1,0 +1,1 @@
+"""Exporting refined models, their model cards, and pushing them to the Hugging Face Hub."""

@@ -1,0 +1,1 @@
+"""Brain refinement as a recipe: two-stage training of ``Wav2Vec2ForBrainEncoding``."""
