@@ -51,6 +51,7 @@ _PARAM_RATE = 1
 _PARAM_PITCH = 3
 _EE_OK = 0
 _STRESS_MARKS = "ˈˌ"
+_RAND_SEED = 0
 
 
 class _EventId(ctypes.Union):
@@ -152,6 +153,11 @@ class _Engine:
         rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), options)
         if rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed with data path {data_path}")
+        # espeak_Initialize seeds espeak's noise generator with the time (s); voice variants
+        # with breath noise (``+f3``, ...) would then differ from one second to the next.
+        self.lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        self.lib.espeak_ng_SetRandSeed.restype = None
+        self.lib.espeak_ng_SetRandSeed(_RAND_SEED)
         self.sampling_rate = int(rate)
         self._chunks: list[np.ndarray] = []
         self._events: list[_RawEvent] = []
