@@ -281,6 +281,8 @@ def test_bad_requests_are_refused_before_any_work(tmp_path, kwargs, message):
         ({"pr_utterances": (10, 0, 5)}, r"pr_utterances \(validation\) must be an integer >= 1"),
         ({"sid_utterances_per_speaker": (3, 1)}, "one integer per split"),
         ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"variants": ("m1", "zz")}, r"no voice variant \['zz'\]"),
+        ({"ks_silence_dbfs": -30.0}, "ks_silence_dbfs must be"),
     ],
 )
 def test_bad_config_fields_are_named(overrides, message):

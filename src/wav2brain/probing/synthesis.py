@@ -1,12 +1,13 @@
-"""Speech and noise for the offline probing tasks: espeak-ng speakers, 16 kHz utterances, SNR mixing.
+"""Speech and noise of the offline probing tasks: espeak-ng speakers, 16 kHz speech, SNR mixing.
 
 A *speaker* is one espeak-ng voice (an English accent), one voice variant (``+m3``, ``+f2``: the
 variant files of espeak-ng, which change formants, breathiness and pitch contour), one base pitch
 and one speaking rate. These are the only speaker traits espeak-ng offers; two speakers that
 differ in rate alone are distinct speakers here, as two people with the same voice who speak at
-different speeds would be. Synthesis goes through :func:`wav2brain.simulation.speech.synthesize_many`
-(one child process per voice and pitch, so the samples never depend on what ran before), and the
-22,050 Hz output is resampled to 16 kHz with :func:`wav2brain.data.audio.resample_audio`.
+different speeds would be. Synthesis goes through
+:func:`wav2brain.simulation.speech.synthesize_many` (one child process per voice and pitch, so
+the samples never depend on what ran before), and the 22,050 Hz output is resampled to 16 kHz
+with :func:`wav2brain.data.audio.resample_audio`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -65,6 +67,18 @@ class Utterance:
     phonemes: tuple[str, ...]
     speech_start_s: float
     speech_end_s: float
+
+
+def espeak_variants() -> tuple[str, ...]:
+    """Names of the voice variants espeak-ng ships (files of ``espeak-ng-data/voices/!v``).
+
+    ``espeak_SetVoiceByName("en-us+xx")`` accepts an unknown variant and silently speaks the
+    plain voice, so variants are checked against this list instead.
+    """
+    import espeakng_loader
+
+    folder = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+    return tuple(sorted(path.name for path in folder.iterdir() if path.is_file()))
 
 
 def normalize_text(text: str) -> str:
@@ -136,7 +150,7 @@ def rms(wave: np.ndarray) -> float:
 
 
 def limit_peak(wave: np.ndarray, peak: float) -> np.ndarray:
-    """``wave`` as float32, scaled down (never up) so that its largest magnitude is at most ``peak``."""
+    """``wave`` as float32, scaled down (never up) so that no |sample| exceeds ``peak``."""
     largest = float(np.max(np.abs(wave))) if wave.size else 0.0
     scale = peak / largest if largest > peak else 1.0
     return (np.asarray(wave, dtype=np.float64) * scale).astype(np.float32)

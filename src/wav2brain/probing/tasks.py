@@ -34,7 +34,7 @@ offer no rule to copy:
   (:func:`wav2brain.simulation.stories.iter_sentences`); ``phonemes`` holds espeak-ng's phoneme
   events, space-separated IPA without stress marks. Splits share no sentence and no speaker
   (LibriSpeech's splits are speaker-disjoint).
-- **asr**, a small word-level ASR set: the same grammar (about 200 words), ``text`` lower-case
+- **asr**, a small word-level ASR set: the same grammar (about 110 words), ``text`` lower-case
   words without punctuation; splits share no sentence and no speaker.
 - **asv**, speaker verification (VoxCeleb1): train, validation and test speakers are disjoint,
   each utterance a different sentence; ``trials.parquet`` pairs test rows, half of them the same
@@ -80,6 +80,7 @@ from wav2brain.probing.synthesis import (
     NOISE_KINDS,
     Speaker,
     Utterance,
+    espeak_variants,
     limit_peak,
     make_noise,
     normalize_text,
@@ -329,7 +330,7 @@ class ProbeTaskConfig:
         return "custom"
 
     def task_fields(self, task: str) -> dict[str, Any]:
-        """The fields that task ``task`` depends on (shared ones and its own ``<task>_*``), as JSON."""
+        """The fields task ``task`` depends on (shared ones and its own ``<task>_*``), as JSON."""
         shared = ("seed", "voices", "variants", "pitches", "rates_wpm", "peak", "rows_per_shard")
         if task in ("sid", "pr", "asr", "asv"):
             shared += ("sentence_words",)
@@ -381,6 +382,11 @@ def _validate(config: ProbeTaskConfig) -> None:
     _check_int("seed", config.seed, 0)
     _check_words("voices", config.voices, 1)
     _check_words("variants", config.variants, 1)
+    if unknown := sorted(set(config.variants) - set(espeak_variants())):
+        raise ValueError(
+            f"ProbeTaskConfig.variants: espeak-ng has no voice variant {unknown!r} "
+            "(it would speak the plain voice); e.g. m1..m8, f1..f5"
+        )
     for name, values, (low, high) in (
         ("pitches", config.pitches, ESPEAK_PITCH_RANGE),
         ("rates_wpm", config.rates_wpm, ESPEAK_RATE_RANGE_WPM),
@@ -423,6 +429,11 @@ def _validate(config: ProbeTaskConfig) -> None:
         raise ValueError(
             f"ProbeTaskConfig.ks_noise_kinds must be drawn from {NOISE_KINDS}, got "
             f"{config.ks_noise_kinds!r}"
+        )
+    if not isinstance(config.ks_silence_dbfs, tuple | list) or len(config.ks_silence_dbfs) != 2:
+        raise ValueError(
+            "ProbeTaskConfig.ks_silence_dbfs must be (low, high) dBFS, got "
+            f"{config.ks_silence_dbfs!r}"
         )
     low, high = config.ks_silence_dbfs
     _check_number("ks_silence_dbfs (low)", low, -120.0, 0.0)
@@ -525,7 +536,7 @@ def split_overlaps(splits: Mapping[str, Any], column: str) -> dict[tuple[str, st
 def check_disjoint_splits(
     splits: Mapping[str, Any], columns: str | Sequence[str], *, task: str = "dataset"
 ) -> None:
-    """Raise ValueError if two splits share a value of any of ``columns`` (see :func:`split_overlaps`).
+    """Raise ValueError if two splits share a value of any of ``columns`` (:func:`split_overlaps`).
 
     The message names the task, the column, both splits, how many values they share and the
     first few of them.
@@ -553,6 +564,8 @@ def check_labels_seen(
             found.update(value.split() if tokens else [value])
         return found
 
+    if "train" not in splits:
+        raise ValueError(f"{task}: no split 'train' to compare {column!r} labels with")
     seen = labels(splits["train"])
     for name, split in splits.items():
         if name != "train" and (unseen := sorted(labels(split) - seen, key=str)):
@@ -910,7 +923,7 @@ def _build_asv(config: ProbeTaskConfig) -> _Built:
 
 
 def _asv_trials(speakers: Sequence[str], n_trials: int, rng: np.random.Generator) -> dict:
-    """``n_trials`` distinct pairs of rows, half the same speaker, in a random order and direction."""
+    """``n_trials`` distinct row pairs, half of one speaker, in random order and direction."""
     pairs = list(itertools.combinations(range(len(speakers)), 2))
     same = [p for p in pairs if speakers[p[0]] == speakers[p[1]]]
     different = [p for p in pairs if speakers[p[0]] != speakers[p[1]]]
@@ -977,7 +990,7 @@ def task_features(task: str, classes: Mapping[str, Sequence[str]]):
     return Features(columns)
 
 
-def _shard_tables(task: str, split: str, columns: Mapping[str, list], features, per_shard: int):
+def _shard_tables(task: str, columns: Mapping[str, list], features, per_shard: int):
     """Arrow tables of one split, ``per_shard`` rows each, audio encoded as 16-bit FLAC."""
     n_rows = len(columns["id"])
     for start in range(0, n_rows, per_shard):
@@ -1036,6 +1049,45 @@ def _data_summary(built: _Built) -> dict[str, Any]:
     return summary
 
 
+def _describe(task: str, config: Mapping[str, Any]) -> str:
+    """One paragraph of the card saying what the rows are, from the task's settings."""
+    speakers = (
+        "Speakers are espeak-ng voice x variant x pitch x rate combinations "
+        f"({len(config['voices'])} voices, {len(config['variants'])} variants, pitches "
+        f"{config['pitches']}, rates {config['rates_wpm']} words/min)."
+    )
+    if task == "ks":
+        what = (
+            f"{config['ks_clip_s']:g}-s clips of {len(config['ks_keywords'])} command words, "
+            f"`{UNKNOWN}` ({len(config['ks_unknown_words'])} other words) and `{SILENCE}` "
+            f"(noise only, {config['ks_silence_dbfs'][0]:g} to {config['ks_silence_dbfs'][1]:g} "
+            f"dBFS RMS); words in {', '.join(config['ks_noise_kinds'])} noise at "
+            f"{', '.join(f'{v:g}' for v in config['ks_snrs_db'])} dB SNR, every class equally "
+            "often in every split."
+        )
+    elif task == "ic":
+        what = (
+            "Templated spoken commands; `label` is the intent `action_object_location`, "
+            "`action`, `object` and `location` its slots (Fluent Speech Commands' columns). "
+            "Each intent's phrasings are dealt to the splits."
+        )
+    elif task == "sid":
+        what = (
+            f"{config['sid_speakers']} speakers (`label`), each in every split; each sentence "
+            "is spoken once."
+        )
+    elif task == "pr":
+        what = "Grammar sentences; `phonemes` are espeak-ng's phonemes, space-separated IPA."
+    elif task == "asr":
+        what = "Grammar sentences; `text` is the lower-case words spoken."
+    else:
+        what = (
+            "Grammar sentences; train, validation and test speakers are disjoint, and "
+            f"`{TRIALS_FILE}` pairs rows of split test."
+        )
+    return f"{what} {speakers}"
+
+
 def _card(task: str, info: Mapping[str, Any], features, folder: Path) -> str:
     """README.md of a task folder: YAML (configs with the fingerprint, dataset_info) and text."""
     import yaml
@@ -1086,12 +1138,19 @@ def _card(task: str, info: Mapping[str, Any], features, folder: Path) -> str:
         "`wav2brain make-probe-tasks` (see `wav2brain.probing.tasks` for how each task is "
         "built and why). espeak-ng is GPL-3.0 software; the audio it produced here is data "
         "made by this toolkit.",
-        f"- type: {info['type']}; target column: `{info['target_column']}`; metric: "
-        f"{info['metric']}",
-        f"- splits share no value of: {', '.join(f'`{c}`' for c in info['disjoint_columns'])}",
-        f"- seed {info['seed']}, size {info['size']}; audio 16 kHz mono, 16-bit FLAC bytes in "
-        "an `Audio(decode=False)` column (decode with `wav2brain.data.hf_layout.decode_audio` "
-        'or `cast_column("audio", Audio())` where torchcodec is installed)',
+        _describe(task, info["config"]),
+        "\n".join(
+            [
+                f"- type: {info['type']}; target column: `{info['target_column']}`; metric: "
+                f"{info['metric']}",
+                f"- splits share no value of: "
+                f"{', '.join(f'`{c}`' for c in info['disjoint_columns'])}",
+                f"- seed {info['seed']}, size {info['size']}; audio 16 kHz mono, 16-bit FLAC "
+                "bytes in an `Audio(decode=False)` column (decode with "
+                '`wav2brain.data.hf_layout.decode_audio` or `cast_column("audio", Audio())` '
+                "where torchcodec is installed)",
+            ]
+        ),
         "## Usage",
         "```python\nfrom datasets import load_dataset\n"
         f"splits = load_dataset(DIR)  # DIR = this folder; splits {', '.join(SPLITS)}\n```",
@@ -1128,9 +1187,7 @@ def _write_task(task: str, config: ProbeTaskConfig, folder: Path) -> dict[str, A
     check_task_splits(info, built.rows, None if trials is None else built.trials)
     features = task_features(task, built.classes)
     for split in SPLITS:
-        tables = list(
-            _shard_tables(task, split, built.rows[split], features, config.rows_per_shard)
-        )
+        tables = list(_shard_tables(task, built.rows[split], features, config.rows_per_shard))
         for index, table in enumerate(tables):
             name = f"{split}-{index:05d}-of-{len(tables):05d}.parquet"
             write_shard(table, folder / DATA_DIR / name)
