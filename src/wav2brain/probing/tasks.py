@@ -44,7 +44,9 @@ Every row has ``id``, ``audio``, ``speaker`` (:attr:`Speaker.name`, empty for ``
 ``voice``, ``pitch``, ``rate_wpm``, ``text`` (what was spoken, normalised; ``""`` for silence) and
 ``duration`` (s). Each task is made from its own seed stream (``[seed, task index]``), so
 making a subset of the tasks gives the same folders as making all of them, and the same
-configuration always gives byte-identical shards.
+configuration always gives byte-identical shards (with the same versions of espeak-ng, scipy,
+libsndfile and pyarrow; another version may change samples or bytes, and the card's fingerprint
+with them).
 """
 
 from __future__ import annotations
@@ -420,8 +422,9 @@ def _validate(config: ProbeTaskConfig) -> None:
     _check_number("ks_clip_s", config.ks_clip_s, 0.1, 10.0)
     _check_number("ks_margin_s", config.ks_margin_s, 0.0, config.ks_clip_s / 4)
     if not isinstance(config.ks_snrs_db, tuple | list) or not config.ks_snrs_db:
-        raise ValueError(f"ProbeTaskConfig.ks_snrs_db needs at least one SNR (dB), got "
-                         f"{config.ks_snrs_db!r}")  # fmt: skip
+        raise ValueError(
+            f"ProbeTaskConfig.ks_snrs_db needs at least one SNR (dB), got {config.ks_snrs_db!r}"
+        )
     for snr in config.ks_snrs_db:
         _check_number("ks_snrs_db", snr, -20.0, 100.0)
     bad_kinds = [k for k in config.ks_noise_kinds if k not in NOISE_KINDS]
@@ -462,8 +465,9 @@ def _validate(config: ProbeTaskConfig) -> None:
     _check_int("asv_utterances_per_speaker", config.asv_utterances_per_speaker, 2)
     _check_int("asv_trials", config.asv_trials, 2)
     if config.asv_trials % 2:
-        raise ValueError(f"ProbeTaskConfig.asv_trials must be even (half target), got "
-                         f"{config.asv_trials}")  # fmt: skip
+        raise ValueError(
+            f"ProbeTaskConfig.asv_trials must be even (half target), got {config.asv_trials}"
+        )
     n_test, per = config.asv_speakers[2], config.asv_utterances_per_speaker
     targets = n_test * per * (per - 1) // 2
     if config.asv_trials // 2 > targets:
@@ -480,8 +484,10 @@ def _validate(config: ProbeTaskConfig) -> None:
                 f"x pitches x rates_wpm give only {pool}"
             )
     if config.sid_speakers > pool:
-        raise ValueError(f"ProbeTaskConfig.sid_speakers={config.sid_speakers} exceeds the "
-                         f"{pool} speakers of the pool")  # fmt: skip
+        raise ValueError(
+            f"ProbeTaskConfig.sid_speakers={config.sid_speakers} exceeds the "
+            f"{pool} speakers of the pool"
+        )
 
 
 def parse_tasks(tasks: str | Iterable[str]) -> tuple[str, ...]:
@@ -739,8 +745,8 @@ def _keyword_clip(
     """Cut the word, place it at a random offset in a clip and add noise at a drawn SNR (dB)."""
     n_clip = int(round(config.ks_clip_s * SAMPLING_RATE))
     start = max(0, int((spoken.speech_start_s - config.ks_margin_s) * SAMPLING_RATE))
-    stop = min(spoken.waveform.size, int(math.ceil((spoken.speech_end_s + config.ks_margin_s)
-                                                   * SAMPLING_RATE)))  # fmt: skip
+    stop = int(math.ceil((spoken.speech_end_s + config.ks_margin_s) * SAMPLING_RATE))
+    stop = min(spoken.waveform.size, stop)
     word = spoken.waveform[start:stop].astype(np.float64)
     if word.size > n_clip:
         raise ValueError(
@@ -1261,8 +1267,9 @@ def make_probe_tasks(
         if seed is not None or size is not None:
             raise ValueError("give either config or seed / size, not both")
     else:
-        config = ProbeTaskConfig.from_size("default" if size is None else size,
-                                           seed=0 if seed is None else seed)  # fmt: skip
+        config = ProbeTaskConfig.from_size(
+            "default" if size is None else size, seed=0 if seed is None else seed
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
@@ -1301,6 +1308,7 @@ def make_probe_tasks(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         sizes = " / ".join(f"{s} {info['sizes'][s]}" for s in SPLITS)
-        logger.info("%s: %s rows in %.1f s -> %s", task, sizes, time.perf_counter() - started,
-                    folder)  # fmt: skip
+        logger.info(
+            "%s: %s rows in %.1f s -> %s", task, sizes, time.perf_counter() - started, folder
+        )
     return paths
