@@ -123,6 +123,12 @@ def test_a_leaky_split_is_caught_by_the_same_checker(loaded):
         with pytest.raises(ValueError, match=f"{task}: splits 'train' and 'test' share 1 value"):
             check_task_splits(loaded[task][1], leaky, loaded[task][2])
         assert ("train", "test") in split_overlaps(leaky, column)
+    ks = loaded["ks"][0]
+    unseen = DatasetDict(
+        {"train": ks["train"].filter(lambda row: row["label"] != 0), "test": ks["test"]}
+    )
+    with pytest.raises(ValueError, match=r"split 'test' has labels of column 'label' .*\['yes'\]"):
+        check_labels_seen(unseen, "label", task="ks")
     with pytest.raises(ValueError, match="column 'text'"):
         check_disjoint_splits({"train": {"text": ["a b"]}, "test": {"text": ["a b"]}}, "text")
     with pytest.raises(ValueError, match="has no column 'nope'"):
@@ -144,6 +150,8 @@ def test_unseen_labels_and_bad_trials_are_caught():
         ({"enrol": [0, 0], "test": [1, 3], "target": [True, False]}, "pairs rows 0 and 3"),
         ({"enrol": [0, 1], "test": [1, 0], "target": [True, True]}, "repeats the pair"),
         ({"enrol": [0], "test": [1], "target": [True]}, "both target and non-target"),
+        ({"enrol": [0, 0], "test": [1], "target": [True, False]}, "have 2, 1, 2 values"),
+        ({"enrol": [0], "test": [1]}, r"lack column\(s\) \['target'\]"),
     ):
         with pytest.raises(ValueError, match=message):
             check_trials(bad, test)

@@ -573,8 +573,11 @@ def check_labels_seen(
     if "train" not in splits:
         raise ValueError(f"{task}: no split 'train' to compare {column!r} labels with")
     seen = labels(splits["train"])
+    feature = getattr(splits["train"], "features", {}).get(column)
     for name, split in splits.items():
         if name != "train" and (unseen := sorted(labels(split) - seen, key=str)):
+            if hasattr(feature, "int2str"):  # a ClassLabel: name the classes
+                unseen = [feature.int2str(int(label)) for label in unseen]
             raise ValueError(
                 f"{task}: split {name!r} has {'tokens' if tokens else 'labels'} of column "
                 f"{column!r} that split 'train' never has: {unseen[:10]!r}"
@@ -587,8 +590,15 @@ def check_trials(trials: Mapping[str, Any], test: Any, *, task: str = "asv") -> 
     Indices must lie in ``[0, len(test))``, pair two different rows, appear once, include both
     target and non-target trials, and ``target`` must equal "same speaker".
     """
+    if missing := [c for c in ("enrol", "test", "target") if c not in trials]:
+        raise ValueError(f"{task}: trials lack column(s) {missing}; expected enrol, test, target")
     speakers = list(test["speaker"])
     enrol, probe, target = (list(trials[c]) for c in ("enrol", "test", "target"))
+    if not len(enrol) == len(probe) == len(target):
+        raise ValueError(
+            f"{task}: trial columns enrol, test, target have {len(enrol)}, {len(probe)}, "
+            f"{len(target)} values; expected one each per trial"
+        )
     pairs: set[tuple[int, int]] = set()
     for row, (i, j, same) in enumerate(zip(enrol, probe, target, strict=True)):
         if not (0 <= i < len(speakers) and 0 <= j < len(speakers)) or i == j:
