@@ -349,3 +349,15 @@ def test_breathy_voice_variants_are_reproducible_across_seconds(monkeypatch):
     assert np.array_equal(speech.synthesize("go", "en-029+f3", 170, 50).waveform, first)
     monkeypatch.setattr(speech, "_RAND_SEED", 1)  # negative control: the seed is what matters
     assert not np.array_equal(speech.synthesize("go", "en-029+f3", 170, 50).waveform, first)
+
+
+def test_a_folder_that_is_not_a_task_is_refused_not_replaced(tmp_path):
+    from wav2brain.probing.tasks import read_task_info
+
+    (tmp_path / "ks").mkdir()
+    (tmp_path / "ks" / "mine.txt").write_text("user data")
+    with pytest.raises(ValueError, match=r"ks exists but holds no readable task.json"):
+        make_probe_tasks(tmp_path, tasks="ks", size="small")
+    assert (tmp_path / "ks" / "mine.txt").read_text() == "user data"
+    with pytest.raises(FileNotFoundError, match="is not a probing task folder: no task.json"):
+        read_task_info(tmp_path / "ks")
