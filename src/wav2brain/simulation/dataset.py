@@ -77,6 +77,7 @@ from wav2brain.simulation.signals import (
     make_grid,
     normalise,
     stimulus_regressors,
+    with_mixtures,
 )
 from wav2brain.simulation.speech import check_voices
 from wav2brain.simulation.stimuli import Stimulus, make_stimulus
@@ -230,7 +231,7 @@ def _write_dataset(root: Path, config: SimulationConfig) -> None:
         stimuli.append(stimulus)
         raw.append(stimulus_regressors(stimulus, model, config))
         write_stimulus(root, stimulus)
-    regressors = normalise(raw)
+    regressors = with_mixtures(normalise(raw), config.clusters)
 
     driven = np.flatnonzero(labels)
     clusters = [config.clusters[label - 1] for label in labels[driven]]
