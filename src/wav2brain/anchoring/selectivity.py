@@ -115,11 +115,14 @@ class FrameGeometry:
     sampling_rate: int = 16_000
 
     def frame(self, seconds: np.ndarray, rounding: Callable) -> np.ndarray:
-        """Frame index whose centre is at or next to ``seconds`` (``rounding``: ceil/floor/rint)."""
+        """Frame index whose centre is at or next to ``seconds``: ``np.ceil`` the first centre at
+        or after it, ``np.floor`` the last at or before it, ``np.rint`` the nearest (a 1e-9-frame
+        tolerance keeps a time on a frame centre on that frame)."""
         position = (
             np.asarray(seconds) * self.sampling_rate - self.receptive_field / 2
         ) / self.stride
-        return rounding(position - 1e-9 * np.sign(position)).astype(np.int64)
+        tolerance = {np.ceil: -1e-9, np.floor: 1e-9}.get(rounding, 0.0)
+        return rounding(position + tolerance).astype(np.int64)
 
 
 class _Groups:
@@ -315,13 +318,11 @@ def summarize(
         phone = [i for i, n in enumerate(names) if n not in (WORD_ONSET, WORD_BOUNDARY)]
         tested = [i for i in phone if groups.count[i] >= config.min_tokens]
         psi = np.zeros((len(tested), units))
-        if len(tested) > 1:
-            n = groups.count[tested][:, None, None]
-            m, v = mean[tested], var[tested]
-            _, p = _welch(n, m[:, None], v[:, None], n.transpose(1, 0, 2), m[None], v[None])
-            significant = p < config.alpha
-            significant[np.arange(len(tested)), np.arange(len(tested))] = False
-            psi = significant.sum(axis=1).astype(np.float64)
+        n, m, v = groups.count[tested][:, None], mean[tested], var[tested]
+        for row in range(len(tested) if len(tested) > 1 else 0):
+            _, p = _welch(n[row], m[row], v[row], n, m, v)  # phoneme `row` against every phoneme
+            p[row] = 1.0
+            psi[row] = (p < config.alpha).sum(axis=0)
         for row, index in enumerate(tested):
             phoneme_rows.append(
                 pd.DataFrame(
