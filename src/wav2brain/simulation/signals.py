@@ -162,7 +162,7 @@ def _unit_activations(
     from wav2brain.features.extract import ExtractionConfig, iter_activations
     from wav2brain.features.taps import layer_name
 
-    columns: list[np.ndarray] = [np.empty(0)] * len(units)
+    columns: list[np.ndarray] = [np.empty(0) for _ in units]
     for tensor in sorted({unit.tensor for unit in units}):
         wanted = [(index, unit) for index, unit in enumerate(units) if unit.tensor == tensor]
         extraction = ExtractionConfig(
@@ -171,12 +171,10 @@ def _unit_activations(
             chunk_seconds=config.chunk_s,
             context_seconds=config.context_s,
         )
-        blocks = [
-            np.stack([chunk.numpy()[layer_name(u.layer)][:, u.unit] for _, u in wanted], axis=1)
-            for chunk in iter_activations(
-                model, stimulus.waveform, extraction, stimulus.sampling_rate
-            )
-        ]
+        blocks = []
+        for chunk in iter_activations(model, stimulus.waveform, extraction, stimulus.sampling_rate):
+            block = chunk.numpy()
+            blocks.append(np.stack([block[layer_name(u.layer)][:, u.unit] for _, u in wanted], 1))
         values = np.concatenate(blocks).astype(np.float64)
         for position, (index, _) in enumerate(wanted):
             columns[index] = values[:, position]
