@@ -16,6 +16,7 @@ from wav2brain.commands import simulate as simulate_command
 from wav2brain.simulation import (
     GROUND_TRUTH_DIR,
     ClusterSpec,
+    PlantedUnit,
     SimulationConfig,
     simulate_dataset,
 )
@@ -190,14 +191,14 @@ def test_saved_model_reproduces_the_planted_unit(dataset):
     model = Wav2Vec2Model.from_pretrained(dataset / GROUND_TRUTH_DIR / "model")
     wave, rate = sf.read(dataset / "stimuli" / "story02_audio.wav", dtype="float32")
     activations = extract_activations(model, wave, ExtractionConfig(layers=(2,)), rate)
-    unit = activations["layer_02"][:, 5]
+    unit = activations["layer_02"][:, 5]  # extract's defaults are the simulator's chunking
     stories = _truth(dataset, "stories.tsv").set_index("task")
     onset = stories.loc["story02", "audio_onset_s"]
     frames = (np.arange(unit.size) * 320 + 200) / 16000 + onset
     times = np.arange(stories.loc["story02", "n_trs"]) * 1.5
     condition = np.vstack([frames - 0.01, np.full(unit.size, 0.02), unit])
     expected = compute_regressor(condition, "glover", times, oversampling=150)[0][:, 0]
-    planted = _truth(dataset, "task-story02_regressors.tsv")["layer2_unit5"]
+    planted = _truth(dataset, "task-story02_regressors.tsv")["hidden_states_layer2_unit5"]
     assert np.corrcoef(expected, planted)[0, 1] > 0.999
 
 
@@ -270,13 +271,48 @@ def test_interrupted_run_leaves_nothing_and_is_redone(tmp_path, monkeypatch):
         ({"hrf_model": "fir"}, "hrf_model"),
         ({"clusters": ()}, "at least one ClusterSpec"),
         (
-            {"clusters": (ClusterSpec("a", (0, 0, 0), 10, "unit", layer=3, unit=0),)},
+            {"clusters": (ClusterSpec("a", (0, 0, 0), 10, "unit", (PlantedUnit(3, 0),)),)},
             r"layer must be an integer in \[0, 2\]",
         ),
         (
-            {"clusters": (ClusterSpec("a", (0, 0, 0), 10, "unit", layer=1, unit=32),)},
-            r"unit must be an integer in \[0, 32\)",
+            {"clusters": (ClusterSpec("a", (0, 0, 0), 10, "unit", (PlantedUnit(1, 32),)),)},
+            r"unit must be an integer in \[0, 32\) for hidden_states",
         ),
+        (
+            {
+                "clusters": (
+                    ClusterSpec(
+                        "a", (0, 0, 0), 10, "unit", (PlantedUnit(1, 64, "ffn_intermediate"),)
+                    ),
+                )
+            },
+            r"unit must be an integer in \[0, 64\) for ffn_intermediate",
+        ),
+        (
+            {
+                "clusters": (
+                    ClusterSpec(
+                        "a", (0, 0, 0), 10, "unit", (PlantedUnit(0, 1, "attention_output"),)
+                    ),
+                )
+            },
+            r"layer must be an integer in \[1, 2\] for attention_output",
+        ),
+        (
+            {"clusters": (ClusterSpec("a", (0, 0, 0), 10, "unit", (PlantedUnit(1, 1, "keys"),)),)},
+            "unit tensor must be one of",
+        ),
+        ({"clusters": (ClusterSpec("a", (0, 0, 0), 10, "unit"),)}, "must name at least one"),
+        (
+            {"clusters": (ClusterSpec("a", (0, 0, 0), 10, "envelope", (PlantedUnit(1, 1),)),)},
+            "must name at least one PlantedUnit for feature 'unit' and none",
+        ),
+        (
+            {"clusters": (ClusterSpec("a", (0, 0, 0), 10, "unit", (PlantedUnit(1, 1),) * 2),)},
+            "repeats a unit",
+        ),
+        ({"clusters": (ClusterSpec("a", (0, 0, 0), 10, "unit", ((1, 2),)),)}, "PlantedUnit values"),
+        ({"transformer_init_std": 0.0}, "transformer_init_std"),
         ({"clusters": (ClusterSpec("a", (0, 0, 0), 10, "pitch"),)}, "feature must be one of"),
         (
             {"clusters": (ClusterSpec("a", (0, 0, 0), 10, "envelope", labels=("s",)),)},

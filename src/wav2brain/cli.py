@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "encode",
     "demo",
     "make_probe_tasks",
+    "selectivity",
 )
 
 

@@ -6,6 +6,7 @@ neither uses it.
 """
 
 from wav2brain.simulation.configuration import ClusterSpec as ClusterSpec
+from wav2brain.simulation.configuration import PlantedUnit as PlantedUnit
 from wav2brain.simulation.configuration import SimulationConfig as SimulationConfig
 from wav2brain.simulation.configuration import tiny_model_kwargs as tiny_model_kwargs
 from wav2brain.simulation.dataset import simulate_dataset as simulate_dataset

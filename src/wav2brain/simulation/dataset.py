@@ -14,9 +14,12 @@ subject s in a run of story k has BOLD
 
     y_v(t) = b_v * (1 + (g_s * w_v * x_c(v),k(t) + n_v(t) + d_v(t)) / 100)
 
-* ``x_c,k`` is the planted feature of the voxel's cluster c: a hidden unit of a fixed, seeded tiny
-  wav2vec2 model (activations from :func:`wav2brain.features.extract.iter_activations`, the
-  extractor analyses use), the acoustic envelope (RMS of 25-ms windows every 20 ms), or onsets of
+* ``x_c,k`` is the planted feature of the voxel's cluster c: a unit (hidden state, attention
+  output or feed-forward intermediate) of a fixed, seeded tiny wav2vec2 model whose transformer
+  weights are drawn so that its layers differ (``transformer_init_std``; activations from
+  :func:`wav2brain.features.extract.iter_activations`, the extractor analyses use, with its
+  default chunking), the sum of two such units (each scaled to unit SD, then the sum), the
+  acoustic envelope (RMS of 25-ms windows every 20 ms), or onsets of
   words or phonemes (unit impulses; all tokens, or those with chosen labels such as sibilants).
   Each is convolved with the HRF and sampled at the volume times t = m * TR with nilearn's
   ``compute_regressor``, independently of :mod:`wav2brain.features.hrf`. Each feature is divided
@@ -77,6 +80,7 @@ from wav2brain.simulation.signals import (
     make_grid,
     normalise,
     stimulus_regressors,
+    with_mixtures,
 )
 from wav2brain.simulation.speech import check_voices
 from wav2brain.simulation.stimuli import Stimulus, make_stimulus
@@ -230,7 +234,7 @@ def _write_dataset(root: Path, config: SimulationConfig) -> None:
         stimuli.append(stimulus)
         raw.append(stimulus_regressors(stimulus, model, config))
         write_stimulus(root, stimulus)
-    regressors = normalise(raw)
+    regressors = with_mixtures(normalise(raw), config.clusters)
 
     driven = np.flatnonzero(labels)
     clusters = [config.clusters[label - 1] for label in labels[driven]]

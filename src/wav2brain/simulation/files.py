@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 GROUND_TRUTH_DIR = Path("derivatives") / "ground_truth"
 """Where the ground truth goes, relative to the dataset root."""
+PLANTED_PAIRS_FILE = "planted_pairs.tsv"
+"""One row per planted (unit, voxel) pair, in the ground truth folder."""
+PLANTED_PAIR_COLUMNS = ("voxel", "cluster", "layer", "tensor", "unit", "regressor", "i", "j", "k")
+"""Columns of :data:`PLANTED_PAIRS_FILE`."""
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -28,12 +32,19 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
-def write_tsv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` as a BIDS TSV (``n/a`` for missing values), creating the folder."""
+def write_tsv(
+    path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None
+) -> None:
+    """Write ``rows`` as a BIDS TSV (``n/a`` for missing values), creating the folder.
+
+    ``columns`` fixes the header (and its order), so that a table without rows keeps it.
+    """
     import pandas as pd
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.10g")
+    pd.DataFrame(rows, columns=None if columns is None else list(columns)).to_csv(
+        path, sep="\t", index=False, na_rep="n/a", float_format="%.10g"
+    )
 
 
 def save_nifti(path: Path, data: np.ndarray, grid: Grid, tr_s: float | None = None) -> None:
@@ -110,11 +121,13 @@ _README = """# wav2brain simulated Narratives-style dataset — SIMULATED DATA
 
 Every file here is SIMULATED by `wav2brain simulate` (seed {seed}); no person was scanned.
 Stories are sentences of a small seeded grammar spoken by espeak-ng; the BOLD is generated on a
-{voxel} mm MNI152 grid from planted features (hidden units of a fixed, seeded wav2vec2 model saved
-in `derivatives/ground_truth/model`, the acoustic envelope, onsets of words and of chosen
-phonemes, e.g. sibilants) convolved with the {hrf} HRF, plus AR(1) noise, slow drift and subject
+{voxel} mm MNI152 grid from planted features (units of a fixed, seeded wav2vec2 model saved in
+`derivatives/ground_truth/model`: hidden states, attention outputs and feed-forward intermediates
+of its layers, as `wav2brain extract` computes them with chunks of {chunk} s and {context} s of
+context; the acoustic envelope; onsets of words and of chosen phonemes, e.g. sibilants) convolved with the {hrf} HRF, plus AR(1) noise, slow drift and subject
 differences. The planted features are correlated with one another, as in real speech (see the
-regressor tables); a voxel's ground truth is the one feature in `voxels.tsv`.
+regressor tables); a voxel's ground truth is its regressor in `voxels.tsv` (one feature, or
+the normalised sum of two units).
 
 Layout as OpenNeuro ds002345 (Narratives): `stimuli/<task>_audio.wav` (music or silence lead-in
 before the story; the WAV starts at the onset of the first events row that names it),
@@ -123,8 +136,13 @@ TaskName) and `_events.tsv` (onset, duration, trial_type music/story, stim_file)
 
 Ground truth in `derivatives/ground_truth/`:
 - `voxels.tsv`: each driven voxel (grid index i j k, MNI x y z in mm, cluster, feature, its
-  regressor column, layer, unit, weight in % signal change per SD of the regressor, target noise
-  ceiling);
+  regressor column, number of driving units, weight in % signal change per SD of the regressor,
+  target noise ceiling, `voxel`: its index in the brain mask's C order, which is the column of
+  a dataset prepared with `--mask brain_mask.nii.gz`);
+- `planted_pairs.tsv`: one row per planted (unit, voxel) pair: voxel, cluster, layer (the
+  `hidden_states` index, or the 1-based layer of the other tensors), tensor, unit, the unit's
+  regressor column, i j k; a cluster driven by two units has two rows per voxel
+  (`wav2brain.simulation.truth.planted_pairs` reads it);
 - `clusters.nii.gz` + `clusters.tsv`: cluster label map (0 = noise only) and what drives each;
 - `target_noise_ceiling.nii.gz`, `sub-XXX_noise_ceiling.nii.gz`: the ceiling the weights were
   chosen for, and the realised corr(signal, signal + noise) of each subject over all its runs
@@ -160,7 +178,13 @@ def write_top_level(
         },
     )
     (root / "README").write_text(
-        _README.format(seed=config.seed, voxel=config.voxel_size_mm, hrf=config.hrf_model),
+        _README.format(
+            seed=config.seed,
+            voxel=config.voxel_size_mm,
+            hrf=config.hrf_model,
+            chunk=config.chunk_s,
+            context=config.context_s,
+        ),
         encoding="utf-8",
     )
     n_tasks = len(stimuli)
@@ -222,18 +246,31 @@ def write_ground_truth(
                 "x_mm": float(grid.xyz_mm[v, 0]), "y_mm": float(grid.xyz_mm[v, 1]),
                 "z_mm": float(grid.xyz_mm[v, 2]), "cluster": cluster.name,
                 "feature": cluster.feature, "regressor": feature_key(cluster),
-                "layer": cluster.layer, "unit": cluster.unit, "weight": float(weight),
-                "target_noise_ceiling": float(ceiling),
+                "n_units": len(cluster.units), "weight": float(weight),
+                "target_noise_ceiling": float(ceiling), "voxel": int(v),
             }
             for v, cluster, weight, ceiling in zip(driven, clusters, weights, target, strict=True)
         ],
+    )  # fmt: skip
+    write_tsv(
+        truth / PLANTED_PAIRS_FILE,
+        [
+            {
+                "voxel": int(v), "cluster": cluster.name, "layer": unit.layer,
+                "tensor": unit.tensor, "unit": unit.unit, "regressor": unit.key,
+                "i": int(grid.ijk[v, 0]), "j": int(grid.ijk[v, 1]), "k": int(grid.ijk[v, 2]),
+            }
+            for v, cluster in zip(driven, clusters, strict=True)
+            for unit in cluster.units
+        ],
+        columns=PLANTED_PAIR_COLUMNS,
     )  # fmt: skip
     write_tsv(
         truth / "clusters.tsv",
         [
             {
                 "label": index + 1, "name": c.name, "feature": c.feature,
-                "regressor": feature_key(c), "layer": c.layer, "unit": c.unit,
+                "regressor": feature_key(c), "n_units": len(c.units),
                 "tokens": None if c.labels is None else "|".join(c.labels), "x_mm": c.center_mm[0], "y_mm": c.center_mm[1],
                 "z_mm": c.center_mm[2], "radius_mm": c.radius_mm,
                 "n_voxels": int((labels == index + 1).sum()),

@@ -17,23 +17,25 @@ Pearson r of the predictions pooled over all outer folds (all ``n`` TRs of the s
 depend on how that command is organised; it does exercise the same extraction, cache, TR-grid and
 ridge code.
 
-1. Planted voxels reach their ceiling. The ceiling of a voxel driven by unit ``u`` of layer ``l``
-   is the held-out oracle: the pooled r of the planted regressor (ground truth, normalised like
-   the features) with the BOLD on the same TRs, i.e. what a model that recovered the planted
-   feature exactly would score. A voxel agrees when its ceiling lies inside the two-sided
-   ``1 - level`` Fisher-z confidence interval of its r, ``atanh r +- z / sqrt(n_eff - 3)``, where
-   ``n_eff`` is the effective number of held-out TRs (:func:`effective_sample_size`, Bartlett's
-   formula from the lag autocorrelations of the prediction and the BOLD). The test passes unless
-   significantly more than ``level`` of the planted voxels disagree (one-sided binomial test at
-   ``decision_level``). The interval is that of r alone; r and its ceiling share the BOLD's noise,
-   so their difference varies less and the test is conservative against sampling error. What it
-   does count is the ridge's estimation loss (r falls short of its ceiling by roughly
-   ``(units / training TRs) (1 - r^2) / r``, most for the lowest ceilings), a real loss of the
-   pipeline that sets the data a pass needs: measured with 32 units, 3 % of planted voxels outside
-   at demo size (715 training TRs), 8 % with 480. It is built to catch a pipeline that loses much
-   more than that (misaligned voxels, wrong layer, broken features); a half-TR error costs only
-   about 2 % of r (HRF-filtered features keep about 0.98 of their correlation at a 0.5-s shift),
-   which it may or may not see. The next test is the one built for timing.
+1. Planted voxels reach their ceiling. The ceiling of a voxel driven by units of layer ``l`` is
+   the held-out oracle: the pooled r of the same nested cross-validated ridge fitted on the exact
+   layer, the ground-truth regressors of every unit of layer ``l`` (written by the simulator with
+   nilearn's ``compute_regressor``, independently of the feature cache, normalised like the
+   features), i.e. what the pipeline scores when its extraction, TR grid and alignment lose
+   nothing. A voxel agrees when its ceiling lies inside the two-sided ``1 - level`` Fisher-z
+   confidence interval of its r, ``atanh r +- z / sqrt(n_eff - 3)``, where ``n_eff`` is the
+   effective number of held-out TRs (:func:`effective_sample_size`, Bartlett's formula from the
+   lag autocorrelations of the prediction and the BOLD). The test passes unless significantly
+   more than ``level`` of the planted voxels disagree (one-sided binomial test at
+   ``decision_level``). r and its ceiling share the BOLD's noise and the ridge's estimation loss
+   (r falls short of the planted regressor's own correlation by roughly ``(units / training TRs)
+   (1 - r^2) / r``: 0.055 with 32 distinct units and 480 training TRs), so their difference varies
+   less than the interval says and the test is conservative against sampling error. It is
+   built to catch a pipeline that loses much more than that (misaligned voxels, wrong layer,
+   broken features); a half-TR error costs only about 2 % of r (HRF-filtered features keep
+   about 0.98 of their correlation at a 0.5-s shift), which it may or may not see. The next test
+   is the one built for timing. ``planted_mean_signal_r`` reports the planted regressor's own
+   correlation with the BOLD (what recovering the planted feature exactly would score).
 2. Timing controls. Every run's onset is shifted by ``±s`` TRs for each ``s`` of ``shifts_trs``
    (default 0.5 and 1), the features are re-sampled there by the real pipeline (a whole-TR shift
    re-reads the cached entry; a sub-TR shift runs the ground-truth model again on a grid of the
@@ -55,8 +57,12 @@ ridge code.
    ``max_noise_voxels``) are split evenly among the planted layers' models, so each is scored
    once and false positives are independent across voxels.
 
-Voxels driven by the envelope or by word or phoneme onsets (no unit of the model is their cause)
-are left out of every test.
+The planted voxels of these tests are those whose every driving unit is a ``hidden_states`` unit of
+one layer (``planted_pairs.tsv``): their planted regressor is then a linear function of that
+layer's cached features, which a ridge on the layer can reach. Voxels driven by the envelope or by
+word or phoneme onsets (no unit of the model is their cause), by ``attention_output`` or
+``ffn_intermediate`` units (not in a ``hidden_states`` cache), or by units of two layers (no one
+layer's model reaches their ceiling) are left out of every test, and out of the noise voxels.
 """
 
 from __future__ import annotations
@@ -224,7 +230,10 @@ class SubjectRecovery:
     n_planted, n_noise : int
         Unit-driven and noise-only voxels scored.
     planted_mean_r, planted_mean_ceiling, planted_mean_gap, planted_max_abs_gap : float
-        Mean held-out r, mean ceiling, mean and largest ``|r - ceiling|`` of the planted voxels.
+        Mean held-out r, mean ceiling (the oracle fit on the exact layer), mean ``r - ceiling``
+        and largest ``|r - ceiling|`` of the planted voxels.
+    planted_mean_signal_r : float
+        Mean correlation of the planted regressor itself with the BOLD (on the same TRs).
     planted_median_n_eff, noise_median_n_eff : float
         Median effective held-out TRs (Bartlett) of the two groups.
     planted_outside_ci : int
@@ -246,6 +255,7 @@ class SubjectRecovery:
     n_noise: int
     planted_mean_r: float
     planted_mean_ceiling: float
+    planted_mean_signal_r: float
     planted_mean_gap: float
     planted_max_abs_gap: float
     planted_median_n_eff: float
@@ -431,7 +441,8 @@ def _shift_name(shift: float) -> str:
 @dataclass
 class _Run:
     """One prepared run: identifiers, timing (a :class:`~wav2brain.features.pipeline.RunTiming`),
-    cleaned BOLD columns, drift basis, cache entry and planted regressors."""
+    cleaned BOLD columns, drift basis, cache entry, planted regressors and the exact layer
+    designs (planted layer -> ground-truth regressors of all its units)."""
 
     subject: str
     stimulus_id: str
@@ -440,6 +451,7 @@ class _Run:
     entry_path: Path
     basis: np.ndarray | None
     regressors: np.ndarray
+    design: dict[int, np.ndarray]
 
 
 @dataclass
@@ -466,9 +478,12 @@ def _column_of_voxels(dataset: Path, ijk: np.ndarray) -> np.ndarray:
 
 
 def _read_truth(truth: Path, dataset: Path) -> _Truth:
-    """Planted unit voxels (columns, layers, regressor names) and noise-only columns."""
+    """Planted voxels (columns, layers, regressor names) of one layer's hidden states, and the
+    noise-only columns (outside every cluster)."""
     import nibabel as nib
     import pandas as pd
+
+    from wav2brain.simulation.truth import planted_pairs
 
     if not (truth / "voxels.tsv").is_file():
         raise FileNotFoundError(f"{truth / 'voxels.tsv'} not found: not a simulated dataset")
@@ -479,14 +494,22 @@ def _read_truth(truth: Path, dataset: Path) -> _Truth:
             f"{int((columns < 0).sum())} planted voxels lie outside {dataset / 'mask.nii.gz'}; "
             f"prepare with --mask {truth / 'brain_mask.nii.gz'}"
         )
-    units = (voxels["feature"] == "unit").to_numpy()
-    if not units.any():
-        raise ValueError(f"{truth / 'voxels.tsv'}: no voxel is driven by a unit of the model")
+    pairs = planted_pairs(truth).groupby("voxel")
+    one_layer = (pairs["tensor"].agg(lambda t: set(t) == {"hidden_states"})) & (
+        pairs["layer"].nunique() == 1
+    )
+    layer_of = pairs["layer"].first()[one_layer]
+    eligible = voxels["voxel"].isin(layer_of.index).to_numpy()
+    if not eligible.any():
+        raise ValueError(
+            f"{truth / 'planted_pairs.tsv'}: no voxel is driven only by hidden_states units of "
+            "one layer"
+        )
     brain = _column_of_voxels(dataset, np.argwhere(nib.load(truth / "brain_mask.nii.gz").dataobj))
     return _Truth(
-        planted_columns=columns[units],
-        planted_layers=voxels.loc[units, "layer"].to_numpy(dtype=np.int64),
-        planted_regressors=list(voxels.loc[units, "regressor"]),
+        planted_columns=columns[eligible],
+        planted_layers=layer_of.loc[voxels.loc[eligible, "voxel"]].to_numpy(dtype=np.int64),
+        planted_regressors=list(voxels.loc[eligible, "regressor"]),
         noise_columns=np.setdiff1d(brain[brain >= 0], columns),
     )
 
@@ -579,30 +602,45 @@ def _run_table(dataset: Path, features: Path, truth: Path):
     return table
 
 
-def _read_runs(dataset: Path, table, truth: Path, planted_regressors: list[str]) -> list[_Run]:
-    """Every run of ``table`` (:func:`_run_table`) with its BOLD, drift basis and regressors."""
+def _read_runs(dataset: Path, table, truth: Path, planted: _Truth) -> list[_Run]:
+    """Every run of ``table`` (:func:`_run_table`) with its BOLD, drift basis, regressors and the
+    exact designs of the planted layers."""
     import pandas as pd
 
     from wav2brain.data.fmri import drift_confounds, drift_order
     from wav2brain.features.pipeline import RunTiming
+    from wav2brain.simulation.configuration import PlantedUnit
 
     cleaning = _cleaning(dataset)
     start = cleaning.trim_start_trs
-    regressors = {
-        task: pd.read_csv(truth / f"task-{task}_regressors.tsv", sep="\t")[planted_regressors]
+    layers = sorted(set(planted.planted_layers.tolist()))
+    tables = {
+        task: pd.read_csv(truth / f"task-{task}_regressors.tsv", sep="\t")
         for task in sorted(set(table["task"]))
     }
+    design_columns = {}
+    for layer in layers:
+        prefix = PlantedUnit(layer, 0).key.rsplit("unit", 1)[0]
+        design_columns[layer] = [
+            c for c in next(iter(tables.values())).columns if c.startswith(prefix)
+        ]
+        if not design_columns[layer]:
+            raise ValueError(
+                f"{truth}: the regressor tables hold no {prefix}* columns (the exact design of "
+                f"planted layer {layer}); simulate the dataset again with this wav2brain"
+            )
     responses = _stream(dataset, "responses").with_format("numpy")
     runs = []
     for info, row in zip(table.itertuples(index=False), responses, strict=True):
         bold = np.asarray(np.stack(row["bold"]) if row["bold"].dtype == object else row["bold"])
-        planted = regressors[info.task].to_numpy(np.float64)
+        regressors = tables[info.task]
         n, tr = len(bold), float(row["tr"])
-        if start + n > len(planted):
+        if start + n > len(regressors):
             raise ValueError(
                 f"run sub-{info.subject} task-{info.task}: {n} TRs from volume {start} exceed "
-                f"the {len(planted)} volumes of the simulated scan"
+                f"the {len(regressors)} volumes of the simulated scan"
             )
+        rows = slice(start, start + n)
         runs.append(
             _Run(
                 subject=str(info.subject),
@@ -611,7 +649,11 @@ def _read_runs(dataset: Path, table, truth: Path, planted_regressors: list[str])
                 bold=bold.astype(np.float32),
                 entry_path=Path(info.entry),
                 basis=drift_confounds(n, drift_order(n, tr, cleaning)),
-                regressors=planted[start : start + n],
+                regressors=regressors[planted.planted_regressors].to_numpy(np.float64)[rows],
+                design={
+                    layer: regressors[columns].to_numpy(np.float64)[rows]
+                    for layer, columns in design_columns.items()
+                },
             )
         )
     return runs
@@ -794,7 +836,7 @@ def simulated_recovery(
     sub_tr = any(not float(s).is_integer() for s in shifts)
     for entry in dict.fromkeys(table["entry"]):
         source.check(Path(entry), layers, sub_tr and entry == table["entry"].iloc[0])
-    runs = _read_runs(dataset, table, truth_dir, truth.planted_regressors)
+    runs = _read_runs(dataset, table, truth_dir, truth)
     subjects = sorted({run.subject for run in runs})
     rng = np.random.default_rng(config.seed)
     noise_columns = truth.noise_columns
@@ -920,7 +962,13 @@ def _subject_recovery(
     max_lag = min(math.ceil(config.max_lag_s / runs[0].timing.tr_s), min(lengths) // 4)
     layers = sorted(set(truth.planted_layers.tolist()))
     fit = {"alphas": config.alphas, "inner_cv": config.inner_cv}
-    planted: dict[str, list[np.ndarray]] = {"r": [], "ceiling": [], "n_eff": [], "outside": []}
+    planted: dict[str, list[np.ndarray]] = {
+        "r": [],
+        "ceiling": [],
+        "signal_r": [],
+        "n_eff": [],
+        "outside": [],
+    }
     noise: dict[str, list[np.ndarray]] = {"n_eff": [], "threshold": [], "positive": []}
     shifted: dict[str, list[np.ndarray]] = {_shift_name(s): [] for s in shifts}
     null_count = null_total = 0
@@ -939,7 +987,10 @@ def _subject_recovery(
         n_eff = effective_sample_size(p_runs, y_runs, max_lag)
         se = 1.0 / np.sqrt(n_eff - 3.0)
         signal = [normalize_like_bold(run.regressors[:, which], run.basis) for run in runs]
-        ceiling = _pooled_r(signal, [y[:, :n_planted] for y in y_runs])
+        planted["signal_r"].append(_pooled_r(signal, [y[:, :n_planted] for y in y_runs]))
+        exact = np.concatenate([normalize_like_bold(run.design[layer], run.basis) for run in runs])
+        oracle = _split(held_out_predictions(exact, Y[:, :n_planted], groups, **fit), lengths)
+        ceiling = _pooled_r(oracle, [y[:, :n_planted] for y in y_runs])
         z_r = np.arctanh(np.clip(r, -_R_MAX, _R_MAX))
         z_gap = z_r[:n_planted] - np.arctanh(np.clip(ceiling, -_R_MAX, _R_MAX))
         planted["r"].append(r[:n_planted])
@@ -980,6 +1031,7 @@ def _subject_recovery(
         n_noise=int(positives.size),
         planted_mean_r=float(r_planted.mean()),
         planted_mean_ceiling=float(ceiling.mean()),
+        planted_mean_signal_r=float(np.concatenate(planted["signal_r"]).mean()),
         planted_mean_gap=float(gap.mean()),
         planted_max_abs_gap=float(np.abs(gap).max()),
         planted_median_n_eff=float(np.median(np.concatenate(planted["n_eff"]))),

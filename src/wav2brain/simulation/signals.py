@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from wav2brain.simulation.configuration import ClusterSpec, SimulationConfig
+    from wav2brain.simulation.configuration import ClusterSpec, PlantedUnit, SimulationConfig
     from wav2brain.simulation.stimuli import Stimulus
 
 MODEL_RATE_HZ = 16000
@@ -94,12 +94,31 @@ def assign_clusters(xyz_mm: np.ndarray, clusters: tuple[ClusterSpec, ...]) -> np
 
 
 def build_model(config: SimulationConfig, seed: int):
-    """The fixed tiny wav2vec2 model whose units are planted, initialised from ``seed``."""
+    """The fixed tiny wav2vec2 model whose units are planted, initialised from ``seed``.
+
+    The weights of the transformer layers' linear maps are redrawn from
+    N(0, ``transformer_init_std``^2) (biases stay 0): see
+    :attr:`SimulationConfig.transformer_init_std` for why the default init would make the
+    layers indistinguishable.
+    """
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     torch.manual_seed(seed)
     model = Wav2Vec2Model(Wav2Vec2Config(**config.model_kwargs))
+    if config.transformer_init_std is not None:
+        with torch.no_grad():
+            for layer in model.encoder.layers:
+                attention, feed_forward = layer.attention, layer.feed_forward
+                for linear in (
+                    attention.q_proj,
+                    attention.k_proj,
+                    attention.v_proj,
+                    attention.out_proj,
+                    feed_forward.intermediate_dense,
+                    feed_forward.output_dense,
+                ):
+                    linear.weight.normal_(0.0, config.transformer_init_std)
     return model.eval()
 
 
@@ -112,35 +131,61 @@ def _frame_geometry(model) -> tuple[int, int]:
     return hop, field
 
 
+def planted_units(config: SimulationConfig) -> list[PlantedUnit]:
+    """Every unit that drives a cluster, once, sorted by (tensor, layer, unit)."""
+    units = {unit for cluster in config.clusters for unit in cluster.units}
+    return sorted(units, key=lambda u: (u.tensor, u.layer, u.unit))
+
+
+def design_units(config: SimulationConfig) -> list[PlantedUnit]:
+    """The planted units plus every unit of each layer that holds a planted ``hidden_states``
+    unit: the exact layer designs the recovery check's oracle fits (:mod:`.recovery`)."""
+    from wav2brain.simulation.configuration import PlantedUnit
+
+    planted = planted_units(config)
+    layers = sorted({u.layer for u in planted if u.tensor == "hidden_states"})
+    hidden = config.model_kwargs.get("hidden_size", 768)
+    every = {PlantedUnit(layer, unit) for layer in layers for unit in range(hidden)}
+    return sorted(every | set(planted), key=lambda u: (u.tensor, u.layer, u.unit))
+
+
 def _unit_activations(
-    model, stimulus: Stimulus, units: list[tuple[int, int]], config: SimulationConfig
+    model, stimulus: Stimulus, units: list[PlantedUnit], config: SimulationConfig
 ) -> np.ndarray:
-    """Activations of ``units`` ((layer, unit) pairs) at every frame, float64 [frames, units].
+    """Activations of ``units`` at every frame, float64 [frames, units].
 
     Streams the WAV through :func:`wav2brain.features.extract.iter_activations` (the extractor
     analyses use, on the raw waveform resampled to 16 kHz) ``chunk_s`` at a time with
-    ``context_s`` of context on each side, keeping only the planted columns, so memory stays
-    bounded for long stories and large models.
+    ``context_s`` of context on each side, one pass per tensor, keeping only the planted columns,
+    so memory stays bounded for long stories and large models.
     """
     from wav2brain.features.extract import ExtractionConfig, iter_activations
     from wav2brain.features.taps import layer_name
 
-    extraction = ExtractionConfig(
-        layers=tuple(sorted({layer for layer, _ in units})),
-        chunk_seconds=config.chunk_s,
-        context_seconds=config.context_s,
-    )
-    blocks = [
-        np.stack([chunk.numpy()[layer_name(layer)][:, unit] for layer, unit in units], axis=1)
-        for chunk in iter_activations(model, stimulus.waveform, extraction, stimulus.sampling_rate)
-    ]
-    return np.concatenate(blocks).astype(np.float64)
+    columns: list[np.ndarray] = [np.empty(0) for _ in units]
+    for tensor in sorted({unit.tensor for unit in units}):
+        wanted = [(index, unit) for index, unit in enumerate(units) if unit.tensor == tensor]
+        extraction = ExtractionConfig(
+            tensor=tensor,
+            layers=tuple(sorted({unit.layer for _, unit in wanted})),
+            chunk_seconds=config.chunk_s,
+            context_seconds=config.context_s,
+        )
+        blocks = []
+        for chunk in iter_activations(model, stimulus.waveform, extraction, stimulus.sampling_rate):
+            block = chunk.numpy()
+            blocks.append(np.stack([block[layer_name(u.layer)][:, u.unit] for _, u in wanted], 1))
+        values = np.concatenate(blocks).astype(np.float64)
+        for position, (index, _) in enumerate(wanted):
+            columns[index] = values[:, position]
+    return np.stack(columns, axis=1)
 
 
 def feature_key(cluster: ClusterSpec) -> str:
-    """Name of a cluster's regressor: ``"envelope"``, ``"layer2_unit5"``, ``"phoneme_onset_s_z"``."""
+    """Name of a cluster's regressor: ``"envelope"``, ``"hidden_states_layer2_unit5"``, two
+    units joined by ``+``, ``"phoneme_onset_s_z"``."""
     if cluster.feature == "unit":
-        return f"layer{cluster.layer}_unit{cluster.unit}"
+        return "+".join(unit.key for unit in cluster.units)
     if cluster.labels is not None:
         return f"{cluster.feature}_{'_'.join(cluster.labels)}"
     return cluster.feature
@@ -157,6 +202,8 @@ def stimulus_regressors(
     stimulus: Stimulus, model, config: SimulationConfig
 ) -> dict[str, np.ndarray]:
     """HRF-convolved planted features of one story sampled at the volume times, [n_trs] each.
+
+    Units: those of :func:`design_units` (every unit of a layer with a planted hidden state).
 
     Frame features (units; the envelope, RMS of 25-ms windows every 20 ms of the WAV resampled to
     16 kHz with ``scipy.signal.resample_poly``) enter nilearn's ``compute_regressor`` as boxcars
@@ -178,14 +225,12 @@ def stimulus_regressors(
         return regressor[:, 0]
 
     regressors: dict[str, np.ndarray] = {}
-    units = sorted({(c.layer, c.unit) for c in config.clusters if c.feature == "unit"})
+    units = design_units(config)
     if units:
         activations = _unit_activations(model, stimulus, units, config)
         onsets, durations = _frame_events(activations.shape[0], *_frame_geometry(model))
-        for column, (layer, unit) in enumerate(units):
-            regressors[f"layer{layer}_unit{unit}"] = regress(
-                onsets, durations, activations[:, column]
-            )
+        for column, unit in enumerate(units):
+            regressors[unit.key] = regress(onsets, durations, activations[:, column])
     audio_16k = resample_poly(
         stimulus.waveform.astype(np.float64), MODEL_RATE_HZ, stimulus.sampling_rate
     )
@@ -217,6 +262,23 @@ def normalise(per_story: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarr
     return [
         {key: (story[key] - story[key].mean()) / scale[key] for key in keys} for story in per_story
     ]
+
+
+def with_mixtures(
+    per_story: list[dict[str, np.ndarray]], clusters: tuple[ClusterSpec, ...]
+) -> list[dict[str, np.ndarray]]:
+    """Normalised features plus the regressor of each cluster driven by several units.
+
+    The mixture is the sum of the units' normalised regressors, normalised again
+    (:func:`normalise`), so that its weight is in % signal change per SD as every feature's.
+    """
+    mixed = {feature_key(c): [unit.key for unit in c.units] for c in clusters if len(c.units) > 1}
+    if not mixed:
+        return per_story
+    sums = [
+        {key: sum(story[u] for u in parts) for key, parts in mixed.items()} for story in per_story
+    ]
+    return [{**story, **extra} for story, extra in zip(per_story, normalise(sums), strict=True)]
 
 
 def ar1_noise(
