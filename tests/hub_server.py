@@ -2,8 +2,8 @@
 
 huggingface_hub 2.4 (read from its source, ``hf_api.py``, ``_commit_api.py``, ``lfs.py``):
 
-- ``POST /api/repos/create`` {name, organization, visibility} -> {url}; 409 when it exists
-  (``exist_ok=True`` accepts that);
+- ``POST /api/repos/create`` {name, organization, visibility} -> {url}; 409 (with the url) when
+  it exists (``exist_ok=True`` accepts that);
 - ``POST /api/validate-yaml`` {content, repoType} -> {errors, warnings} (a README.md commit);
 - ``POST /api/models/<repo>/preupload/<rev>`` {files: [{path, sample, size}]} ->
   {files: [{path, uploadMode: "regular" | "lfs", shouldIgnore, oid}]};
@@ -75,7 +75,13 @@ class FakeHub:
                     spec = json.loads(body)
                     repo = "/".join(p for p in (spec.get("organization"), spec["name"]) if p)
                     if repo in hub.repos:
-                        return self._json(409, {"error": "You already created this model repo"})
+                        return self._json(
+                            409,
+                            {
+                                "error": "You already created this model repo",
+                                "url": f"{hub.url}/{repo}",
+                            },
+                        )
                     hub.repos[repo] = {"visibility": spec.get("visibility"), "files": {}}
                     return self._json(200, {"url": f"{hub.url}/{repo}", "name": repo})
                 if path == "/api/validate-yaml":
