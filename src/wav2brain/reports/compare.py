@@ -354,47 +354,69 @@ def history_sweep(folder: str | os.PathLike, metric: str | None = None):
 # ----------------------------------------------------------------------------- brain accuracy
 
 
-def _held_out_indices(windows, stories: Sequence[str]) -> np.ndarray:
-    meta = windows.responses.select_columns(["stimulus_id"]).to_dict()["stimulus_id"]
-    known = set(meta)
+def _held_out_windows(windows, stories: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Indices of the windows of the held-out ``stories`` and the subject of each (no BOLD read)."""
+    meta = windows.responses.select_columns(["stimulus_id", "subject"]).to_dict()
+    known = set(meta["stimulus_id"])
     missing = sorted(set(stories) - known)
     if missing:
         raise ValueError(
             f"held-out stories {missing} are not in the dataset (its stories: {sorted(known)})"
         )
     wanted = set(stories)
-    rows = np.array([meta[windows.locate(i)[0]] in wanted for i in range(len(windows))], bool)
-    return np.flatnonzero(rows)
+    rows = [windows.locate(i)[0] for i in range(len(windows))]
+    indices = np.array([i for i, row in enumerate(rows) if meta["stimulus_id"][row] in wanted])
+    return indices, [str(meta["subject"][rows[i]]) for i in indices]
 
 
-def predict_windows(model, windows, indices, batch_size: int = 8):
-    """Predictions and labels of the windows ``indices``, per subject (numpy float32 [n, V])."""
+def _equal_length_batches(windows, indices, batch_size: int) -> list[np.ndarray]:
+    """Positions into ``indices`` batched so that each batch holds windows of one length.
+
+    No batch is padded, so every prediction equals the window's prediction alone (a group-norm
+    front end, wav2vec2-base's, would otherwise normalise over the padding). Windows keep their
+    order within a length.
+    """
+    bounds = [windows.window_bounds(int(i)) for i in indices]
+    lengths = np.array([end - start for start, end in bounds])
+    batches = []
+    for length in np.unique(lengths):
+        positions = np.flatnonzero(lengths == length)
+        batches += [positions[k : k + batch_size] for k in range(0, len(positions), batch_size)]
+    return batches
+
+
+def predict_windows(model, windows, indices, subjects: Sequence[str], batch_size: int = 8):
+    """Predictions and labels of the windows ``indices`` grouped by subject (float32 [n, V]).
+
+    Rows of a subject follow the order of ``indices``.
+    """
     import torch
 
     from wav2brain.data.windows import BrainWindowCollator
 
     collate = BrainWindowCollator(label_width=model.config.num_voxels)
-    predictions: dict[int, list] = {}
-    labels: dict[int, list] = {}
+    outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(indices), batch_size):
-            items = [windows[int(i)] for i in indices[start : start + batch_size]]
+        for positions in _equal_length_batches(windows, indices, batch_size):
+            items = [windows[int(indices[p])] for p in positions]
             batch = collate(items)
-            subject_ids = batch.get("subject_ids", torch.zeros(len(items), dtype=torch.long))
-            output = (
-                model(
-                    batch["input_values"].to(model.device, model.dtype),
-                    attention_mask=batch["attention_mask"].to(model.device),
-                    subject_ids=subject_ids.to(model.device),
-                )
-                .predictions.float()
-                .cpu()
-            )
-            for row, subject in enumerate(subject_ids.tolist()):
-                width = len(items[row]["labels"])
-                predictions.setdefault(subject, []).append(output[row, :width].numpy())
-                labels.setdefault(subject, []).append(np.asarray(items[row]["labels"]))
+            subject_ids = batch.get("subject_ids")
+            output = model(
+                batch["input_values"].to(model.device, model.dtype),
+                attention_mask=batch["attention_mask"].to(model.device),
+                subject_ids=None if subject_ids is None else subject_ids.to(model.device),
+            ).predictions
+            output = output.float().cpu().numpy()
+            for row, (position, item) in enumerate(zip(positions, items, strict=True)):
+                width = len(item["labels"])
+                outputs[int(position)] = (output[row, :width], np.asarray(item["labels"]))
+    predictions: dict[str, list] = {}
+    labels: dict[str, list] = {}
+    for position in range(len(indices)):
+        prediction, label = outputs[position]
+        predictions.setdefault(subjects[position], []).append(prediction)
+        labels.setdefault(subjects[position], []).append(label)
     return (
         {s: np.stack(v) for s, v in predictions.items()},
         {s: np.stack(v) for s, v in labels.items()},
@@ -409,6 +431,7 @@ def brain_accuracy(
     roi_labels: Mapping[str, np.ndarray] | None = None,
     roi_names: Mapping[int, str] | None = None,
     batch_size: int = 8,
+    cache_dir: str | os.PathLike | None = None,
 ):
     """Per-voxel held-out Pearson r of each model, per subject, and ROI means (Figure 3b).
 
@@ -426,6 +449,10 @@ def brain_accuracy(
         :func:`wav2brain.encoding.layers.roi_labels_from_image`.
     roi_names : mapping int -> str, optional
         Names of the ROI labels.
+    batch_size : int
+        Windows per forward pass.
+    cache_dir : path, optional
+        ``datasets`` cache for the prepared tables (default: the datasets cache).
 
     Returns
     -------
@@ -445,18 +472,17 @@ def brain_accuracy(
     names = list(models)
     frames = []
     for name, model in models.items():
-        windows = BrainWindows.for_model(dataset, model)
-        indices = _held_out_indices(windows, test_stories)
-        if len(indices) < 3:
-            raise ValueError(
-                f"only {len(indices)} windows in the held-out stories {list(test_stories)}: "
-                "need at least 3 TRs to correlate"
-            )
-        subjects = model.config.subjects or sorted(windows.subject_voxels)
-        predictions, labels = predict_windows(model, windows, indices, batch_size)
-        for head, prediction in predictions.items():
-            subject = subjects[head] if model.config.subjects else subjects[0]
-            r = pearson_r(labels[head].astype(np.float64), prediction.astype(np.float64))
+        load_kwargs = {"cache_dir": str(cache_dir)} if cache_dir else None
+        windows = BrainWindows.for_model(dataset, model, load_kwargs=load_kwargs)
+        indices, subjects = _held_out_windows(windows, test_stories)
+        predictions, labels = predict_windows(model, windows, indices, subjects, batch_size)
+        for subject, prediction in predictions.items():
+            if len(prediction) < 3:
+                raise ValueError(
+                    f"subject {subject!r} has {len(prediction)} windows in the held-out stories "
+                    f"{list(test_stories)}: need at least 3 TRs to correlate"
+                )
+            r = pearson_r(labels[subject].astype(np.float64), prediction.astype(np.float64))
             frames.append(
                 pd.DataFrame(
                     {"subject": subject, "voxel": np.arange(r.size), "model": name, "r": r}
@@ -615,6 +641,8 @@ class CompareConfig:
         Metric of the sweep curve.
     batch_size : int
         Windows per forward pass in brain accuracy.
+    cache_dir : path, optional
+        ``datasets`` cache for the dataset's tables.
     maps : bool
         Write brain maps (r of each model and their difference) where the dataset has masks.
     """
@@ -628,6 +656,7 @@ class CompareConfig:
     sweep: Path | None = None
     sweep_metric: str | None = None
     batch_size: int = 8
+    cache_dir: Path | None = None
     maps: bool = True
 
     def __post_init__(self) -> None:
@@ -651,15 +680,12 @@ class CompareConfig:
 
 def _subject_masks(dataset: Path) -> dict[str, tuple[str, Path | None, int]]:
     """Subject -> (space, mask path or None, voxel count) of its first run (no BOLD is read)."""
-    from datasets import load_dataset
+    from wav2brain.encoding.runs import read_responses
 
-    responses = load_dataset(str(dataset), "responses", split="train")
-    meta = responses.select_columns(["subject", "space", "mask", "n_voxels"]).to_dict()
     masks: dict[str, tuple[str, Path | None, int]] = {}
-    for subject, space, mask, n_voxels in zip(
-        meta["subject"], meta["space"], meta["mask"], meta["n_voxels"], strict=True
-    ):
-        masks.setdefault(subject, (space, dataset / mask if mask else None, int(n_voxels)))
+    for record in read_responses(dataset):
+        mask = dataset / record.mask if record.mask else None
+        masks.setdefault(record.subject, (record.space, mask, record.n_voxels))
     return masks
 
 
@@ -784,6 +810,7 @@ def _brain_outputs(models, config: CompareConfig, out: Path, headline: dict) -> 
         roi_labels=roi_labels,
         roi_names=config.atlas_names,
         batch_size=config.batch_size,
+        cache_dir=config.cache_dir,
     )
     names = list(models)
     written = {"voxel_scores": _write_table(voxels, out / "voxel_scores.parquet")}
