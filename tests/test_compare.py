@@ -187,6 +187,9 @@ def dataset(tmp_path_factory):
     data = np.zeros((3, 3, 3), np.uint8)
     data.flat[[0, 2, 4, 6, 8, 10, 12]] = 1
     nib.save(nib.Nifti1Image(data, np.eye(4)), root / "mask.nii.gz")
+    atlas = np.full((3, 3, 3), 2, np.int16)
+    atlas.flat[:9] = 1  # mask voxels 0-8 (five of them) in ROI 1, 10 and 12 in ROI 2
+    nib.save(nib.Nifti1Image(atlas, np.eye(4)), root / "atlas.nii.gz")
 
     def edit(table):
         table = table.set_column(
@@ -266,6 +269,8 @@ def test_compare_models_writes_every_figure_and_table(dataset, checkpoints, tmp_
         dataset=root,
         test_stories=("story",),
         sweep=sweep,
+        atlas=root / "atlas.nii.gz",
+        atlas_names={1: "front", 2: "back"},
         cache_dir=root / ".cache",
     )
     out = tmp_path / "out"
@@ -277,6 +282,7 @@ def test_compare_models_writes_every_figure_and_table(dataset, checkpoints, tmp_
         "layer_weights.parquet",
         "layer_weights.png",
         "voxel_scores.parquet",
+        "roi_scores.parquet",
         "brain_accuracy.png",
         "history_sweep.parquet",
         "history_sweep.png",
@@ -294,6 +300,10 @@ def test_compare_models_writes_every_figure_and_table(dataset, checkpoints, tmp_
     assert set(record["files"]) == set(written) - {"summary"}
     voxels = pd.read_parquet(out / "voxel_scores.parquet")
     assert record["headline"]["mean_r"]["base"] == pytest.approx(voxels["r_base"].mean())
+    rois = pd.read_parquet(out / "roi_scores.parquet")
+    assert list(rois["roi_name"]) == ["front", "back"] * 2
+    assert list(rois["n_voxels"]) == [5, 2] * 2
+    assert list(voxels[voxels["subject"] == "01"]["roi"]) == [1] * 5 + [2] * 2
 
 
 def test_compare_config_refuses_what_cannot_work(tmp_path):
@@ -350,3 +360,17 @@ def test_command_line(checkpoints, tmp_path, capsys):
         ]
     )
     assert code == 2 and "expected a list of story ids under 'test'" in capsys.readouterr().err
+
+
+def test_an_export_folder_is_compared_through_its_full_model(checkpoints, tmp_path):
+    import shutil
+
+    from wav2brain.reports.compare import resolve_checkpoint
+
+    export = tmp_path / "export"
+    shutil.copytree(checkpoints / "plain", export / "backbone")
+    (export / "export.json").write_text("{}")
+    assert resolve_checkpoint(export) == export / "backbone"  # an export without model/
+    shutil.copytree(checkpoints / "refined", export / "model")
+    assert resolve_checkpoint(export) == export / "model"
+    assert layer_weights({"r": export})["weight"].size == 3
