@@ -374,3 +374,39 @@ def test_an_export_folder_is_compared_through_its_full_model(checkpoints, tmp_pa
     shutil.copytree(checkpoints / "refined", export / "model")
     assert resolve_checkpoint(export) == export / "model"
     assert layer_weights({"r": export})["weight"].size == 3
+
+
+def test_a_rerun_replaces_the_whole_folder(checkpoints, tmp_path, monkeypatch):
+    from wav2brain.reports import compare
+
+    out = tmp_path / "out"
+    compare_models(checkpoints / "base", checkpoints / "refined", out)
+    (out / "voxel_scores.parquet").write_text("from an earlier comparison with a dataset")
+    written = compare_models(checkpoints / "refined", checkpoints / "base", out)
+    assert not (out / "voxel_scores.parquet").exists()  # never mixed with an older comparison
+    assert set(written) == {
+        "parameter_change",
+        "change_by_type",
+        "parameter_change_png",
+        "layer_weights",
+        "layer_weights_png",
+        "summary",
+    }
+    before = (out / "compare.json").read_text()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "plot_layer_weights", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compare_models(checkpoints / "base", checkpoints / "refined", out)
+    assert (out / "compare.json").read_text() == before  # the previous comparison is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_brain_accuracy_needs_brain_models(dataset, checkpoints, tmp_path):
+    root, _ = dataset
+    config = CompareConfig(dataset=root, test_stories=("story",), cache_dir=root / ".cache")
+    with pytest.raises(ValueError, match="brain accuracy needs two brain-encoding models"):
+        compare_models(checkpoints / "plain", checkpoints / "base", tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wav2brain.atomic import write_text_atomic
+from wav2brain.atomic import replace_directory, write_text_atomic
 
 BACKBONE_DIR = "backbone"
 MODEL_DIR = "model"
@@ -225,19 +225,6 @@ def _staging(out_dir: Path, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=out_dir))
 
 
-def _install(staging: Path, target: Path) -> Path:
-    """Rename a finished staging folder to ``target``, replacing an older one only now."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
 def _remove_stale(out_dir: Path) -> None:
     """Remove staging folders an interrupted export left behind."""
     for name in (BACKBONE_DIR, MODEL_DIR, ADAPTER_DIR):
@@ -307,7 +294,7 @@ def export_run(
             merged.save_backbone(staging, feature_extractor)  # checks the extractor first
             write_model_card(build_model_card(card, merged, kind="backbone"), staging)
             report["backbone_max_abs_difference"] = verify_backbone(merged, staging)
-            backbone = _install(staging, out_dir / BACKBONE_DIR)
+            backbone = replace_directory(staging, out_dir / BACKBONE_DIR)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -321,7 +308,7 @@ def export_run(
                 peft_model.save_pretrained(staging)
                 report["adapter_max_abs_difference"] = verify_adapter(peft_model, staging)
             write_model_card(build_model_card(card, merged, kind="brain_encoding"), staging)
-            full = _install(staging, out_dir / full_name)
+            full = replace_directory(staging, out_dir / full_name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     finally:

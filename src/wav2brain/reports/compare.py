@@ -15,9 +15,9 @@
   held-out stories of a prepared dataset, per subject and per ROI of an atlas, with brain maps.
 - :func:`history_sweep` (Figure 3a): the held-out score of each run of a history-length sweep.
 
-:func:`compare_models` runs what its inputs allow and writes Parquet tables and PNG figures
-(each under a temporary name, then renamed) and ``compare.json`` (written last: its presence means
-the comparison finished).
+:func:`compare_models` runs what its inputs allow and writes Parquet tables, PNG figures and
+``compare.json`` into a temporary sibling folder that replaces the output folder once complete, so
+the folder never mixes two comparisons and an interrupted run leaves the previous one intact.
 """
 
 from __future__ import annotations
@@ -26,12 +26,16 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from wav2brain.atomic import replace_directory
 
 DEFAULT_CHANGE_THRESHOLD = 1e-3
 """Relative change above which an element counts as changed (see the module docstring)."""
@@ -735,8 +739,6 @@ def compare_models(
         For a missing checkpoint, dataset, atlas or sweep folder, or incompatible checkpoints,
         before any figure is drawn.
     """
-    from wav2brain.atomic import write_text_atomic
-
     config = config or CompareConfig()
     paths = {label: resolve_checkpoint(p) for label, p in zip(config.labels, (a, b), strict=True)}
     for what, path in (
@@ -753,7 +755,22 @@ def compare_models(
         else None
     )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        names = _write_outputs(paths, config, stage, sweep, brain_models)
+        replace_directory(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {key: out / name for key, name in names.items()}
+
+
+def _write_outputs(paths, config: CompareConfig, out: Path, sweep, brain_models) -> dict[str, str]:
+    """Write every table and figure into ``out``, ``compare.json`` last; key -> relative name."""
+    from wav2brain.atomic import write_text_atomic
+
     written: dict[str, Path] = {}
     table = parameter_change(*paths.values(), threshold=config.threshold)
     summary = change_by_type(table)
@@ -776,16 +793,17 @@ def compare_models(
         written["history_sweep_png"] = plot_history_sweep(sweep, _figure_path(out, "history_sweep"))
         best = sweep.loc[sweep["value"].idxmax()]
         headline["best_history_trs"] = int(best["history_trs"])
+    names = {k: str(p.relative_to(out)) for k, p in written.items()}
     record = {
         "checkpoints": {label: str(path) for label, path in paths.items()},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "headline": headline,
-        "files": {k: str(p.relative_to(out)) for k, p in written.items()},
+        "files": names,
     }
-    written["summary"] = write_text_atomic(
+    write_text_atomic(
         json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", out / "compare.json"
     )
-    return written
+    return {**names, "summary": "compare.json"}
 
 
 def _brain_outputs(models, config: CompareConfig, out: Path, headline: dict) -> dict[str, Path]:
