@@ -187,17 +187,22 @@ def test_a_bad_reload_is_caught_and_the_old_export_kept(tiny_kwargs, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone", "export.json", "model"]
 
 
-def test_interrupted_export_leaves_no_partial_folder(tiny_kwargs, tmp_path, monkeypatch):
+def test_interrupted_export_leaves_the_previous_one(tiny_kwargs, tmp_path, monkeypatch):
     model = brain_model(tiny_kwargs)
+    export_run(model, tmp_path, feature_extractor=None)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(export_module, "_save_full_model", killed)
+    with torch.no_grad():
+        model.layer_weight_logits.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
         export_run(model, tmp_path, feature_extractor=None)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone"]  # finished part only
+    after = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert after == before  # the previous export, manifest included, and nothing else
     stale = tmp_path / ".model.partial-killed"
     stale.mkdir()  # as a kill -9 would leave it
     export_run(model, tmp_path, feature_extractor=None)

@@ -15,9 +15,11 @@
     What was written, the largest reload differences measured, and the Hub id of the cards.
 
 LoRA (a peft ``PeftModel``) is merged into a copy of the weights; the caller's model is left as it
-was. Each folder is written under a temporary name, checked, and renamed into place (a previous
-export of the same name is replaced only then), so an interrupted export leaves the previous one
-intact and a rerun starts afresh.
+was. Both folders are written under temporary names and checked; only then is the previous export
+replaced (its ``export.json`` removed, each folder renamed into place, the new ``export.json``
+written last). An export that fails or is interrupted before that leaves the previous one intact;
+``export.json`` exists only beside a complete export (:func:`read_export` and the push need it),
+and a rerun removes the leftover temporary folders and starts afresh.
 
 The check (cheap: one TR of seeded random audio, ``max(1, ceil(tr * sampling_rate))`` samples, one
 row per checked subject head) reloads each folder with transformers and compares it with the model
@@ -284,44 +286,44 @@ def export_run(
     training = [m.training for m in models]
     for m in models:
         m.eval()
+    full_name = MODEL_DIR if merge_lora or peft_model is None else ADAPTER_DIR
+    stages = {name: _staging(out_dir, name) for name in (BACKBONE_DIR, full_name)}
     try:
         report: dict[str, Any] = {"hub_model_id": hub_id}
         if peft_model is not None:
             report["merge_max_abs_difference"] = verify_merge(merged, peft_model)
-
-        staging = _staging(out_dir, BACKBONE_DIR)
-        try:
-            merged.save_backbone(staging, feature_extractor)  # checks the extractor first
-            write_model_card(build_model_card(card, merged, kind="backbone"), staging)
-            report["backbone_max_abs_difference"] = verify_backbone(merged, staging)
-            backbone = replace_directory(staging, out_dir / BACKBONE_DIR)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-        full_name = MODEL_DIR if merge_lora or peft_model is None else ADAPTER_DIR
-        staging = _staging(out_dir, full_name)
-        try:
-            if full_name == MODEL_DIR:
-                _save_full_model(merged, staging, backbone)
-                report["model_max_abs_difference"] = verify_full_model(merged, staging)
-            else:
-                peft_model.save_pretrained(staging)
-                report["adapter_max_abs_difference"] = verify_adapter(peft_model, staging)
-            write_model_card(build_model_card(card, merged, kind="brain_encoding"), staging)
-            full = replace_directory(staging, out_dir / full_name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        backbone, full = stages[BACKBONE_DIR], stages[full_name]
+        merged.save_backbone(backbone, feature_extractor)  # checks the extractor first
+        write_model_card(build_model_card(card, merged, kind="backbone"), backbone)
+        report["backbone_max_abs_difference"] = verify_backbone(merged, backbone)
+        if full_name == MODEL_DIR:
+            _save_full_model(merged, full, backbone)
+            report["model_max_abs_difference"] = verify_full_model(merged, full)
+        else:
+            peft_model.save_pretrained(full)
+            report["adapter_max_abs_difference"] = verify_adapter(peft_model, full)
+        write_model_card(build_model_card(card, merged, kind="brain_encoding"), full)
+        # both folders are complete and checked: only now is the previous export replaced
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        for name, staging in stages.items():
+            replace_directory(staging, out_dir / name)
     finally:
         for m, was_training in zip(models, training, strict=True):
             m.train(was_training)
-    stale = out_dir / (ADAPTER_DIR if full_name == MODEL_DIR else MODEL_DIR)
-    if stale.exists():  # an earlier export of the other kind would contradict this one
-        shutil.rmtree(stale)
-    report.update({"backbone": BACKBONE_DIR, full_name: full_name})
+        for staging in stages.values():
+            shutil.rmtree(staging, ignore_errors=True)
+    other = out_dir / (ADAPTER_DIR if full_name == MODEL_DIR else MODEL_DIR)
+    if other.exists():  # an earlier export of the other kind would contradict this one
+        shutil.rmtree(other)
+    report.update({BACKBONE_DIR: BACKBONE_DIR, full_name: full_name})
     manifest = write_text_atomic(
         json.dumps(report, indent=2, sort_keys=True) + "\n", out_dir / MANIFEST
     )
-    return {"backbone": backbone, full_name: full, "manifest": manifest}
+    return {
+        BACKBONE_DIR: out_dir / BACKBONE_DIR,
+        full_name: out_dir / full_name,
+        "manifest": manifest,
+    }
 
 
 def _save_full_model(model, folder: Path, backbone: Path) -> None:
