@@ -226,7 +226,10 @@ def test_rewrite_makes_package_imports_relative_and_refuses_others():
 
 
 BLOCKED_LOAD = """
-import importlib.abc, sys
+import importlib.abc, os, sys
+# no folder holding a wav2brain package on the path (the editable install's src/ included) ...
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "wav2brain"))]
+# ... and an import hook refusing it, whatever finder would find it
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "wav2brain" or name.startswith("wav2brain."):

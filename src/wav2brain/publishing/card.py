@@ -90,8 +90,11 @@ SCORE_LABELS = {
     "median": "median r",
     "top10_mean": "top-10 % mean r",
     "fraction_significant": "fraction significant",
+    "n_voxels": "voxels scored",
 }
 """Readable names of the pooled scores of :func:`wav2brain.metrics.voxelwise_scores`."""
+COUNT_SCORES = ("n_voxels",)
+"""Scores that are counts: in the card's table, not in ``model-index``."""
 
 
 def template_path(name: str = TEMPLATE) -> Path:
@@ -106,7 +109,7 @@ def _number(value: Any, where: str) -> float:
 
 
 def _string_list(value: Any, where: str) -> list[str]:
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"card {where} must be a list of strings, got {value!r}")
     return list(value)
 
@@ -203,6 +206,8 @@ def check_card(card: Mapping[str, Any] | None, config) -> dict[str, Any]:
 
 
 def _format(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
+        return str(int(value))
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list | tuple):
@@ -277,6 +282,7 @@ def build_model_card(
             metric_value=value,
         )
         for name, value in card["scores"].items()
+        if name not in COUNT_SCORES
     ]
     tags = ["wav2vec2", "fmri", "brain-encoding", "wav2brain", *card["tags"]]
     if card.get("simulated"):
