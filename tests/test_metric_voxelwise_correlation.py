@@ -13,7 +13,7 @@ import pytest
 
 from wav2brain.metrics.voxelwise_correlation import METRIC_PATH
 
-pytestmark = pytest.mark.skipif(
+needs_scores = pytest.mark.skipif(
     importlib.util.find_spec("wav2brain.metrics.voxelwise") is None,
     reason="the metric wraps wav2brain.metrics.voxelwise.voxelwise_scores (helper train's module)",
 )
@@ -88,6 +88,7 @@ def _padded(rows):
     return np.array([list(r) + [0.0] * (width - len(r)) for r in rows])
 
 
+@needs_scores
 def test_loads_offline_and_equals_numpy(answers):
     scores = answers["hand"]
     expected = {"a": numpy_summary(A_PRED, A_REF), "b": numpy_summary(B_PRED, B_REF)}
@@ -107,14 +108,27 @@ def test_loads_offline_and_equals_numpy(answers):
     assert scores["fraction_significant"] == pytest.approx(direct["fraction_significant"])
 
 
+@needs_scores
 def test_negative_control_a_shuffled_prediction_scores_differently(answers):
     scores = answers["shuffled"]
     assert scores["mean"] != pytest.approx(numpy_summary(A_PRED, A_REF)["mean"], abs=1e-3)
     assert scores["mean"] == pytest.approx(numpy_summary(SHUFFLED, A_REF)["mean"], abs=1e-6)
 
 
+@needs_scores
 def test_rows_that_do_not_match_are_refused(answers):
     assert answers["mismatched"] == {
         "error": "row 1: 2 predicted voxels but 3 measured ones; each prediction row must "
         "match its reference row"
     }
+
+
+def test_the_folder_is_an_evaluate_module_that_imports_the_installed_package():
+    from evaluate.loading import get_imports
+
+    script = METRIC_PATH / "voxelwise_correlation.py"
+    assert script.is_file()
+    imports = {(kind, name) for kind, name, _, _ in get_imports(str(script))}
+    # evaluate checks library imports before loading: a missing wav2brain is a clear ImportError
+    assert ("library", "wav2brain") in imports
+    assert not [name for kind, name in imports if kind != "library"]  # nothing to fetch

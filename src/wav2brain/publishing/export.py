@@ -248,7 +248,9 @@ def export_run(
     ----------
     model : Wav2Vec2ForBrainEncoding or peft.PeftModel
         The trained model (a LoRA model is merged on a copy; the argument is not modified, except
-        that it is put in eval mode during the checks and then back).
+        that it is put in eval mode during the checks and then back). Under DDP or FSDP pass
+        ``accelerator.unwrap_model(model)`` (with full weights gathered) and call this on the main
+        process only.
     out_dir : str or os.PathLike
         Export folder (created); see the module docstring for its contents.
     feature_extractor : Wav2Vec2FeatureExtractor or None
