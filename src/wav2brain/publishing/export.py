@@ -120,18 +120,28 @@ def _max_difference(ours, theirs, what: str, folder: Path, tolerance: float) -> 
     return difference
 
 
-def _hidden_states(backbone, values):
+def _forward(model, values, subject_ids):
+    """``(predictions, hidden states)`` of a brain-encoding model (or a PeftModel of one)."""
     import torch
 
     with torch.no_grad():
-        return backbone(values, output_hidden_states=True).hidden_states
+        output = model(values, subject_ids=subject_ids, output_hidden_states=True)
+    return output.predictions, output.hidden_states
 
 
-def _predictions(model, values, subject_ids):
-    import torch
+def probe(model) -> dict[str, Any]:
+    """The check's input (one TR of seeded audio per checked head) and the model's output on it.
 
-    with torch.no_grad():
-        return model(values, subject_ids=subject_ids).predictions
+    One forward pass, shared by :func:`verify_backbone` and :func:`verify_full_model`.
+    """
+    values, heads = _probe_inputs(model)
+    predictions, hidden_states = _forward(model, values, heads)
+    return {
+        "values": values,
+        "subject_ids": heads,
+        "predictions": predictions,
+        "hidden_states": hidden_states,
+    }
 
 
 def _compare_states(ours, theirs, folder: Path, tolerance: float) -> float:
@@ -145,61 +155,59 @@ def _compare_states(ours, theirs, folder: Path, tolerance: float) -> float:
     )
 
 
-def verify_backbone(model, folder: str | os.PathLike) -> float:
+def verify_backbone(model, folder: str | os.PathLike, reference: dict | None = None) -> float:
     """Reload ``folder`` as a plain ``Wav2Vec2Model``; return the largest hidden-state difference.
+
+    ``reference`` is :func:`probe` of ``model`` (computed when not given).
 
     Raises
     ------
     ExportVerificationError
         When a hidden state differs beyond :data:`RELOAD_TOLERANCE`.
     """
+    import torch
     from transformers import Wav2Vec2Model
 
     folder = Path(folder)
-    values, _ = _probe_inputs(model)
+    reference = reference or probe(model)
     reloaded = Wav2Vec2Model.from_pretrained(folder, dtype=model.dtype).to(model.device).eval()
-    return _compare_states(
-        _hidden_states(model.wav2vec2, values),
-        _hidden_states(reloaded, values),
-        folder,
-        RELOAD_TOLERANCE,
-    )
+    with torch.no_grad():
+        states = reloaded(reference["values"], output_hidden_states=True).hidden_states
+    return _compare_states(reference["hidden_states"], states, folder, RELOAD_TOLERANCE)
 
 
-def verify_full_model(model, folder: str | os.PathLike) -> float:
+def verify_full_model(model, folder: str | os.PathLike, reference: dict | None = None) -> float:
     """Reload ``folder`` as a ``Wav2Vec2ForBrainEncoding``; return the largest difference.
 
-    Compares the predictions of the first and last subject heads and every hidden state.
+    Compares the predictions of the first and last subject heads and every hidden state with
+    ``reference`` (:func:`probe` of ``model``, computed when not given).
     """
     from wav2brain.modeling import Wav2Vec2ForBrainEncoding
 
     folder = Path(folder)
-    values, heads = _probe_inputs(model)
+    reference = reference or probe(model)
     reloaded = (
         Wav2Vec2ForBrainEncoding.from_pretrained(folder, dtype=model.dtype).to(model.device).eval()
     )
+    predictions, states = _forward(reloaded, reference["values"], reference["subject_ids"])
     difference = _max_difference(
-        _predictions(model, values, heads),
-        _predictions(reloaded, values, heads),
-        "predictions",
-        folder,
-        RELOAD_TOLERANCE,
+        reference["predictions"], predictions, "predictions", folder, RELOAD_TOLERANCE
     )
-    states = _compare_states(
-        _hidden_states(model.wav2vec2, values),
-        _hidden_states(reloaded.wav2vec2, values),
-        folder,
-        RELOAD_TOLERANCE,
+    return max(
+        difference, _compare_states(reference["hidden_states"], states, folder, RELOAD_TOLERANCE)
     )
-    return max(difference, states)
 
 
-def verify_merge(merged, peft_model) -> float:
-    """Largest difference between the merged model's predictions and the LoRA model's."""
-    values, heads = _probe_inputs(merged)
+def verify_merge(merged, peft_model, reference: dict | None = None) -> float:
+    """Largest difference between the merged model's predictions and the LoRA model's.
+
+    ``reference`` is :func:`probe` of ``merged`` (computed when not given).
+    """
+    reference = reference or probe(merged)
+    predictions, _ = _forward(peft_model, reference["values"], reference["subject_ids"])
     return _max_difference(
-        _predictions(peft_model, values, heads),
-        _predictions(merged, values, heads),
+        predictions,
+        reference["predictions"],
         "predictions of the merged LoRA weights",
         Path("<merged model>"),
         MERGE_TOLERANCE,
@@ -214,13 +222,9 @@ def verify_adapter(peft_model, folder: str | os.PathLike) -> float:
     base = copy.deepcopy(peft_model).unload()
     reloaded = PeftModel.from_pretrained(base, folder).eval()
     values, heads = _probe_inputs(base)
-    return _max_difference(
-        _predictions(peft_model, values, heads),
-        _predictions(reloaded, values, heads),
-        "predictions",
-        folder,
-        RELOAD_TOLERANCE,
-    )
+    ours, _ = _forward(peft_model, values, heads)
+    theirs, _ = _forward(reloaded, values, heads)
+    return _max_difference(ours, theirs, "predictions", folder, RELOAD_TOLERANCE)
 
 
 def _staging(out_dir: Path, name: str) -> Path:
@@ -292,15 +296,16 @@ def export_run(
     stages = {name: _staging(out_dir, name) for name in (BACKBONE_DIR, full_name)}
     try:
         report: dict[str, Any] = {"hub_model_id": hub_id}
+        reference = probe(merged)
         if peft_model is not None:
-            report["merge_max_abs_difference"] = verify_merge(merged, peft_model)
+            report["merge_max_abs_difference"] = verify_merge(merged, peft_model, reference)
         backbone, full = stages[BACKBONE_DIR], stages[full_name]
         merged.save_backbone(backbone, feature_extractor)  # checks the extractor first
         write_model_card(build_model_card(card, merged, kind="backbone"), backbone)
-        report["backbone_max_abs_difference"] = verify_backbone(merged, backbone)
+        report["backbone_max_abs_difference"] = verify_backbone(merged, backbone, reference)
         if full_name == MODEL_DIR:
             _save_full_model(merged, full, backbone)
-            report["model_max_abs_difference"] = verify_full_model(merged, full)
+            report["model_max_abs_difference"] = verify_full_model(merged, full, reference)
         else:
             peft_model.save_pretrained(full)
             report["adapter_max_abs_difference"] = verify_adapter(peft_model, full)
