@@ -139,17 +139,34 @@ def test_lora_is_merged_on_a_copy(tiny_kwargs, tmp_path):
     assert json.loads(paths["manifest"].read_text())["merge_max_abs_difference"] < 1e-5
 
 
-def test_lora_as_adapter(tiny_kwargs, tmp_path):
+def test_lora_kept_apart(tiny_kwargs, tmp_path):
     from peft import PeftModel
 
     model = lora_model(tiny_kwargs)
-    (tmp_path / "model").mkdir()  # an earlier merged export is replaced, not left beside it
+    with torch.no_grad():  # trained outside the adapters: the head (modules_to_save), layer weights
+        model.base_model.model.head.modules_to_save["default"].readouts[0].bias.add_(0.5)
+        model.base_model.model.layer_weight_logits.add_(torch.tensor([1.0, 0.0, -1.0]))
     paths = export_run(model, tmp_path, feature_extractor=None, merge_lora=False)
-    assert set(paths) == {"backbone", "adapter", "manifest"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "backbone", "export.json"]
+    assert set(paths) == {"backbone", "model", "adapter", "manifest"}
     assert (paths["adapter"] / "adapter_config.json").is_file()
-    reloaded = PeftModel.from_pretrained(brain_model(tiny_kwargs), paths["adapter"])
+    assert (paths["model"] / "modeling_brain_encoding.py").is_file()
+    readme = (paths["model"] / "README.md").read_text()
+    assert "kept apart in\n`adapter/`" in readme and 'subfolder="adapter"' in readme
+    base = Wav2Vec2ForBrainEncoding.from_pretrained(paths["model"])
+    trained = model.base_model.model
+    torch.testing.assert_close(base.layer_weight_logits, trained.layer_weight_logits)
+    head = trained.head.modules_to_save["default"].readouts[0].bias
+    torch.testing.assert_close(base.head.readouts[0].bias, head)
+    query = "encoder.layers.0.attention.q_proj.weight"
+    plain = brain_model(tiny_kwargs).wav2vec2.state_dict()[query]
+    assert torch.equal(base.wav2vec2.state_dict()[query], plain)  # no LoRA delta in model/
+    reloaded = PeftModel.from_pretrained(base, paths["adapter"])
     torch.testing.assert_close(predict(reloaded), predict(model), rtol=1e-6, atol=1e-6)
+    merged = Wav2Vec2Model.from_pretrained(paths["backbone"]).state_dict()[query]
+    assert not torch.equal(merged, plain)  # the backbone export is merged
+    # a merged export afterwards leaves no adapter that would contradict it
+    export_run(model, tmp_path, feature_extractor=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone", "export.json", "model"]
 
 
 def test_bad_inputs_fail_before_writing(tiny_kwargs, tmp_path):

@@ -50,6 +50,12 @@ def exports(tmp_path_factory):
         model, root / "named", feature_extractor=None, card={"hub_model_id": "me/refined"}
     )
     export_run(model, root / "anonymous", feature_extractor=None)
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(
+        model, LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["head"])
+    )
+    export_run(lora, root / "unmerged", feature_extractor=None, merge_lora=False)
     return root, named
 
 
@@ -189,3 +195,15 @@ def test_bad_arguments(exports, tmp_path):
         push_export(tmp_path, "me/refined")
     with pytest.raises(FileNotFoundError, match="full model export to push"):
         push_export({"backbone": named["backbone"]}, "me/refined", include_full=True)
+
+
+def test_push_an_unmerged_export(exports, tmp_path):
+    folder = fresh_copy(exports, "unmerged", tmp_path)
+    with FakeHub() as hub:
+        code, answer = push(folder, "me/lora", hub.url, full=True)
+    assert code == 0, answer
+    files = hub.repos["me/lora-brain-encoding"]["files"]
+    adapter = {k[len("adapter/") :]: v for k, v in files.items() if k.startswith("adapter/")}
+    assert adapter == local_files(folder / "adapter")
+    assert {k: v for k, v in files.items() if "/" not in k} == local_files(folder / "model")
+    assert 'subfolder="adapter"' in files["README.md"].decode()

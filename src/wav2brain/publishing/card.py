@@ -233,6 +233,7 @@ def build_model_card(
     *,
     kind: str,
     repo_id: str | None = None,
+    adapter: bool = False,
 ):
     """The :class:`huggingface_hub.ModelCard` of an exported folder.
 
@@ -248,6 +249,8 @@ def build_model_card(
         Where the folder will live on the Hub (shown in the usage example); default
         ``card["hub_model_id"]`` (and its ``-brain-encoding`` twin for the full model), else a
         placeholder.
+    adapter : bool
+        The full model's LoRA adapters are kept apart (``adapter/``), not merged.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -344,6 +347,7 @@ def build_model_card(
             s: {k: _format(v) for k, v in values.items()} for s, values in card["stages"].items()
         },
         lora=lora,
+        adapter=adapter,
         lora_text=", ".join(f"{k}={_format(v)}" for k, v in (lora or {}).items()),
         score_names=score_names,
         score_rows=score_rows,

@@ -10,7 +10,10 @@
 ``model/``
     The whole ``Wav2Vec2ForBrainEncoding`` (``save_pretrained``) with its feature-extractor
     config, its modeling code and ``auto_map`` (:mod:`wav2brain.publishing.remote_code`), and a
-    card. With ``merge_lora=False`` and a LoRA model, ``adapter/`` (the peft adapter) replaces it.
+    card.
+``adapter/``
+    With ``merge_lora=False`` and a LoRA model only: the peft adapter, to load onto ``model/``
+    (which then holds the weights without the LoRA deltas).
 ``export.json``
     What was written, the largest reload differences measured, and the Hub id of the cards.
 
@@ -214,17 +217,24 @@ def verify_merge(merged, peft_model, reference: dict | None = None) -> float:
     )
 
 
-def verify_adapter(peft_model, folder: str | os.PathLike) -> float:
-    """Reload a saved LoRA adapter onto the LoRA model's own base weights; largest difference."""
+def verify_adapter(peft_model, model_folder: str | os.PathLike, adapter_folder) -> float:
+    """Load ``adapter_folder`` onto the model saved in ``model_folder``; largest difference.
+
+    The pair must reproduce ``peft_model``'s predictions: what a user does with an unmerged
+    export (``PeftModel.from_pretrained(Wav2Vec2ForBrainEncoding.from_pretrained(model),
+    adapter)``).
+    """
     from peft import PeftModel
 
-    folder = Path(folder)
-    base = copy.deepcopy(peft_model).unload()
-    reloaded = PeftModel.from_pretrained(base, folder).eval()
+    from wav2brain.modeling import Wav2Vec2ForBrainEncoding
+
+    dtype = peft_model.get_base_model().dtype
+    base = Wav2Vec2ForBrainEncoding.from_pretrained(model_folder, dtype=dtype)
+    reloaded = PeftModel.from_pretrained(base.to(peft_model.device), adapter_folder).eval()
     values, heads = _probe_inputs(base)
     ours, _ = _forward(peft_model, values, heads)
     theirs, _ = _forward(reloaded, values, heads)
-    return _max_difference(ours, theirs, "predictions", folder, RELOAD_TOLERANCE)
+    return _max_difference(ours, theirs, "predictions", Path(adapter_folder), RELOAD_TOLERANCE)
 
 
 def _staging(out_dir: Path, name: str) -> Path:
@@ -263,14 +273,17 @@ def export_run(
     card : mapping, optional
         The run record for the model cards (keys: :mod:`wav2brain.publishing.card`).
     merge_lora : bool
-        For a LoRA model: True merges the adapters into ``model/``; False writes the peft adapter to
-        ``adapter/`` instead of ``model/`` (load it with ``PeftModel.from_pretrained(base, path)``).
-        ``backbone/`` is always merged: a plain ``Wav2Vec2Model`` holds no adapters.
+        For a LoRA model: True merges the adapters into ``model/``. False keeps them apart:
+        ``model/`` holds the weights without the LoRA deltas (the trained head and layer weights
+        included) and ``adapter/`` the peft adapter, and
+        ``PeftModel.from_pretrained(Wav2Vec2ForBrainEncoding.from_pretrained(model), adapter)``
+        reproduces the trained model (checked). ``backbone/`` is always merged: a plain
+        ``Wav2Vec2Model`` holds no adapters.
 
     Returns
     -------
     dict of str to Path
-        ``"backbone"``, ``"model"`` (or ``"adapter"``) and ``"manifest"``.
+        ``"backbone"``, ``"model"``, ``"adapter"`` (unmerged LoRA only) and ``"manifest"``.
 
     Raises
     ------
@@ -292,25 +305,33 @@ def export_run(
     training = [m.training for m in models]
     for m in models:
         m.eval()
-    full_name = MODEL_DIR if merge_lora or peft_model is None else ADAPTER_DIR
-    stages = {name: _staging(out_dir, name) for name in (BACKBONE_DIR, full_name)}
+    unmerged = None if merge_lora or peft_model is None else copy.deepcopy(peft_model).unload()
+    names = (BACKBONE_DIR, MODEL_DIR) + ((ADAPTER_DIR,) if unmerged is not None else ())
+    stages = {name: _staging(out_dir, name) for name in names}
     try:
         report: dict[str, Any] = {"hub_model_id": hub_id}
         reference = probe(merged)
         if peft_model is not None:
             report["merge_max_abs_difference"] = verify_merge(merged, peft_model, reference)
-        backbone, full = stages[BACKBONE_DIR], stages[full_name]
+        backbone, full = stages[BACKBONE_DIR], stages[MODEL_DIR]
         merged.save_backbone(backbone, feature_extractor)  # checks the extractor first
         write_model_card(build_model_card(card, merged, kind="backbone"), backbone)
         report["backbone_max_abs_difference"] = verify_backbone(merged, backbone, reference)
-        if full_name == MODEL_DIR:
-            _save_full_model(merged, full, backbone)
-            report["model_max_abs_difference"] = verify_full_model(merged, full, reference)
-        else:
-            peft_model.save_pretrained(full)
-            report["adapter_max_abs_difference"] = verify_adapter(peft_model, full)
-        write_model_card(build_model_card(card, merged, kind="brain_encoding"), full)
-        # both folders are complete and checked: only now is the previous export replaced
+        full_model = merged if unmerged is None else unmerged.eval()
+        _save_full_model(full_model, full, backbone)
+        report["model_max_abs_difference"] = verify_full_model(
+            full_model, full, reference if unmerged is None else None
+        )
+        full_card = build_model_card(
+            card, full_model, kind="brain_encoding", adapter=unmerged is not None
+        )
+        write_model_card(full_card, full)
+        if unmerged is not None:
+            adapter = stages[ADAPTER_DIR]
+            peft_model.save_pretrained(adapter)
+            write_model_card(full_card, adapter)
+            report["adapter_max_abs_difference"] = verify_adapter(peft_model, full, adapter)
+        # every folder is complete and checked: only now is the previous export replaced
         (out_dir / MANIFEST).unlink(missing_ok=True)
         for name, staging in stages.items():
             replace_directory(staging, out_dir / name)
@@ -319,18 +340,13 @@ def export_run(
             m.train(was_training)
         for staging in stages.values():
             shutil.rmtree(staging, ignore_errors=True)
-    other = out_dir / (ADAPTER_DIR if full_name == MODEL_DIR else MODEL_DIR)
-    if other.exists():  # an earlier export of the other kind would contradict this one
-        shutil.rmtree(other)
-    report.update({BACKBONE_DIR: BACKBONE_DIR, full_name: full_name})
+    if ADAPTER_DIR not in stages:  # an earlier unmerged export's adapter would contradict this one
+        shutil.rmtree(out_dir / ADAPTER_DIR, ignore_errors=True)
+    report.update({name: name for name in stages})
     manifest = write_text_atomic(
         json.dumps(report, indent=2, sort_keys=True) + "\n", out_dir / MANIFEST
     )
-    return {
-        BACKBONE_DIR: out_dir / BACKBONE_DIR,
-        full_name: out_dir / full_name,
-        "manifest": manifest,
-    }
+    return {**{name: out_dir / name for name in stages}, "manifest": manifest}
 
 
 def _save_full_model(model, folder: Path, backbone: Path) -> None:

@@ -69,8 +69,8 @@ def push_export(
     private : bool
         Create the repositories as private (an existing repository keeps its visibility).
     include_full : bool
-        Also push the full brain-encoding model to :func:`full_model_repo_id` (``model/``; an
-        adapter export pushes ``adapter/`` there instead).
+        Also push the full brain-encoding model (``model/``) to :func:`full_model_repo_id`, and an
+        unmerged export's ``adapter/`` into its ``adapter`` folder.
 
     Raises
     ------
@@ -86,11 +86,13 @@ def push_export(
 
     _check_repo_id(hub_model_id)
     paths = _paths(paths)
-    pushes = [(hub_model_id, paths.get("backbone"), "backbone")]
+    pushes = [(hub_model_id, paths.get("backbone"), "backbone", "")]
     if include_full:
-        full = paths.get("model") or paths.get("adapter")
-        pushes.append((full_model_repo_id(hub_model_id), full, "full model"))
-    for repo_id, folder, what in pushes:
+        full = full_model_repo_id(hub_model_id)
+        pushes.append((full, paths.get("model"), "full model", ""))
+        if "adapter" in paths:
+            pushes.append((full, paths["adapter"], "LoRA adapter", "adapter"))
+    for repo_id, folder, what, _ in pushes:
         if (
             folder is None
             or not Path(folder).is_dir()
@@ -102,12 +104,13 @@ def push_export(
     _name_cards(paths, hub_model_id, pushes)
     api = HfApi(token=token)
     commits: dict[str, str] = {}
-    for repo_id, folder, what in pushes:
+    for repo_id, folder, what, path_in_repo in pushes:
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
             info = api.upload_folder(
                 repo_id=repo_id,
                 folder_path=str(folder),
+                path_in_repo=path_in_repo or None,
                 commit_message=f"Upload refined wav2vec 2.0 {what} (wav2brain)",
             )
         except (OSError, OfflineModeIsEnabled, HfHubHTTPError, *_http_errors()) as error:
@@ -143,7 +146,7 @@ def _name_cards(paths: Mapping[str, Path], hub_model_id: str, pushes) -> None:
                 f"the export's cards were written for {recorded!r}, not {hub_model_id!r}: push to "
                 f"{recorded!r}, or export again with card['hub_model_id']={hub_model_id!r}"
             )
-    for repo_id, folder, _ in pushes:
+    for repo_id, folder, *_ in pushes:
         readme = Path(folder) / "README.md"
         text = readme.read_text(encoding="utf-8")
         if PLACEHOLDER_REPO in text:
