@@ -62,14 +62,12 @@ class ExportVerificationError(RuntimeError):
 
 def _unwrap(model):
     """``(brain model, peft model or None)``; for a LoRA model the brain model is a merged copy."""
+    from peft import PeftModel
+
     from wav2brain.modeling import Wav2Vec2ForBrainEncoding
 
     peft_model = None
-    try:
-        from peft import PeftModel
-    except ImportError:  # peft is a dependency; without it no model can be a PeftModel
-        PeftModel = ()  # noqa: N806
-    if PeftModel and isinstance(model, PeftModel):
+    if isinstance(model, PeftModel):
         peft_model = model
         base = model.get_base_model()
         if not isinstance(base, Wav2Vec2ForBrainEncoding):
