@@ -35,7 +35,7 @@ def commands() -> dict[str, list[str]]:
     }
     table.update(
         {
-            f"wav2brain {name} --help": [*cli, name.replace("_", "-"), "--help"]
+            f"wav2brain {name} --help": [*cli, name, "--help"]
             for name in SUBCOMMAND_MODULES
         }
     )

@@ -27,3 +27,23 @@ def write_text_atomic(text: str, path: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def replace_directory(staging: Path, target: Path) -> Path:
+    """Rename the finished folder ``staging`` to ``target``; an older ``target`` goes only now.
+
+    ``staging`` must be a sibling of ``target`` (same file system). The older folder is first
+    renamed aside and removed after the new one is in place, so ``target`` is always either the
+    old complete folder or the new complete one.
+    """
+    import shutil
+
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -2,7 +2,8 @@
 
 Each subcommand lives in :mod:`wav2brain.commands` as a module exposing ``add_parser(subparsers)``
 (which registers the subcommand and sets ``func`` on its parser) so that importing the CLI stays
-cheap: heavy libraries are imported inside each command's ``func``.
+cheap: heavy libraries are imported inside each command's ``func``. A dash in a subcommand's name
+is an underscore in its module's (``compare-models``: ``commands/compare_models.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "extract",
     "encode",
     "demo",
-    "make_probe_tasks",
+    "make-probe-tasks",
     "selectivity",
+    "compare-models",
 )
 
 
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        module = importlib.import_module(f"wav2brain.commands.{name}")
+        module = importlib.import_module(f"wav2brain.commands.{name.replace('-', '_')}")
         module.add_parser(subparsers)
     return parser
 
