@@ -34,10 +34,7 @@ def commands() -> dict[str, list[str]]:
         "wav2brain --help": [*cli, "--help"],
     }
     table.update(
-        {
-            f"wav2brain {name} --help": [*cli, name, "--help"]
-            for name in SUBCOMMAND_MODULES
-        }
+        {f"wav2brain {name} --help": [*cli, name, "--help"] for name in SUBCOMMAND_MODULES}
     )
     table["wav2brain extract (missing arguments)"] = [*cli, "extract"]
     table["wav2brain encode --criterion x (bad choice)"] = [
