@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "prepare",
     "extract",
     "encode",
+    "anchor",
     "demo",
 )
 
