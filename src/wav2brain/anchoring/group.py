@@ -108,11 +108,16 @@ def group_regions(regions, subjects: Sequence[str], alpha: float):
     return pd.concat(frames, ignore_index=True)
 
 
-def best_regions(group) -> object:
-    """Per AN and family its region with the largest group |t| (pandas)."""
+def best_regions(group):
+    """Per AN and family its region with the largest group effect ``|group_r|`` (pandas).
+
+    The effect (the mean Fisher z, back-transformed), not ``|t|``: with a handful of subjects
+    t is dominated by the accident of a small spread; the region's significance is its
+    ``group_q``.
+    """
     index = (
-        group.assign(abs_t=group["group_t"].abs())
-        .groupby(["family", "layer", "unit"], sort=False)["abs_t"]
+        group.assign(effect=group["group_r"].abs())
+        .groupby(["family", "layer", "unit"], sort=False)["effect"]
         .idxmax()
     )
     return group.loc[index.to_numpy()].reset_index(drop=True)

@@ -71,6 +71,19 @@ def _map(values, stem: Path, space: str, mask_path, title: str) -> list[Path]:
     return written
 
 
+def _once(marker: Path, out: Path, write) -> list[Path]:
+    """Files written by ``write()`` once per marker (a rerun with the same inputs reuses them)."""
+    from wav2brain.atomic import write_text_atomic
+
+    if marker.is_file():
+        listed = [out / line for line in marker.read_text().split()]
+        if all(path.is_file() for path in listed):
+            return listed
+    written = write()
+    write_text_atomic("\n".join(str(p.relative_to(out)) for p in written) + "\n", marker)
+    return written
+
+
 def subject_maps(voxels, context: Finishing) -> list[Path]:
     """Best-layer and best-r maps of one subject's voxels passing FDR (0 elsewhere)."""
     from wav2brain.encoding.dataset import layer_number
@@ -149,13 +162,12 @@ def unit_rows(subject: str, chosen, context: Finishing) -> np.ndarray:
     return rows
 
 
-def unit_maps(units, members: list[str], context: Finishing) -> tuple[list[Path], list[str]]:
+def unit_maps(chosen, members: list[str], context: Finishing) -> list[Path]:
     """Maps of the chosen ANs per subject and, when the members share a voxel space, the group's."""
     from wav2brain.anchoring.group import one_sample_t
 
-    chosen = chosen_units(units, context.config)
     if not chosen:
-        return [], []
+        return []
     folder = context.out / "maps"
     folder.mkdir(parents=True, exist_ok=True)
     written, per_subject = [], {}
@@ -202,7 +214,7 @@ def unit_maps(units, members: list[str], context: Finishing) -> tuple[list[Path]
             members,
             sorted(map(str, grid)),
         )
-    return written, [f"{layer}:{unit}" for layer, unit in chosen]
+    return written
 
 
 def group_units(regions, members: list[str], alpha: float):
@@ -280,7 +292,9 @@ def finish(context: Finishing, units, regions, voxel_frames) -> dict:
     written: list[Path] = []
     if config.maps:
         for voxels in voxel_frames:
-            written += subject_maps(voxels, context)
+            subject = str(voxels["subject"].iloc[0])
+            marker = out / "parts" / f"sub-{subject}_{context.digests[subject]}.maps"
+            written += _once(marker, out, lambda v=voxels: subject_maps(v, context))
     stories = {s: [r.stimulus_id for r in own] for s, own in context.plans.items()}
     members = group_subjects(stories) if len(stories) >= 2 else []
     group, tests = group_units(regions, members, alpha)
@@ -298,8 +312,13 @@ def finish(context: Finishing, units, regions, voxel_frames) -> dict:
         summary["stage"] = stage
         written.append(plot_profile(profile, stage, out / "profile.png"))
     if config.maps and units is not None:
-        unit_written, mapped = unit_maps(units, members, context)
-        written += unit_written
-        summary["mapped_units"] = mapped
+        chosen = chosen_units(units, config)
+        key = _digest({"digests": context.digests, "units": chosen, "members": members})
+        written += _once(
+            out / "parts" / f"units_{key}.maps",
+            out,
+            lambda: unit_maps(chosen, members, context),
+        )
+        summary["mapped_units"] = [f"{layer}:{unit}" for layer, unit in chosen]
     paths["maps"] = written
     return {"paths": paths, "summary": summary}
