@@ -41,19 +41,27 @@ def lag_autocorrelation(values, starts: Sequence[int], max_lag: int):
     :func:`~wav2brain.anchoring.coupling.standardize` leaves them; lags never cross a run
     boundary. This is the estimator of :func:`wav2brain.simulation.recovery.autocorrelation`
     (per-run centring, lag sums of all runs over their summed variance) applied to the per-run
-    z-scored series, the series whose correlations are tested, computed as direct lag
-    sums on the device: for the few dozen lags needed it is several times faster than FFTs of
-    every column in float64 (0.1 s against 0.8 s per 4,096 columns of 1,000 TRs).
+    z-scored series, the series whose correlations are tested, computed in float32 on the device
+    by FFTs of each run's columns (rows of the transposed block: 0.23 s for 12,304 columns of
+    1,000 TRs where direct lag sums took 0.64 s and float64 numpy FFTs 2.5 s), in blocks of
+    :data:`LAG_BLOCK` columns.
     """
     import torch
 
     starts = [int(s) for s in starts]
-    out = torch.zeros((max_lag, values.shape[1]), dtype=values.dtype, device=values.device)
-    for a, b in zip(starts[:-1], starts[1:], strict=True):
-        run = values[a:b]
-        for k in range(1, min(max_lag, b - a - 1) + 1):
-            out[k - 1] += torch.einsum("ij,ij->j", run[:-k], run[k:])
-    return out
+    out = torch.zeros((values.shape[1], max_lag), dtype=values.dtype, device=values.device)
+    for first in range(0, values.shape[1], LAG_BLOCK):
+        block = values[:, first : first + LAG_BLOCK].t().contiguous()
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            size = 1 << int(2 * (b - a) - 1).bit_length()
+            spectrum = torch.fft.rfft(block[:, a:b], n=size, dim=1)
+            lags = torch.fft.irfft(spectrum.abs().square_(), n=size, dim=1)[:, 1 : max_lag + 1]
+            out[first : first + LAG_BLOCK, : lags.shape[1]] += lags  # lags >= run length: 0
+    return out.t().contiguous()
+
+
+LAG_BLOCK = 4096
+"""Columns per block of :func:`lag_autocorrelation` (bounds its FFT temporaries)."""
 
 
 def two_sided_p(z) -> np.ndarray:
