@@ -107,9 +107,11 @@ def test_bad_input_is_refused_before_any_product():
     with pytest.raises(ValueError, match="max_matrix_mb"):
         couple(x, x, [0, 100], TR, CouplingConfig(keep_matrix=True, max_matrix_mb=1e-9))
     with pytest.raises(ValueError, match="circular shift of at least 15 TRs"):
-        couple(x, x, [0, 20, 100], TR, CouplingConfig(n_permutations=2, min_shift_s=30))
+        couple(x, x, [0, 20, 100], TR, CouplingConfig(n_permutations=19, min_shift_s=30))
     with pytest.raises(ValueError, match="CouplingConfig.variance"):
         CouplingConfig(variance="exact")
+    with pytest.raises(ValueError, match="needs 19 draws"):
+        CouplingConfig(n_permutations=9)
     with pytest.raises(ValueError, match="CouplingConfig.alpha"):
         CouplingConfig(alpha=0.2)
 

@@ -103,6 +103,9 @@ def test_bad_input_is_refused_before_any_bold_is_read(prepared, tmp_path, monkey
         anchor(dataset, cache, tmp_path, _config(), subjects=["09"], progress=False)
     with pytest.raises(ValueError, match="--layers '7' not in the feature cache"):
         anchor(dataset, cache, tmp_path, _config(layers=("7",)), progress=False)
+    short = AnchorConfig(coupling=CouplingConfig(n_permutations=19, min_shift_s=90.0))
+    with pytest.raises(ValueError, match="too short for circular shifts of at least 90 s"):
+        anchor(dataset, cache, tmp_path, short, progress=False)
     with pytest.raises(ValueError, match="LAYER:UNIT"):
         AnchorConfig(units=("layer_01",))
 

@@ -79,7 +79,8 @@ class CouplingConfig:
         ``"bartlett"`` (autocorrelation-aware) or ``"naive"`` (``n_eff = n``: anti-conservative
         for smoothed series; kept as the negative control of the calibration tests).
     n_permutations : int
-        Circular-shift draws (0: analytic p-values only).
+        Circular-shift draws (0: analytic p-values only; else at least ``1 / alpha - 1``, the
+        fewest with which the max statistic can reject at ``alpha``).
     min_shift_s : float
         Smallest circular shift (s) either way; runs must be longer than twice it.
     seed : int
@@ -132,6 +133,15 @@ class CouplingConfig:
             (0 < self.z_step <= 1, "z_step", "in (0, 1]"),
             (self.z_max > z_of_p(self.grid_max_p), "z_max", "above the grid's start"),
             (self.max_matrix_mb > 0, "max_matrix_mb", "> 0 MB"),
+        )
+        fewest = math.ceil(1 / self.alpha) - 1
+        checks += (
+            (
+                self.n_permutations == 0 or self.n_permutations >= fewest,
+                "n_permutations",
+                f"0 or at least {fewest} (a max-statistic test at alpha={self.alpha:g} "
+                f"needs {fewest} draws)",
+            ),
         )
         for ok, name, expected in checks:
             if not ok:

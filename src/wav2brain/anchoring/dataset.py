@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -355,7 +356,7 @@ def anchor_subject(data, plan_layers, index, config: AnchorConfig, cleaning, fam
         "skipped_units": skipped_units,
         "skipped_voxels": skipped_voxels,
         "fdr_z": float(voxels.grid.thresholds[cutoff]) if cutoff < voxels.grid.n_bins else None,
-        "fwer_z": float(voxels.fwer_z()),
+        "fwer_z": float(voxels.fwer_z()) if math.isfinite(voxels.fwer_z()) else None,
         "n_permutations": len(voxels.maxima),
     }
     return units, voxel_frame, region_frame, summary, matrices
@@ -507,6 +508,16 @@ def anchor(
     for subject, reason in skipped.items():
         logger.warning("sub-%s skipped: %s", subject, reason)
     plans = {s: own for s, own in selected.items() if s not in skipped}
+    if config.coupling.n_permutations:
+        for own in plans.values():
+            min_shift = math.ceil(config.coupling.min_shift_s / own[0].tr)
+            short = [r.key for r in own if r.n_trs <= 2 * min_shift]
+            if short:
+                raise ValueError(
+                    f"runs {short[:5]} are too short for circular shifts of at least "
+                    f"{config.coupling.min_shift_s:g} s ({min_shift} TRs) either way: lower "
+                    "min_shift_s (--min-shift-s) or draw no permutations"
+                )
     map_reasons = {
         s: (
             map_target(
@@ -567,9 +578,7 @@ def anchor(
     regions = pd.concat(tables["regions"], ignore_index=True) if tables["regions"] else None
     from wav2brain.anchoring.results import Finishing, finish
 
-    context = Finishing(
-        out, dataset, plans, digests, map_reasons, index, config, cleaning, names, progress
-    )
+    context = Finishing(out, dataset, plans, digests, map_reasons, index, config, cleaning, names)
     finished = finish(context, units, regions, tables["voxels"])
     write_text_atomic(
         json.dumps(

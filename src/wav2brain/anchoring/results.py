@@ -39,7 +39,6 @@ class Finishing:
     config: AnchorConfig
     cleaning: object
     families: list[str] = field(default_factory=list)
-    progress: bool = True
 
 
 def glass_brain(values, mask_img, path: Path, title: str = "") -> Path:
@@ -94,7 +93,7 @@ def subject_maps(voxels, context: Finishing) -> list[Path]:
     first = context.plans[subject][0]
     mask = None if first.mask is None else context.dataset / first.mask
     passing = (voxels["q"] <= context.config.coupling.alpha).to_numpy()
-    layers = np.array([layer_number(n) if n is not None else 0 for n in voxels["layer"]])
+    layers = np.array([layer_number(n) if isinstance(n, str) else 0 for n in voxels["layer"]])
     folder = context.out / "maps"
     folder.mkdir(parents=True, exist_ok=True)
     return _map(
