@@ -7,11 +7,14 @@ both have lag autocorrelations near 0.9 at one TR, so ``n_eff`` is often a fifth
 naive p-value (``n_eff = n``) is badly anti-conservative. The sum for every AN x target pair is one
 matrix product of the lag autocorrelation sequences, ``Rx^T Ry`` with ``Rx [K, ANs]`` and ``Ry [K,
 targets]``: ``K`` (the lags, a few dozen) against the ``n`` TRs of the coupling product, so it
-costs a few per cent on top of it. The sum is truncated at ``max_lag`` TRs (30 s by default: the
-haemodynamic response and AR noise have decayed; longer lags mostly add estimation noise), and
-the statistic is Fisher's ``z = atanh(r) sqrt(n_eff - 3)``, N(0, 1) under the null (two-sided
-tests). xDF (Afyouni et al. 2019) also corrects for non-null r; Bartlett is the null variance,
-which is what a test needs.
+costs a few per cent on top of it (measured: 1.19x the pass with a constant variance, at
+9,216 x 50,000 x 1,000). The sum runs to ``max_lag`` TRs (30 s by default: the haemodynamic
+response and AR noise have decayed), each series' sequence cut at its first lag inside the null
+band (:func:`~wav2brain.anchoring.coupling.truncate`: xDF's adaptive truncation, Afyouni, Smith
+and Nichols 2019), and the statistic is Fisher's z with its variance inflated by Bartlett's
+factor ``D = 1 + 2 sum_k rho_x(k) rho_y(k)`` (clipped to ``[1, n / 4]``): ``z = atanh(r)
+sqrt((n - 3) / D)``, N(0, 1) under the null (two-sided tests). xDF also corrects the variance for
+non-null r; under the null, which is what a test needs, Bartlett's is the variance.
 
 Grids. Every test is counted, never stored: ``|z|`` falls in a bin of a uniform grid from the
 two-sided ``p = grid_max_p`` quantile to ``z_max`` (step ``z_step``), counted per AN (an ``[ANs,
