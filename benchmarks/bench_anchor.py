@@ -56,8 +56,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_prepare import current_rss_kb, peak_rss_kb, reset_peak_rss
 
+from bench_prepare import current_rss_kb, peak_rss_kb, reset_peak_rss
 from wav2brain.anchoring import CouplingConfig, couple
 from wav2brain.anchoring.coupling import block_sizes
 
