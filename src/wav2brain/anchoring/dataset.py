@@ -47,6 +47,7 @@ from wav2brain.anchoring.targets import (
     family_names,
     region_timecourses,
 )
+from wav2brain.encoding.dataset import _digest, _write_frame
 
 logger = logging.getLogger(__name__)
 
@@ -159,20 +160,6 @@ class AnchorResult:
         if self.profile is not None:
             paths["profile"] = self.profile
         return {name: pd.read_parquet(path) for name, path in paths.items()}
-
-
-def _digest(record: dict) -> str:
-    from wav2brain.features.cache import package_version, sha256_json
-
-    return sha256_json({**record, "wav2brain": package_version()})[:16]
-
-
-def _write_frame(frame, path: Path) -> Path:
-    import pyarrow as pa
-
-    from wav2brain.data.hf_layout import write_shard
-
-    return write_shard(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
 def _tensor(index, record) -> str:
@@ -420,12 +407,11 @@ def check_features(records, index) -> None:
             )
 
 
-def _subject_layers(records, index, wanted) -> list[str]:
-    from wav2brain.encoding.dataset import select_layers
+def _subject_layers(subject: str, records, index, wanted) -> list[str]:
+    """Layers cached for every run of the subject, selected as ``encode`` selects them."""
+    from wav2brain.encoding.dataset import SubjectPlan, _subject_layers
 
-    per_run = [index.layers(record) for record in records]
-    common = [name for name in per_run[0] if all(name in names for names in per_run)]
-    return select_layers(common, wanted)
+    return _subject_layers(SubjectPlan(subject, list(records), None), index, wanted)
 
 
 def _write_table(frames, path: Path, empty_columns) -> Path:
@@ -533,7 +519,7 @@ def anchor(
     for subject, reason in map_reasons.items():
         if reason is not None and config.maps:
             logger.info("sub-%s: tables only (%s)", subject, reason)
-    layers = {s: _subject_layers(own, index, config.layers) for s, own in plans.items()}
+    layers = {s: _subject_layers(s, own, index, config.layers) for s, own in plans.items()}
     cleaning = read_cleaning(dataset) if config.normalize_features else None
     families_id = _families_identity(parcellations, extra)
     parts = out / "parts"
