@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "prepare",
     "extract",
     "encode",
+    "anchor",
     "demo",
     "make-probe-tasks",
     "selectivity",

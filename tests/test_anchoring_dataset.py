@@ -1,0 +1,218 @@
+"""``anchor`` over a fabricated prepared dataset and feature cache (SIMULATED), end to end.
+
+The fixture (tests/encoding_data.py) drives the first 12 of 24 voxels with ``layer_01``'s units;
+``layer_02`` is noise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anchoring_fixtures import Parcellation
+from encoding_data import design, write_prepared
+from wav2brain.anchoring import AnchorConfig, CouplingConfig, anchor, compare_anchoring
+from wav2brain.anchoring.dataset import UNIT_COLUMNS, check_features
+from wav2brain.anchoring.profile import layer_profile, stage_summary
+from wav2brain.encoding import runs as runs_module
+
+LABELS = np.array([0] * 6 + [1] * 6 + [2] * 12)
+ROIS = Parcellation("roi", ("auditory_a", "language_b", "other"), LABELS, "fixture")
+
+
+def _config(**extra) -> AnchorConfig:
+    coupling = CouplingConfig(max_lag_s=6.0, min_shift_s=6.0, n_permutations=19, top_k=3)
+    return AnchorConfig(coupling=coupling, **{"n_map_units": 1, **extra})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anchor")
+    return write_prepared(root, design(["01", "02", "03"], ["a", "b"]), n_trs=80)
+
+
+@pytest.fixture(scope="module")
+def result(prepared, tmp_path_factory):
+    dataset, cache = prepared
+    out = tmp_path_factory.mktemp("anchored")
+    return anchor(dataset, cache, out, _config(), parcellations=[ROIS], progress=False)
+
+
+def test_anchor_end_to_end_finds_the_planted_layer(result):
+    tables = result.tables()
+    units, voxels = tables["units"], tables["voxels"]
+    assert set(UNIT_COLUMNS) <= set(units.columns) and len(units) == 3 * 12
+    assert {"roi", "roi_r", "roi_q", "best_voxel_roi", "p_null"} <= set(units.columns)
+    numeric = units.select_dtypes("number")
+    assert not numeric.isna().any().any() and not voxels.select_dtypes("number").isna().any().any()
+    driven = voxels[voxels["voxel"] < 12]
+    assert (driven["layer"] == "layer_01").all() and (driven["q"] <= 0.05).mean() >= 0.9
+    noise = voxels[voxels["voxel"] >= 12]
+    assert (noise["q"] <= 0.05).mean() <= 0.2
+    per_layer = units.groupby("layer")["n_fdr"].sum()
+    assert per_layer["layer_01"] > 10 * max(per_layer["layer_02"], 1)
+    # top voxels of the planted units are driven voxels
+    planted = units[units["layer"] == "layer_01"]
+    assert np.mean([v < 12 for row in planted["top_voxels"] for v in row]) >= 0.9
+
+
+def test_group_profile_maps_and_summary_are_written(result):
+    tables = result.tables()
+    group = tables["group"]
+    assert len(group) == 12 and {"roi", "roi_group_t", "roi_replication"} <= set(group.columns)
+    assert group["roi_n_subjects"].eq(3).all()
+    planted = group[group["layer"] == "layer_01"]
+    assert (planted["roi"] != "other").all() and (planted["roi_group_q"] <= 0.05).sum() >= 5
+    profile = tables["profile"]
+    assert set(profile["class"]) <= {"auditory", "higher_order", "other"}
+    summary = json.loads((result.out / "summary.json").read_text())
+    assert summary["group_subjects"] == ["01", "02", "03"]
+    assert summary["stage"]["roi"]["layers"] == [1, 2]
+    names = {p.name for p in result.maps}
+    assert {"sub-01_best_layer.nii.gz", "sub-01_best_r.png", "profile.png"} <= names
+    assert any(n.startswith("group_layer_01_unit-") and n.endswith("_t.nii.gz") for n in names)
+
+
+def test_a_rerun_reads_no_bold(result, prepared, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("BOLD read on a rerun")
+
+    monkeypatch.setattr(runs_module, "load_bold", refuse)
+    dataset, cache = prepared
+    again = anchor(dataset, cache, result.out, _config(), parcellations=[ROIS], progress=False)
+    assert again.reused == ["01", "02", "03"] and again.analysed == []
+    pd.testing.assert_frame_equal(again.tables()["units"], result.tables()["units"])
+
+
+def test_bad_input_is_refused_before_any_bold_is_read(prepared, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("BOLD read before the inputs were checked")
+
+    monkeypatch.setattr(runs_module, "load_bold", refuse)
+    dataset, cache = prepared
+    wrong = Parcellation("roi", ("a",), np.zeros(23, int), "short atlas")
+    with pytest.raises(
+        ValueError, match="'short atlas' .* labels 23 voxels but sub-01's runs have 24"
+    ):
+        anchor(dataset, cache, tmp_path, _config(), parcellations=[wrong], progress=False)
+    with pytest.raises(ValueError, match="--subjects"):
+        anchor(dataset, cache, tmp_path, _config(), subjects=["09"], progress=False)
+    with pytest.raises(ValueError, match="--layers '7' not in the feature cache"):
+        anchor(dataset, cache, tmp_path, _config(layers=("7",)), progress=False)
+    short = AnchorConfig(coupling=CouplingConfig(n_permutations=19, min_shift_s=90.0))
+    with pytest.raises(ValueError, match="too short for circular shifts of at least 90 s"):
+        anchor(dataset, cache, tmp_path, short, progress=False)
+    with pytest.raises(ValueError, match="LAYER:UNIT"):
+        AnchorConfig(units=("layer_01",))
+
+
+def test_features_on_another_tr_grid_are_refused_naming_both():
+    class Index:
+        def entry_record(self, record):
+            return {"grid": {"tr_s": 2.0}, "key": {"grid_config": {"method": "hrf"}}}
+
+        def entry_path(self, record):
+            return "cache/a/x.safetensors"
+
+    class Record:
+        key, tr = "01||a|1|a", 1.5
+
+    with pytest.raises(ValueError, match=r"TR 1.5 s but its features .* 2.0-s grid"):
+        check_features([Record()], Index())
+
+
+def test_subjects_with_other_stories_are_left_out_of_the_group(tmp_path, caplog):
+    runs = design(["01", "02"], ["a", "b"]) + design(["03"], ["a", "c"])
+    dataset, cache = write_prepared(tmp_path, runs, n_trs=80)
+    with caplog.at_level(logging.WARNING):
+        result = anchor(
+            dataset,
+            cache,
+            tmp_path / "out",
+            _config(maps=False),
+            parcellations=[ROIS],
+            progress=False,
+        )
+    assert "subjects ['03'] heard other stories" in caplog.text
+    assert result.tables()["group"]["roi_n_subjects"].eq(2).all()
+
+
+def test_group_maps_refused_across_voxel_spaces(tmp_path, caplog):
+    runs = design(["01"], ["a", "b"]) + design(["02"], ["a", "b"], mask="other_mask.nii.gz")
+    dataset, cache = write_prepared(tmp_path, runs, n_trs=80)
+    with caplog.at_level(logging.WARNING):
+        result = anchor(
+            dataset, cache, tmp_path / "out", _config(), parcellations=[ROIS], progress=False
+        )
+    assert "group maps of the chosen ANs refused" in caplog.text
+    assert not any(p.name.startswith("group_") for p in result.maps)
+    assert result.group is not None  # combined at region level
+
+
+def test_layer_profile_finds_the_auditory_peak_and_the_takeover():
+    rows = []
+    shares = {1: (0.2, 0.0), 2: (0.6, 0.1), 3: (0.3, 0.2), 4: (0.1, 0.5)}
+    for layer, (auditory, higher) in shares.items():
+        for unit in range(10):
+            region = (
+                "A1" if unit < auditory * 10 else "DMN" if unit < (auditory + higher) * 10 else "V1"
+            )
+            rows.append(("group", "network", f"layer_{layer:02d}", unit, region, region != "V1"))
+    anchored = pd.DataFrame(
+        rows, columns=["source", "family", "layer", "unit", "region", "significant"]
+    )
+    profile = layer_profile(anchored, r"a1", r"dmn")
+    stage = stage_summary(profile, anchored["layer"].unique())["network"]
+    assert stage["peak_auditory_layer"] == 2 and stage["takeover_layer"] == 4
+    np.testing.assert_allclose(stage["auditory_share"], [0.2, 0.6, 0.3, 0.1])
+    # negative control: without higher-order anchoring there is no takeover
+    anchored.loc[anchored["region"] == "DMN", "significant"] = False
+    stage = stage_summary(layer_profile(anchored, r"a1", r"dmn"), anchored["layer"].unique())
+    assert stage["network"]["takeover_layer"] is None
+
+
+def test_compare_before_and_after(result, prepared, tmp_path):
+    dataset, cache = prepared
+    after = anchor(
+        dataset,
+        cache,
+        tmp_path / "after",
+        _config(layers=("2",), maps=False),
+        parcellations=[ROIS],
+        progress=False,
+    )
+    regions, layers = compare_anchoring(result.out, after.out)
+    first = regions[regions["layer"] == "layer_01"]
+    assert (first["share_after"] == 0).all() and (first["change"] < 0).any()
+    np.testing.assert_allclose(first["change"], -first["share_before"])
+    same, _ = compare_anchoring(result.out, result.out)
+    assert (same["change"] == 0).all()
+    other = anchor(
+        dataset, cache, tmp_path / "other", _config(maps=False), subjects=["01"], progress=False
+    )
+    with pytest.raises(ValueError, match="compare runs over the same subjects"):
+        compare_anchoring(result.out, other.out)
+
+
+def test_cli_anchor_and_compare(prepared, tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    from wav2brain.cli import main
+
+    dataset, cache = prepared
+    base = ["anchor", str(dataset), "--features", str(cache), "--max-lag-s", "6", "--no-maps"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--save-matrix", "--layers", "1"]) == 0
+    assert "3 subjects anchored" in capsys.readouterr().out
+    matrix = load_file(str(tmp_path / "a" / "matrices" / "sub-01_layer_01.safetensors"))["r"]
+    assert matrix.dtype == np.float16 and matrix.shape == (6, 24)
+    out = tmp_path / "b"
+    assert main([*base, "--out", str(out), "--compare-with", str(tmp_path / "a")]) == 0
+    layers = pd.read_parquet(out / "compare_layers.parquet")
+    assert layers["layer"].tolist() == ["layer_01", "layer_02"]
+    assert (out / "compare.png").is_file()
+    assert main([*base, "--out", str(out), "--alpha", "0.5"]) == 2
+    assert "CouplingConfig.alpha" in capsys.readouterr().err
