@@ -18,15 +18,23 @@ What nilearn holds in memory. ``fit`` takes a list of 4-D images; for each it ma
 reduces it by SVD to ``n_components`` time samples and keeps only that reduction, one image at a
 time with ``n_jobs=1``. The subjects are handed to it as a lazy sequence that builds a subject's
 4-D image (its runs, z-scored within each run, stacked in time and unmasked onto the mask's grid)
-only when nilearn asks for it, so at most one subject's full BOLD is held, never all of them. The
-peak is one subject's 4-D volume (twice with smoothing: nilearn smooths a copy), its masked matrix
-and SVD, plus the reductions of all subjects (``n_subjects x n_components x n_voxels`` float32)
-and nilearn's group PCA/ICA on them; :func:`estimate_memory` computes it before anything is read,
-and a request above ``NetworkConfig.memory_limit_gb`` is refused.
+only when nilearn asks for it, each one written into the same buffer (nilearn's loop still holds
+the previous image when it asks for the next one), so one subject's 4-D volume is allocated,
+never all subjects' BOLD. The peak is that volume (twice with smoothing: nilearn smooths a copy),
+the subject's masked matrix and SVD, plus the reductions of all subjects (``n_subjects x
+n_components x n_voxels`` float32) and nilearn's group PCA/ICA on them; :func:`estimate_memory`
+computes it before anything is read, and a request above ``NetworkConfig.memory_limit_gb`` is
+refused. The time courses take a second pass over the runs, one run at a time.
+
+Resuming: with ``out_dir``, the networks are saved there (each file written atomically) with a key
+of everything the decomposition depends on (its settings, every run's identity, the group mask); a
+later call with the same key reloads the maps instead of refitting, and only names them again and
+recomputes the time courses.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -102,7 +110,7 @@ class NetworkConfig:
         CanICA's FastICA restarts; the sparsest result is kept.
     alpha : float
         DictLearning's sparsity (larger: sparser maps).
-    n_epochs : float
+    n_epochs : int
         DictLearning's passes over the data.
     batch_size : int
         DictLearning's mini-batch size (time samples).
@@ -110,9 +118,13 @@ class NetworkConfig:
         Spatial z (each map z-scored over the mask's voxels) above which a voxel may belong to a
         network; a voxel goes to the network with the largest z (argmax). 2.0 keeps a network's
         tail: about the top 2 % of a Gaussian map, more for the heavy-tailed maps of ICA.
-    name_min_z : float
-        A network is named after the reference region where its mean spatial z is largest, when
-        that mean is at least this; otherwise it keeps a bare ``netNN`` name and stage "other".
+    name_min_share : float
+        A network (its voxels with spatial z above ``label_threshold``) is named after the
+        reference region holding the largest share of those of its voxels that fall in any
+        reference region, when that share is at least this (default: a majority); otherwise it
+        keeps a bare ``netNN`` name and stage "other". A share, not a mean z inside the region:
+        coordinate atlases cover cortex sparsely (spheres), and a network that fills two of the
+        twelve auditory spheres is auditory although the auditory network's mean z stays low.
     n_jobs : int
         Subjects nilearn reduces in parallel; each one holds a subject's 4-D BOLD, so 1 keeps one.
     memory_limit_gb : float or None
@@ -127,17 +139,17 @@ class NetworkConfig:
     canica_threshold: float | str | None = "auto"
     n_init: int = 10
     alpha: float = 10.0
-    n_epochs: float = 1.0
+    n_epochs: int = 1
     batch_size: int = 20
     label_threshold: float = 2.0
-    name_min_z: float = 1.0
+    name_min_share: float = 0.5
     n_jobs: int = 1
     memory_limit_gb: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"network method must be one of {METHODS}, got {self.method!r}")
-        for name in ("n_components", "n_init", "batch_size", "n_jobs"):
+        for name in ("n_components", "n_init", "n_epochs", "batch_size", "n_jobs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"NetworkConfig.{name} must be a positive integer, got {value!r}")
@@ -147,11 +159,14 @@ class NetworkConfig:
             raise ValueError(
                 f"canica_threshold must be 'auto', a float or None, got {self.canica_threshold!r}"
             )
-        for name in ("alpha", "n_epochs"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"NetworkConfig.{name} must be > 0, got {getattr(self, name)}")
-        if not np.isfinite(self.label_threshold) or not np.isfinite(self.name_min_z):
-            raise ValueError("label_threshold and name_min_z must be finite spatial z values")
+        if not self.alpha > 0:
+            raise ValueError(f"NetworkConfig.alpha must be > 0, got {self.alpha}")
+        if not np.isfinite(self.label_threshold):
+            raise ValueError(
+                f"label_threshold must be a finite spatial z, got {self.label_threshold}"
+            )
+        if not 0 < self.name_min_share <= 1:
+            raise ValueError(f"name_min_share must be in (0, 1], got {self.name_min_share}")
         if self.memory_limit_gb is not None and not self.memory_limit_gb > 0:
             raise ValueError(f"memory_limit_gb must be > 0 or None, got {self.memory_limit_gb}")
 
@@ -279,15 +294,33 @@ class _Masks:
 
 
 class _SubjectImages(Sequence):
-    """The subjects' 4-D BOLD images, each built on request (one alive at a time with n_jobs=1)."""
+    """The subjects' 4-D BOLD images, each built when nilearn asks for it.
 
-    def __init__(self, runs: Mapping[str, Sequence[RunInput]], masks: _Masks) -> None:
+    With ``reuse`` (``n_jobs=1``: nilearn is done with an image before it asks for the next) every
+    image is a view of one buffer sized for the longest subject, so however nilearn's loop keeps
+    its last reference, one subject's 4-D volume is allocated; otherwise each image gets its own
+    array (``n_jobs`` of them in flight).
+    """
+
+    def __init__(self, runs: Mapping[str, Sequence[RunInput]], masks: _Masks, reuse: bool) -> None:
         self.subjects = list(runs)
         self.runs = runs
         self.masks = masks
+        self.longest = max(sum(_run_shape(r)[0] for r in own) for own in runs.values())
+        self.reuse = reuse
+        self._buffer: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.subjects)
+
+    def _volume(self, n_trs: int) -> np.ndarray:
+        if not self.reuse:
+            return np.zeros((*self.masks.shape, n_trs), dtype=np.float32)
+        if self._buffer is None:
+            self._buffer = np.empty((*self.masks.shape, self.longest), dtype=np.float32)
+        volume = self._buffer[..., :n_trs]
+        volume.fill(0.0)  # no value of the previous subject may reach the smoothing kernel
+        return volume
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -296,8 +329,9 @@ class _SubjectImages(Sequence):
         inside = self.masks.inside[subject]
         parts = [_zscore(_load_run(run)) for run in self.runs[subject]]
         n_trs = sum(p.shape[0] for p in parts)
-        volume = np.zeros((*self.masks.shape, n_trs), dtype=np.float32)
+        volume = self._volume(n_trs)
         volume[inside] = np.concatenate(parts).T
+        del parts
         logger.info("networks: sub %s (%d TRs) handed to nilearn", subject, n_trs)
         return self.masks.image(volume)
 
@@ -343,8 +377,9 @@ class NetworkMaps:
         Stage of each network (:data:`STAGES`), the matched reference region's.
     matched : tuple of str
         The reference region each network is named after ("" when none).
-    matched_z : tuple of float
-        The network's mean spatial z inside that region.
+    matched_share : tuple of float
+        Share of the network's voxels inside reference regions that lie in that region (NaN when
+        none does or there is no reference).
     config : NetworkConfig
     source : str
         Method, components, subjects and reference, for tables.
@@ -355,7 +390,7 @@ class NetworkMaps:
     names: tuple[str, ...]
     stages: tuple[str, ...]
     matched: tuple[str, ...]
-    matched_z: tuple[float, ...]
+    matched_share: tuple[float, ...]
     config: NetworkConfig
     source: str
 
@@ -426,7 +461,7 @@ class NetworkMaps:
         return _zscore(array)[:, columns] @ projector
 
     def table(self):
-        """One row per network: ``index``, ``name``, ``stage``, ``matched``, ``matched_z``."""
+        """One row per network: ``index``, ``name``, ``stage``, ``matched``, ``matched_share``."""
         import pandas as pd
 
         return pd.DataFrame(
@@ -435,26 +470,34 @@ class NetworkMaps:
                 "name": list(self.names),
                 "stage": list(self.stages),
                 "matched": list(self.matched),
-                "matched_z": list(self.matched_z),
+                "matched_share": list(self.matched_share),
             }
         )
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write the maps, group mask, table and settings into ``folder`` (each file atomically)."""
+    def save(self, folder: str | os.PathLike, key: Mapping[str, Any] | None = None) -> Path:
+        """Write the maps, group mask, table and settings into ``folder`` (each file atomically).
+
+        ``key`` (what the decomposition depends on, JSON-serialisable) is stored in the settings,
+        which are written last, so a folder with settings is complete.
+        """
         import nibabel as nib
 
         from wav2brain.atomic import partial_path, write_text_atomic
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / SETTINGS_NAME).unlink(
+            missing_ok=True
+        )  # until rewritten, the folder is incomplete
         for image, name in ((self.maps_img, MAPS_NAME), (self.mask_img, MASK_NAME)):
             final = folder / name
             temporary = partial_path(final).with_name(f".{final.name}.partial.nii.gz")
             nib.save(image, temporary)
             os.replace(temporary, final)
         write_text_atomic(self.table().to_csv(sep="\t", index=False), folder / TABLE_NAME)
-        settings = {"config": asdict(self.config), "source": self.source}
-        write_text_atomic(json.dumps(settings, indent=2) + "\n", folder / SETTINGS_NAME)
+        settings = {"config": asdict(self.config), "source": self.source, "key": key}
+        text = json.dumps(settings, indent=2, default=str) + "\n"
+        write_text_atomic(text, folder / SETTINGS_NAME)
         return folder
 
     @classmethod
@@ -467,7 +510,8 @@ class NetworkMaps:
         for name in (MAPS_NAME, MASK_NAME, TABLE_NAME, SETTINGS_NAME):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name} not found: not a saved networks folder")
-        table = pd.read_csv(folder / TABLE_NAME, sep="\t", keep_default_na=False)
+        table = pd.read_csv(folder / TABLE_NAME, sep="\t", dtype={"matched": str})
+        table["matched"] = table["matched"].fillna("")
         settings = json.loads((folder / SETTINGS_NAME).read_text(encoding="utf-8"))
         known = {f.name for f in fields(NetworkConfig)}
         config = NetworkConfig(**{k: v for k, v in settings["config"].items() if k in known})
@@ -478,7 +522,7 @@ class NetworkMaps:
             names=tuple(str(n) for n in table["name"]),
             stages=tuple(str(s) for s in table["stage"]),
             matched=tuple(str(m) for m in table["matched"]),
-            matched_z=tuple(float(z) for z in table["matched_z"]),
+            matched_share=tuple(float(z) for z in table["matched_share"]),
             config=config,
             source=str(settings["source"]),
         )
@@ -497,33 +541,70 @@ def _spatial_z(components: np.ndarray) -> np.ndarray:
 def _name_networks(
     zmaps: np.ndarray, reference: Parcellation | None, config: NetworkConfig
 ) -> tuple[list[str], list[str], list[str], list[float]]:
-    """Names, stages, matched regions and their mean z: each map against the reference."""
+    """Names, stages, matched regions and shares: each network against the reference regions."""
     n = zmaps.shape[0]
     bare = [f"net{k + 1:02d}" for k in range(n)]
+    names, stages, matched, shares = list(bare), ["other"] * n, [""] * n, [float("nan")] * n
     if reference is None:
-        return bare, ["other"] * n, [""] * n, [float("nan")] * n
-    kept = np.flatnonzero(reference.counts() > 0)
-    if kept.size == 0:
-        return bare, ["other"] * n, [""] * n, [float("nan")] * n
-    means = np.zeros((n, reference.n_regions))
+        return names, stages, matched, shares
     inside = reference.labels >= 0
-    np.add.at(means.T, reference.labels[inside], zmaps[:, inside].T)
-    means[:, kept] /= reference.counts()[kept]
-    means[:, np.setdiff1d(np.arange(reference.n_regions), kept)] = -np.inf
-    best = means.argmax(axis=1)
-    names, stages, matched, values = [], [], [], []
     for k in range(n):
-        region, value = reference.names[best[k]], float(means[k, best[k]])
-        if value >= config.name_min_z:
-            names.append(f"{bare[k]}_{region}")
-            stages.append(reference.stage_of(region))
-            matched.append(region)
-        else:
-            names.append(bare[k])
-            stages.append("other")
-            matched.append("")
-        values.append(value)
-    return names, stages, matched, values
+        hits = reference.labels[inside & (zmaps[k] > config.label_threshold)]
+        if hits.size == 0:
+            continue
+        counts = np.bincount(hits, minlength=reference.n_regions)
+        best = int(counts.argmax())
+        shares[k] = float(counts[best] / hits.size)
+        if shares[k] >= config.name_min_share:
+            region = reference.names[best]
+            names[k], stages[k], matched[k] = (
+                f"{bare[k]}_{region}",
+                reference.stage_of(region),
+                region,
+            )
+    return names, stages, matched, shares
+
+
+DECOMPOSITION_FIELDS = (
+    "method", "n_components", "smoothing_fwhm", "random_state", "canica_threshold", "n_init",
+    "alpha", "n_epochs", "batch_size",
+)  # fmt: skip
+"""The :class:`NetworkConfig` fields the maps depend on (the others name, label or bound memory)."""
+
+
+def _run_identity(run: RunInput) -> Any:
+    if hasattr(run, "identity"):
+        return run.identity()
+    array = np.ascontiguousarray(run, dtype=np.float32)
+    return {"shape": list(array.shape), "sha1": hashlib.sha1(array.data).hexdigest()}
+
+
+def _fit_key(runs: Mapping[str, Sequence[RunInput]], grid: _Masks, config: NetworkConfig) -> dict:
+    """Everything the decomposition depends on, as JSON-ready values."""
+    settings = asdict(config)
+    return {
+        "config": {name: settings[name] for name in DECOMPOSITION_FIELDS},
+        "runs": {subject: [_run_identity(r) for r in own] for subject, own in runs.items()},
+        "group_mask": hashlib.sha1(np.packbits(grid.group).tobytes()).hexdigest(),
+        "affine": np.round(grid.affine, 6).tolist(),
+    }
+
+
+def _saved_maps(out_dir, key: dict, grid: _Masks) -> np.ndarray | None:
+    """The spatial z maps saved in ``out_dir`` under the same key, or None (then they are fitted)."""
+    if out_dir is None or not (Path(out_dir) / SETTINGS_NAME).is_file():
+        return None
+    path = Path(out_dir) / SETTINGS_NAME
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8")).get("key")
+    except json.JSONDecodeError:
+        stored = None
+    if stored != json.loads(json.dumps(key, default=str)):
+        logger.info("networks: %s was made from other inputs or settings; refitting", path)
+        return None
+    saved = NetworkMaps.load(out_dir)
+    logger.info("networks: reusing the decomposition saved in %s", out_dir)
+    return np.asarray(saved.maps_img.dataobj, dtype=np.float64)[grid.group].T
 
 
 def _check_runs(runs: Mapping[str, Sequence[RunInput]], masks: _Masks) -> None:
@@ -570,6 +651,7 @@ def functional_networks(
     *,
     space: str | None = None,
     reference: Callable[[Any], Parcellation] | None = None,
+    out_dir: str | os.PathLike | None = None,
 ) -> tuple[NetworkMaps, dict[str, list[np.ndarray]]]:
     """Functional networks from the subjects' BOLD, and each subject's network time courses.
 
@@ -589,6 +671,9 @@ def functional_networks(
         ``reference(group_mask_img) -> Parcellation`` naming the networks (e.g.
         ``lambda m: simulated_parcellation(truth, m, "network")``); default, for MNI spaces, the
         Seitzman networks (:func:`default_parcellation`), else none (bare ``netNN`` names).
+    out_dir : path, optional
+        Where the networks are saved (:meth:`NetworkMaps.save`) and, when a previous call with the
+        same inputs saved them, reloaded from instead of refitting (see the module docstring).
 
     Returns
     -------
@@ -626,10 +711,13 @@ def functional_networks(
         "networks: %s over %d subjects, %d voxels (estimated peak %.2f GB)",
         config.spec, len(subjects), n_group, peak / 1e9,
     )  # fmt: skip
-    estimator = config.estimator(grid.image())
-    estimator.fit(_SubjectImages(bold_runs_by_subject, grid))
-    zmaps = _spatial_z(estimator.components_)
     group_img = grid.image()
+    key = _fit_key(bold_runs_by_subject, grid, config)
+    zmaps = _saved_maps(out_dir, key, grid)
+    if zmaps is None:
+        estimator = config.estimator(group_img)
+        estimator.fit(_SubjectImages(bold_runs_by_subject, grid, reuse=config.n_jobs == 1))
+        zmaps = _spatial_z(estimator.components_)
     if reference is None and space is not None and is_mni(space):
 
         def reference(mask_img) -> Parcellation:
@@ -650,10 +738,12 @@ def functional_networks(
         names=tuple(names),
         stages=tuple(stages),
         matched=tuple(matched),
-        matched_z=tuple(values),
+        matched_share=tuple(values),
         config=config,
         source=source,
     )
+    if out_dir is not None:
+        networks.save(out_dir, key)
     courses = {}
     for subject in subjects:
         mask_img = grid.image(grid.inside[subject].astype(np.uint8))
@@ -670,6 +760,7 @@ def dataset_networks(
     *,
     subjects: Sequence[str] | None = None,
     reference: Callable[[Any], Parcellation] | None = None,
+    out_dir: str | os.PathLike | None = None,
 ) -> tuple[NetworkMaps, dict[str, list[np.ndarray]]]:
     """:func:`functional_networks` over a prepared dataset folder (``wav2brain prepare``).
 
@@ -696,4 +787,4 @@ def dataset_networks(
                 "voxel grid per subject"
             )
         masks[subject] = dataset / named[0]
-    return functional_networks(grouped, masks, config, reference=reference)
+    return functional_networks(grouped, masks, config, reference=reference, out_dir=out_dir)
