@@ -342,3 +342,32 @@ def test_simulated_parcellation_bad_folders(truth, tmp_path):
     (folder / "simulation.json").write_text('{"config": {}}')
     with pytest.raises(ValueError, match="simulation.json: no config.model_kwargs"):
         simulated_parcellation(folder, folder / "brain_mask.nii.gz")
+
+
+def test_labels_table_beside_the_atlas(tmp_path):
+    atlas = tmp_path / "atlas_dseg.nii.gz"
+    nib.save(halves_atlas(), atlas)
+    with pytest.raises(FileNotFoundError, match=r"no labels table lies beside it .*atlas_dseg.tsv"):
+        parcellation_from_atlas(atlas, None, grid_mask())
+    table = pd.DataFrame({"index": [1, 2], "name": ["left", "right"]})
+    table.to_csv(tmp_path / "atlas_dseg.tsv", sep="\t", index=False)
+    assert parcellation_from_atlas(atlas, None, grid_mask()).names == ("left", "right")
+    with pytest.raises(ValueError, match="an atlas given as an image needs its labels"):
+        parcellation_from_atlas(halves_atlas(), None, grid_mask())
+
+
+def test_resolve_parcellation_precedence(tmp_path, truth):
+    from wav2brain.anchoring.atlases import resolve_parcellation
+
+    atlas = tmp_path / "atlas.nii.gz"
+    nib.save(halves_atlas(), atlas)
+    user = resolve_parcellation(grid_mask(), "T1w", atlas=atlas, atlas_labels=["l", "r"])
+    assert user.names == ("l", "r") and str(atlas) in user.source
+    with pytest.raises(ValueError, match="given without an atlas"):
+        resolve_parcellation(grid_mask(), "T1w", atlas_labels=["l", "r"])
+    dataset, folder = truth
+    simulated = resolve_parcellation(folder / "brain_mask.nii.gz", "native", truth_dir=dataset)
+    assert "SIMULATED" in simulated.source
+    with pytest.raises(ValueError, match="no default atlas for space 'native'"):
+        resolve_parcellation(grid_mask(), "native")
+    assert resolve_parcellation(mni_mask(8.0), "MNI", "network").kind == "network"

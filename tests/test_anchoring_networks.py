@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
+from test_anchoring_atlases import mni_mask, no_network  # noqa: F401 (a fixture)
 from wav2brain.anchoring import networks as nets
 from wav2brain.anchoring.networks import (
     NetworkConfig,
@@ -314,8 +315,6 @@ def test_dataset_networks_refuses_runs_without_one_mask(tmp_path):
 def mni_networks(gain: float, seed: int = 1):
     """Networks (2 components) of 2 subjects on an 8-mm MNI grid with two planted networks:
     both Heschl's gyri, and the posterior cingulate / precuneus (12-mm spheres)."""
-    from test_anchoring_atlases import mni_mask
-
     mask = mni_mask(8.0)
     ijk = np.argwhere(np.asarray(mask.dataobj) > 0)
     xyz = ijk @ mask.affine[:3, :3].T + mask.affine[:3, 3]
@@ -334,6 +333,7 @@ def mni_networks(gain: float, seed: int = 1):
     return networks, planted
 
 
+@pytest.mark.usefixtures("no_network")
 def test_planted_mni_networks_are_named_auditory_and_default_mode():
     """A network planted in both Heschl's gyri is named after Seitzman's auditory network (stage
     auditory), one in the posterior cingulate / precuneus after its default-mode network (stage

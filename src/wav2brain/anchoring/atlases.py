@@ -340,6 +340,27 @@ def _describe(image, source: str) -> str:
     return f"{source} (shape {tuple(image.shape[:3])}, affine {affine.replace(chr(10), '')})"
 
 
+LABEL_SUFFIXES = (".tsv", ".csv", ".txt")
+"""Sidecar labels tables looked for beside an atlas image given without labels (BIDS ``dseg``:
+``atlas.nii.gz`` with ``atlas.tsv``)."""
+
+
+def atlas_labels_path(atlas_img) -> Path:
+    """The labels table beside an atlas file (same stem, :data:`LABEL_SUFFIXES`)."""
+    if not isinstance(atlas_img, (str, Path)):
+        raise ValueError("an atlas given as an image needs its labels (a table, list or mapping)")
+    path = Path(atlas_img)
+    stem = path.name.removesuffix(".gz").removesuffix(".nii")
+    tried = [path.with_name(stem + suffix) for suffix in LABEL_SUFFIXES]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"atlas {path} was given without labels and no labels table lies beside it (tried "
+        f"{[t.name for t in tried]}): pass its labels (--atlas-labels)"
+    )
+
+
 def parcellation_from_atlas(
     atlas_img,
     labels,
@@ -361,8 +382,9 @@ def parcellation_from_atlas(
         probabilities, 25 for the percent maps of Harvard-Oxford; default 0, any positive value),
         before resampling: labels are resampled, never probabilities, so one rule applies to both
         kinds of atlas.
-    labels : mapping, sequence or path
-        Names of the label values (:func:`read_labels`).
+    labels : mapping, sequence, path or None
+        Names of the label values (:func:`read_labels`); None reads the table beside the atlas
+        file (:func:`atlas_labels_path`).
     mask_img : path or nibabel image
         The subject's mask (the dataset's ``mask`` column); its voxel order is the labels' order.
     kind : str
@@ -396,6 +418,8 @@ def parcellation_from_atlas(
     atlas = _load(atlas_img, "atlas")
     mask, inside = mask_voxels(mask_img)
     atlas_name, mask_name = _name(atlas_img), _name(mask_img)
+    if labels is None:
+        labels = atlas_labels_path(atlas_img)
     names = read_labels(labels, source=f"labels of atlas {atlas_name}")
     names.pop(0, None)
     volume, is_maps = _label_volume(atlas, names, threshold, atlas_name)
@@ -723,3 +747,29 @@ def simulated_parcellation(truth_dir, mask_img, kind: str = "roi") -> Parcellati
     per_roi = np.array([groups.index(s) for s in rois.stages], dtype=np.int64)
     labels = np.where(rois.labels >= 0, per_roi[np.maximum(rois.labels, 0)], -1)
     return Parcellation("network", tuple(groups), labels, source, tuple(groups))
+
+
+def resolve_parcellation(
+    mask_img,
+    space: str,
+    kind: str = "roi",
+    *,
+    atlas=None,
+    atlas_labels=None,
+    truth_dir=None,
+    default_atlas: str = "seitzman_2018",
+) -> Parcellation:
+    """The regions a command's options ask for (``--atlas``, ``--atlas-labels``), in one rule.
+
+    A user atlas when given (:func:`parcellation_from_atlas`; labels from ``atlas_labels`` or the
+    table beside it); else the simulator's clusters when ``truth_dir`` is given
+    (:func:`simulated_parcellation`); else nilearn's offline atlas for MNI data
+    (:func:`default_parcellation`), which names the space and what to pass when it is not MNI.
+    """
+    if atlas is not None:
+        return parcellation_from_atlas(atlas, atlas_labels, mask_img, kind)
+    if atlas_labels is not None:
+        raise ValueError(f"atlas labels {_name(atlas_labels)} given without an atlas (--atlas)")
+    if truth_dir is not None:
+        return simulated_parcellation(truth_dir, mask_img, kind)
+    return default_parcellation(space, mask_img, kind, atlas=default_atlas)

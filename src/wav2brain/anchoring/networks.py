@@ -55,6 +55,7 @@ from wav2brain.anchoring.atlases import (
     mask_voxels,
     parcellation_from_atlas,
     read_labels,
+    resolve_parcellation,
     simulated_parcellation,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "functional_networks",
     "parcellation_from_atlas",
     "read_labels",
+    "resolve_parcellation",
     "simulated_parcellation",
 ]
 
