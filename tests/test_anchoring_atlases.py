@@ -163,6 +163,8 @@ def test_atlas_labels_mismatches_are_named():
         parcellation_from_atlas(halves_atlas(), ["left", "right", "extra"], mask)
     with pytest.raises(ValueError, match="non-integer values"):
         parcellation_from_atlas(nib.Nifti1Image(np.full((8, 8, 8), 0.5), AFFINE), ["a"], mask)
+    with pytest.raises(ValueError, match="negative label values"):
+        parcellation_from_atlas(nib.Nifti1Image(-np.ones((8, 8, 8)), AFFINE), {-1: "a"}, mask)
     with pytest.raises(ValueError, match="threshold applies to 4-D maps only"):
         parcellation_from_atlas(halves_atlas(), ["left", "right"], mask, threshold=0.5)
     with pytest.raises(ValueError, match="kind must be one of"):

@@ -325,6 +325,11 @@ def _label_volume(
             f"atlas {source} holds non-integer values: a 3-D atlas must be a label image "
             "(a probabilistic atlas is 4-D, one map per region)"
         )
+    if finite.min() < 0:
+        raise ValueError(
+            f"atlas {source} holds negative label values (min {finite.min():g}): labels are "
+            "0 (background) or positive integers"
+        )
     return finite.astype(np.int64), False
 
 

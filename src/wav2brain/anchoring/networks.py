@@ -262,11 +262,11 @@ class _Masks:
         missing = [s for s in subjects if s not in per_subject]
         if missing:
             raise ValueError(f"no mask given for subjects {missing[:10]}")
-        loaded: dict[int, tuple[Any, np.ndarray, str]] = {}
+        loaded: dict[Any, tuple[Any, np.ndarray, str]] = {}
         inside, reference = {}, None
         for subject in subjects:
             mask = per_subject[subject]
-            key = id(mask) if not isinstance(mask, (str, Path)) else hash(str(mask))
+            key = str(mask) if isinstance(mask, (str, Path)) else id(mask)
             if key not in loaded:
                 image, voxels = mask_voxels(mask)
                 loaded[key] = (image, voxels, str(mask) if isinstance(mask, (str, Path)) else "")
@@ -286,7 +286,7 @@ class _Masks:
         group = np.logical_and.reduce([inside[s] for s in subjects])
         if not group.any():
             raise ValueError(f"the masks of subjects {list(subjects)[:10]} share no voxel")
-        return cls(reference[0].affine, voxels.shape, inside, group)
+        return cls(reference[0].affine, tuple(reference[0].shape[:3]), inside, group)
 
     def image(self, data: np.ndarray | None = None):
         import nibabel as nib
