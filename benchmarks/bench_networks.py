@@ -7,14 +7,14 @@ all subjects' images in memory (the same z-scored data, the same settings), then
 ``transform``. Both read the runs from disk-backed arrays (``numpy.memmap``, as the prepared
 dataset's Parquet runs are), so neither holds the input BOLD beforehand.
 
-Data (SIMULATED): nilearn's MNI152 brain mask resampled to ``--voxel-mm`` (4 mm: 46 x 55 x 46 grid,
-about 29,000 brain voxels), ``--subjects`` subjects of ``--runs`` runs of ``--trs`` TRs: three planted
+Data (SIMULATED): nilearn's MNI152 brain mask resampled to ``--voxel-mm`` (default 6 mm: about
+8,600 brain voxels), ``--subjects`` subjects of ``--runs`` runs of ``--trs`` TRs: three planted
 networks (spheres at Heschl's gyri, the posterior cingulate and the occipital pole) with random
 time courses plus Gaussian noise. Each mode runs in a fresh subprocess; peak memory is the peak
 RSS (``VmHWM``, reset just before the call) above the RSS before it. Also printed: the estimate of
 :func:`~wav2brain.anchoring.networks.estimate_memory`, the naive size (all subjects' 4-D images)
 and the largest difference between the two decompositions' maps (the same data and seeds: 0 up to
-float rounding). Prints one JSON object and writes ``benchmarks/results/networks.json``.
+float rounding). Prints one JSON object and writes ``benchmarks/results/networks[-quick].json``.
 """
 
 from __future__ import annotations
@@ -120,15 +120,18 @@ def _child(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 subjects, 50 TRs, 8 mm, 5 networks")
     parser.add_argument("--subjects", type=int, default=4)
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--trs", type=int, default=150)
-    parser.add_argument("--voxel-mm", type=float, default=4.0)
+    parser.add_argument("--trs", type=int, default=100)
+    parser.add_argument("--voxel-mm", type=float, default=6.0)
     parser.add_argument("--components", type=int, default=20)
     parser.add_argument("--n-init", type=int, default=10)
     parser.add_argument("--mode", choices=("ours", "peer"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.subjects, args.trs, args.voxel_mm, args.components, args.n_init = 2, 50, 8.0, 5, 2
     if args.mode:
         _child(args)
         return
@@ -148,7 +151,7 @@ def main() -> None:
         n_grid, n_voxels = int(np.prod(mask.shape)), int(np.asarray(mask.dataobj).sum())
         config = NetworkConfig(n_components=args.components, n_init=args.n_init)
         report = {
-            "size": {k: v for k, v in vars(args).items() if k not in ("mode", "data")}
+            "size": {k: v for k, v in vars(args).items() if k not in ("mode", "data", "quick")}
             | {"grid_voxels": n_grid, "brain_voxels": n_voxels},
             "ours": results["ours"],
             "peer_nilearn_list_of_images": results["peer"],
@@ -161,7 +164,8 @@ def main() -> None:
             "load_average": os.getloadavg()[0],
         }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "networks.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = "networks-quick.json" if args.quick else "networks.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
