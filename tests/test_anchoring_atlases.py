@@ -307,12 +307,23 @@ def truth(tmp_path):
         folder / "clusters.tsv",
         [
             {"label": k + 1, "name": c.name, "feature": c.feature, "regressor": feature_key(c),
-             "layer": c.layer, "unit": c.unit}
+             "n_units": len(c.units)}
             for k, c in enumerate(config.clusters)
         ],
     )  # fmt: skip
     write_json(folder / "simulation.json", {"config": config.to_dict()})
     return tmp_path / "sim", folder
+
+
+CHECKED_STAGES = {
+    "left_heschl_envelope": "auditory",
+    "right_heschl_unit": "higher-order",  # layer 2 of 2: upper half of hidden_states
+    "left_anterior_stg_unit": "auditory",  # layer 1 of 2
+    "left_precentral_mixed": "higher-order",  # layers 2 and 1: the deepest driver counts
+    "right_temporal_pole_mixed": "auditory",  # layers 1 and 1
+    "right_posterior_stg_word": "higher-order",
+    "left_posterior_stg_sibilant": "auditory",
+}
 
 
 def test_simulated_parcellation_rois_and_networks(truth):
@@ -321,13 +332,10 @@ def test_simulated_parcellation_rois_and_networks(truth):
     rois = simulated_parcellation(dataset, mask)
     assert rois.kind == "roi" and "SIMULATED" in rois.source
     stages = dict(zip(rois.names, rois.stages, strict=True))
-    assert stages == {
-        "left_heschl_envelope": "auditory",
-        "right_heschl_unit": "higher-order",  # layer 2 of 2: upper half of hidden_states
-        "left_anterior_stg_unit": "auditory",  # layer 1 of 2
-        "right_posterior_stg_word": "higher-order",
-        "left_posterior_stg_sibilant": "auditory",
-    }
+    from wav2brain.simulation import SimulationConfig
+
+    assert set(stages) == {c.name for c in SimulationConfig().clusters}
+    assert {name: stages[name] for name in CHECKED_STAGES} == CHECKED_STAGES
     clusters = np.asarray(nib.load(str(folder / "clusters.nii.gz")).dataobj)
     inside = np.asarray(nib.load(str(mask)).dataobj) > 0
     np.testing.assert_array_equal(rois.labels, clusters[inside].astype(int) - 1)

@@ -692,10 +692,10 @@ def _cluster_stage(row: Mapping[str, Any], n_layers: int, path: Path) -> str:
     if feature in FEATURE_STAGES:
         return FEATURE_STAGES[feature]
     if feature == "unit":
-        layers = [int(x) for x in re.findall(r"\d+", str(row.get("layer", "")))]
+        layers = [int(x) for x in re.findall(r"layer(\d+)", str(row.get("regressor", "")))]
         if not layers:
             raise ValueError(
-                f"{path}: cluster {row['name']!r} is driven by units but names no layer"
+                f"{path}: cluster {row['name']!r} is driven by units but its regressor names no layer"
             )
         return "auditory" if max(layers) <= n_layers // 2 else "higher-order"
     return "other"
