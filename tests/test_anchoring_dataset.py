@@ -216,3 +216,31 @@ def test_cli_anchor_and_compare(prepared, tmp_path, capsys):
     assert (out / "compare.png").is_file()
     assert main([*base, "--out", str(out), "--alpha", "0.5"]) == 2
     assert "CouplingConfig.alpha" in capsys.readouterr().err
+
+
+def test_cli_atlas_labels_every_voxel_and_refuses_bad_paths(prepared, tmp_path, capsys):
+    import nibabel as nib
+
+    from wav2brain.cli import main
+
+    dataset, cache = prepared
+    mask = nib.load(str(dataset / "mask.nii.gz"))
+    inside = np.asarray(mask.dataobj) > 0
+    atlas = np.zeros(mask.shape, dtype=np.int16)
+    atlas[inside] = LABELS + 1
+    nib.save(nib.Nifti1Image(atlas, mask.affine), tmp_path / "atlas.nii.gz")
+    labels = tmp_path / "atlas.tsv"
+    labels.write_text("index\tname\n1\tauditory_a\n2\tlanguage_b\n3\tother\n")
+    base = ["anchor", str(dataset), "--features", str(cache), "--max-lag-s", "6", "--no-maps"]
+    atlas_args = ["--atlas", str(tmp_path / "atlas.nii.gz"), "--atlas-labels", str(labels)]
+    assert main([*base, "--out", str(tmp_path / "a"), "--layers", "1", *atlas_args]) == 0
+    units = pd.read_parquet(tmp_path / "a" / "units.parquet")
+    assert set(units["roi"]) | set(units["best_voxel_roi"]) <= {"auditory_a", "language_b", "other"}
+    assert units["best_voxel_roi"].isin(["auditory_a", "language_b"]).mean() >= 0.9  # planted
+    capsys.readouterr()
+    missing = ["--atlas", str(tmp_path / "nope.nii.gz")]
+    assert main([*base, "--out", str(tmp_path / "b"), *missing]) == 2
+    assert "nope.nii.gz: no such file" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "c"), "--networks", "pca:3"]) == 2
+    assert "pca" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

@@ -54,6 +54,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare-with", type=Path, help="another anchoring output folder to compare with"
     )
+    regions = parser.add_argument_group(
+        "regions and networks (default: nilearn's offline Seitzman 2018 networks for MNI data)"
+    )
+    regions.add_argument(
+        "--atlas", type=Path, help="label image (3-D) or probabilistic atlas (4-D)"
+    )
+    regions.add_argument("--atlas-labels", type=Path, help="labels table of --atlas (index, name)")
+    regions.add_argument(
+        "--truth", type=Path, help="simulated dataset: its planted clusters as ROIs (SIMULATED)"
+    )
+    regions.add_argument(
+        "--networks", help="functional networks from the BOLD, e.g. canica:20 or dictlearning:20"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -97,11 +110,23 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Anchor every selected subject; print what was computed, reused and skipped."""
     from wav2brain.anchoring import anchor, write_comparison
+    from wav2brain.anchoring.regions import dataset_regions
 
     if args.compare_with is not None and not args.compare_with.is_dir():
         raise FileNotFoundError(f"--compare-with {args.compare_with}: no such folder")
     config = config_from_args(args)
-    result = anchor(args.dataset, args.features, args.out, config, args.subjects)
+    parcellations, timecourses = dataset_regions(
+        args.dataset,
+        subjects=args.subjects,
+        atlas=args.atlas,
+        atlas_labels=args.atlas_labels,
+        truth_dir=args.truth,
+        networks=args.networks,
+        out_dir=args.out,
+    )
+    result = anchor(
+        args.dataset, args.features, args.out, config, args.subjects, parcellations, timecourses
+    )
     print(
         f"{len(result.analysed)} subjects anchored, {len(result.reused)} reused, "
         f"{len(result.skipped)} skipped: {result.units}"
