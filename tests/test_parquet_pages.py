@@ -165,3 +165,17 @@ def test_the_fallback_checks_sizes_too(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_bold(path, 0, bold.shape), bold)
     with pytest.raises(ValueError, match=r"sub-01_task-a\.parquet row 0: bold holds 12000"):
         read_bold(path, 0, (40, 299))
+
+
+def test_a_truncated_shard_in_a_prepared_folder_is_named_before_any_bold_is_read(tmp_path):
+    from wav2brain.encoding.runs import read_responses
+
+    (bold,) = runs(1)
+    (tmp_path / "README.md").write_text("# fixture\n")
+    good = write_shard(table([bold]), tmp_path / "responses" / "sub-01_task-a.parquet")
+    bad = write_shard(table([bold]), tmp_path / "responses" / "sub-02_task-a.parquet")
+    assert len(read_responses(tmp_path)) == 2
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"sub-02_task-a\.parquet: not a readable Parquet file"):
+        read_responses(tmp_path)
+    assert good.is_file()

@@ -146,11 +146,15 @@ def check_dataset(dataset: Path) -> list[Path]:
 
 def read_responses(dataset: Path) -> list[RunRecord]:
     """Metadata of every run of a prepared folder, in shard order; no BOLD is read."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     records = []
     for shard in check_dataset(dataset):
-        names = set(pq.read_schema(shard).names)
+        try:
+            names = set(pq.read_schema(shard).names)
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"{shard}: not a readable Parquet file ({error})") from None
         missing = [c for c in (*META_COLUMNS, "bold") if c not in names]
         if missing:
             raise ValueError(f"{shard}: responses shard without columns {missing}")
