@@ -25,6 +25,9 @@ Choices, and why:
   matrix (48 MB raw) pyarrow's defaults took 1.1 s and 80 MB, these options 0.1 s and 40 MB.
   One column, never one per voxel. Datasets whose runs have different voxel counts (native-space subjects) get
   ``List(List(float32))`` instead, since ``Array2D`` fixes its second dimension.
+  ``datasets`` reads the column as it is; the dataset-level analyses read one run's cell with
+  :func:`read_bold`, page by page into their own array (:mod:`wav2brain.data.parquet_pages`),
+  since pyarrow's decoding of one nested cell holds several times the run.
 - Every shard is written to a temporary name in its folder and renamed (atomic on POSIX), and the
   card is written last, so a folder with a ``README.md`` is complete.
 - **The card fingerprints the files it describes.** ``datasets`` caches a local folder under
