@@ -412,11 +412,27 @@ def write_loso_group(members: Sequence[RunRecord], max_lag: int | None, path: Pa
 
 
 def read_loso_member(path: Path, subject: str):
-    """One member's rows of a LOSO group part (pandas, sorted by voxel); only its row group."""
+    """One member's rows of a LOSO group part (pandas, sorted by voxel); only its row group.
+
+    The row group is found by its ``subject`` statistics (one subject per row group, as
+    :func:`write_loso_group` writes them), so reading one member costs one member's rows
+    whatever the number of subjects; a part without statistics is filtered row by row.
+    """
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, filters=[("subject", "==", subject)]).to_pandas()
-    return table.sort_values("voxel", ignore_index=True)
+    part = pq.ParquetFile(path)
+    column = part.schema_arrow.get_field_index("subject")
+    for index in range(part.num_row_groups):
+        stats = part.metadata.row_group(index).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            table = pq.read_table(path, filters=[("subject", "==", subject)])
+            break
+        if stats.min == subject == stats.max:
+            table = part.read_row_group(index)
+            break
+    else:
+        raise ValueError(f"{path}: no LOSO rows of subject {subject!r}")
+    return table.to_pandas().sort_values("voxel", ignore_index=True)
 
 
 class _Ceilings:
