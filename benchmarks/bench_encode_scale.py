@@ -16,9 +16,12 @@ part of the run.
 Sizes: by default 3 stories of 300 TRs (real runs are 300-1000+ TRs), 20,000 voxels (the issue's
 minimum), 1 layer of 768 units (wav2vec 2.0 base; ridge weights ``[768, voxels]`` would be the size
 of 768 TRs of BOLD, and encode must not form them). The first version used 100 TRs and 32 units
-(``--trs 100 --units 32 --layers 2 --label small``): there, fixed costs (the Parquet decoding of
-one run, about 4x that run; one story's float64 LOSO sum) weigh more against the 23 MB of one
-subject's BOLD than they do at real sizes, so both are reported. One layer, so that 32 subjects
+(``--trs 100 --units 32 --layers 2 --label small``): there, fixed costs (the ridge budget's
+floor, one run's buffer, the LOSO sum of one story) weigh more against the 23 MB of one
+subject's BOLD than they do at real sizes, so both are reported. Runs are read page by page
+into the subject's array (:func:`wav2brain.data.hf_layout.read_bold`; pyarrow's decoding of a
+run's nested cell held about 4x the run) and the LOSO ceiling sums one story in float32 (two
+runs' worth with its reused read buffer). One layer, so that 32 subjects
 take a few minutes on 2 cores (each layer is fitted and released in turn; the small sizes fit 2).
 
 Each size runs in a fresh subprocess (glibc told to map every block of 1 MB or more on its own

@@ -336,3 +336,26 @@ def test_the_run_reader_refuses_broken_folders(tmp_path):
     assert cleaning.drift_order == 2 and not cleaning.standardize
     with pytest.raises(FileNotFoundError, match="no such feature cache"):
         FeatureIndex(tmp_path / "nope")
+
+
+def test_a_loso_member_is_read_from_its_own_row_group(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wav2brain.encoding.dataset import LOSO_SCHEMA, read_loso_member
+
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in LOSO_SCHEMA])
+    path = tmp_path / "loso.parquet"
+    with pq.ParquetWriter(path, schema) as writer:
+        for k, subject in enumerate(("01", "02", "03")):
+            columns = {"subject": [subject] * 4, "voxel": np.arange(4)[::-1].astype(np.int32)}
+            columns.update(r=np.full(4, k, np.float32), n_eff=np.ones(4, np.float32))
+            writer.write_table(pa.table({**columns, "n_others": np.full(4, 2, np.int32)}, schema))
+    read = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda s, i: read.append(i) or real(s, i))
+    member = read_loso_member(path, "02")
+    assert read == [1] and member["subject"].eq("02").all() and member["r"].eq(1).all()
+    assert member["voxel"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="no LOSO rows of subject '04'"):
+        read_loso_member(path, "04")

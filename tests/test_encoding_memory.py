@@ -86,7 +86,7 @@ def test_encode_in_small_voxel_batches_equals_one_batch():
     assert tiny.budget_bytes(Y.nbytes) == 3000  # batches of a few voxels
     expected, batched = encode(X, Y, groups, one), encode(X, Y, groups, tiny)
     for name in ("r", "r2", "alpha"):
-        np.testing.assert_allclose(getattr(batched, name), getattr(expected, name), atol=2e-6)
+        np.testing.assert_allclose(getattr(batched, name), getattr(expected, name), atol=5e-6)
     # negative control: scores of other data differ
     shuffled = encode(X, Y[::-1].copy(), groups, tiny)
     assert not np.allclose(shuffled.r, expected.r, atol=1e-3)

@@ -285,3 +285,38 @@ def test_multiply_add_counts_of_a_small_problem():
     expected = 465 * 100 + 45000 + 90000 + alphas_part + 30 * 5
     assert ridge.solve_multiply_adds(100, 30, [2, 3]) == expected
     assert ridge.solve_multiply_adds(100, 30, [2, 3], gram=False) == expected - 465 * 100
+
+
+def _scaled_data(n_samples: int, n_features: int, seed: int = 0):
+    """Features whose scales span 2.5 decades: an ill-conditioned Gram matrix."""
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n_samples, n_features)) * np.logspace(0, 2.5, n_features)).astype(
+        np.float32
+    )
+    Y = X @ rng.standard_normal((n_features, 3)) / 100 + rng.standard_normal((n_samples, 3))
+    return X, Y.astype(np.float32)
+
+
+@pytest.mark.parametrize("n_samples, n_features", [(120, 200), (300, 40)])  # dual and primal
+def test_float32_decomposition_only_where_the_conditioning_allows(
+    n_samples, n_features, monkeypatch
+):
+    used = []
+    real_eigh = ridge._eigh
+    monkeypatch.setattr(ridge, "_eigh", lambda g, dtype: used.append(dtype) or real_eigh(g, dtype))
+    X, Y = make_data(n_samples, n_features, 3, seed=11)
+    oracle = Ridge(alpha=100.0).fit(X.astype(np.float64), Y.astype(np.float64))
+    coef, _ = solve_ridge(torch.from_numpy(X), torch.from_numpy(Y), 100.0)
+    assert used == [torch.float32]  # well conditioned at this alpha: float32 kept
+    np.testing.assert_allclose(coef.numpy(), oracle.coef_.T, atol=1e-5 * np.abs(oracle.coef_).max())
+    used.clear()
+    X, Y = _scaled_data(n_samples, n_features)
+    oracle = Ridge(alpha=0.1).fit(X.astype(np.float64), Y.astype(np.float64))
+    scale = np.abs(oracle.coef_).max()
+    coef, _ = solve_ridge(torch.from_numpy(X), torch.from_numpy(Y), 0.1)
+    assert used == [torch.float32, torch.float64]  # the float32 attempt is redone in float64
+    np.testing.assert_allclose(coef.numpy(), oracle.coef_.T, atol=2e-5 * scale)
+    # negative control: keeping float32 there misses the oracle by far more
+    monkeypatch.setattr(ridge, "FLOAT32_EIGH_TOLERANCE", np.inf)
+    coef, _ = solve_ridge(torch.from_numpy(X), torch.from_numpy(Y), 0.1)
+    assert np.abs(coef.numpy() - oracle.coef_.T).max() > 1e-4 * scale

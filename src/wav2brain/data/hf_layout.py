@@ -25,6 +25,9 @@ Choices, and why:
   matrix (48 MB raw) pyarrow's defaults took 1.1 s and 80 MB, these options 0.1 s and 40 MB.
   One column, never one per voxel. Datasets whose runs have different voxel counts (native-space subjects) get
   ``List(List(float32))`` instead, since ``Array2D`` fixes its second dimension.
+  ``datasets`` reads the column as it is; the dataset-level analyses read one run's cell with
+  :func:`read_bold`, page by page into their own array (:mod:`wav2brain.data.parquet_pages`),
+  since pyarrow's decoding of one nested cell holds several times the run.
 - Every shard is written to a temporary name in its folder and renamed (atomic on POSIX), and the
   card is written last, so a folder with a ``README.md`` is complete.
 - **The card fingerprints the files it describes.** ``datasets`` caches a local folder under
@@ -341,6 +344,47 @@ def bold_array(bold: np.ndarray) -> pa.Array:
         raise ValueError(f"BOLD must be [TRs, voxels], got shape {bold.shape}")
     inner = pa.FixedSizeListArray.from_arrays(pa.array(bold.reshape(-1)), bold.shape[1])
     return pa.ListArray.from_arrays(pa.array([0, bold.shape[0]], pa.int32()), inner)
+
+
+def read_bold(
+    path: Path, row: int, shape: tuple[int, int], out: np.ndarray | None = None
+) -> np.ndarray:
+    """The BOLD of row ``row`` of a ``responses`` shard, float32 ``shape`` = (TRs, voxels).
+
+    Read page by page into ``out`` (or a new array) by
+    :func:`wav2brain.data.parquet_pages.read_float32_row`, which holds about one Parquet page
+    besides the result; pyarrow's decoding of the nested cell would hold about 4x the run. A
+    shard in a layout that reader does not index (a dictionary-encoded or nullable ``bold``
+    written by another tool) is decoded with pyarrow instead, with the same result and checks.
+    Raises a ValueError naming the file and row when the shard is unreadable or its ``bold``
+    does not hold ``TRs x voxels`` values.
+    """
+    from wav2brain.data.parquet_pages import UnsupportedLayout, read_float32_row
+
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != tuple(shape) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out must be C-contiguous float32 {tuple(shape)}, got {out.dtype} {out.shape}"
+        )
+    try:
+        return read_float32_row(path, "bold", row, out)
+    except UnsupportedLayout:
+        pass
+    import pyarrow.compute as pc
+
+    column = pq.read_table(path, columns=["bold"], pre_buffer=False, use_threads=False)["bold"]
+    values = column.slice(row, 1).combine_chunks()
+    values = values.storage if isinstance(values, pa.ExtensionArray) else values
+    while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type):
+        values = pc.list_flatten(values)
+    if len(values) != out.size or values.null_count:
+        raise ValueError(
+            f"{path} row {row}: bold holds {len(values)} values ({values.null_count} null), "
+            f"expected {shape[0]} TRs x {shape[1]} voxels (n_trs, n_voxels columns)"
+        )
+    out.reshape(-1)[:] = values.to_numpy(zero_copy_only=False)
+    return out
 
 
 def response_table(meta: Mapping[str, Any], bold: np.ndarray, dropped: np.ndarray) -> pa.Table:

@@ -216,7 +216,7 @@ class RidgeCV(MultiOutputMixin, RegressorMixin, BaseEstimator):
         )
         index, best = select_alphas(cv_result.criterion(self.criterion), alphas)
         self._best_alphas = alphas[index]
-        factors = ridge_factors(X_t, gram=gram)
+        factors = ridge_factors(X_t, gram=gram, alpha_min=float(self._best_alphas.min()))
         del gram, dual_gram
         chosen = index[None, None, :].expand(len(splits), 1, -1)
         attributes = {

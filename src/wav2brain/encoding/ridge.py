@@ -9,15 +9,12 @@ Decomposition
 -------------
 The centred training features ``X = U diag(s) V^T`` enter ridge only through ``U``, ``s**2`` and
 ``V``, and every alpha shares them. Instead of a float32 ``torch.linalg.svd`` (19 s for a
-2400 x 3072 split on a 2-core CPU), the solver diagonalises the smaller Gram matrix in float64
-(``X X^T`` when there are fewer samples than features, else ``X^T X``; 1.5 to 6 s for the same
-split, see :data:`EIGH_THREADS`). That *is* the SVD's ``U`` (or ``V``) and ``s**2``: in double
-precision the eigenvalues carry an error of about ``1e-16 s_max**2``, i.e. ``1e-8 s_max`` on the
-singular values, below a float32 SVD's ``1e-7 s_max``. ``V`` (or ``U``) is never formed, so no
-division by small singular values occurs. Components whose eigenvalue is below ``1e-12`` times
-the largest are dropped: they are the null space of the centred features (centring removes one
-dimension) and contribute nothing. With ``w_alpha = 1 / (s**2 + alpha)`` the weights for any
-alpha are::
+2400 x 3072 split on a 2-core CPU), the solver diagonalises the smaller Gram matrix (``X X^T``
+when there are fewer samples than features, else ``X^T X``), formed in float64. That *is* the
+SVD's ``U`` (or ``V``) and ``s**2``; ``V`` (or ``U``) is never formed, so no division by small
+singular values occurs. Components whose eigenvalue is below ``1e-12`` times the largest are
+dropped: they are the null space of the centred features (centring removes one dimension) and
+contribute nothing. With ``w_alpha = 1 / (s**2 + alpha)`` the weights for any alpha are::
 
     W_alpha = left @ diag(w_alpha) @ right @ Y
 
@@ -28,6 +25,22 @@ Each product ``left' @ diag(w) @ right @ Y`` is evaluated in the cheaper of two 
 (see :func:`_cheaper_plan`): form the operator ``left' diag(w) right`` once and multiply ``Y`` by
 it, or project ``Y`` first (``right @ Y``) and multiply by ``left' diag(w)``.
 
+Precision of the decomposition
+------------------------------
+A backward-stable ``eigh`` in precision ``eps`` returns the exact decomposition of ``K + E``
+with ``||E||`` about ``eps ||K||``, so every ridge solution it gives is that of a Gram matrix
+perturbed by ``eps lambda_max``: its relative error is at most about ``eps * kappa`` with
+``kappa = (lambda_max + alpha_min) / alpha_min``, the condition number of ``K + alpha_min I``
+at worst. For float32 ``X`` the Gram matrix is therefore diagonalised in float32 first (2 threads:
+0.56 s for 2400 x 2400, against 2.3 s for float64 on its best single thread) and the result is
+kept when ``eps32 * kappa <= FLOAT32_EIGH_TOLERANCE`` (1e-3), else the float64 decomposition is
+computed (the float32 attempt then costs a fifth more). Measured: at ``eps32 * kappa`` up to
+5e-3 (Gaussian features, ``alpha_min`` 0.1 to 10) float32 and float64 fits chose the same alpha
+for every target, with coefficients within 3e-6 of each other relative to their scale; on
+features whose scales span 2.5 decades at ``alpha_min`` 0.1 (``eps32 * kappa`` 18 to 35) float32
+was off by 2e-3 to 3e-2, so those get float64 (tested against scikit-learn). The smallest alpha
+is what matters because it is the least regularised system any target may be given.
+
 Cross-validation
 ----------------
 Per split, the held-out predictions of every alpha are ``Q diag(w_alpha) right (Y_train - mean)``
@@ -36,8 +49,8 @@ rows than features (dual side) the Gram matrix of all rows, about the global fea
 formed once in float64 and each split's centred training Gram and held-out cross-Gram are cut
 from it by exact double centring (``K - row means - column means + grand mean``; centring on the
 global mean first only keeps large feature means out of the float64 sums); ``X^T U`` is never
-formed during CV. The Gram matrices, eigendecompositions, ``Q`` and the QR below are float64; the
-products with Y, which carry nearly all the multiply-adds, run in the dtype of X. The scores of
+formed during CV. The Gram matrices, ``Q`` and the QR below are float64, the eigendecompositions
+float32 or float64 (see above); the products with Y, which carry nearly all the multiply-adds, run in the dtype of X. The scores of
 all alphas then come from one of two exact evaluations, whichever needs fewer multiply-adds
 (:func:`cv_multiply_adds` counts them):
 
@@ -67,11 +80,16 @@ from wav2brain.encoding.scores import PredictionScores, scores_from_moments
 #: Components with an eigenvalue below this fraction of the largest are treated as exact zeros.
 NULL_SPACE_TOLERANCE = 1e-12
 
-#: Threads of the CPU eigendecomposition (None: torch's setting). MKL's tridiagonal reduction
-#: synchronises its threads once per column; on a loaded 2-core machine a 2400 x 2400 float64
-#: ``eigh`` took 20-58 s on 2 threads against 6 s on one (1.5 s on 2 idle threads). Matrix
-#: products keep every thread.
-EIGH_THREADS: int | None = 1
+#: Threads of the CPU eigendecomposition per dtype (None: torch's setting). MKL's float64
+#: tridiagonal reduction synchronises its threads once per column; on a loaded 2-core machine a
+#: 2400 x 2400 float64 ``eigh`` took 20-58 s on 2 threads against 6 s on one (idle: 13.4 s
+#: against 2.3 s). Its float32 reduction scales: 0.56 s on 2 idle threads, 0.98 s on one.
+#: Matrix products keep every thread.
+EIGH_THREADS: dict[torch.dtype, int | None] = {torch.float64: 1, torch.float32: 1}
+
+#: Largest ``eps32 * (lambda_max + alpha_min) / alpha_min`` at which the Gram matrix is
+#: diagonalised in float32 (see "Precision of the decomposition" in the module docstring).
+FLOAT32_EIGH_TOLERANCE = 1e-3
 
 #: Names of the criteria that can select alphas, all "higher is better".
 CRITERIA = ("r2", "r", "neg_mse")
@@ -128,11 +146,12 @@ class CVResult:
 
 
 @contextmanager
-def _eigh_threads(device: torch.device) -> Iterator[None]:
+def _eigh_threads(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     """Run a CPU eigendecomposition on :data:`EIGH_THREADS` threads, then restore the count."""
     threads = torch.get_num_threads()
-    if device.type == "cpu" and EIGH_THREADS is not None:
-        torch.set_num_threads(EIGH_THREADS)
+    wanted = EIGH_THREADS.get(dtype)
+    if device.type == "cpu" and wanted is not None:
+        torch.set_num_threads(wanted)
     try:
         yield
     finally:
@@ -150,12 +169,16 @@ def centred_gram(X: torch.Tensor) -> torch.Tensor:
     return wide @ wide.T if X.shape[0] <= X.shape[1] else wide.T @ wide
 
 
-def ridge_factors(X: torch.Tensor, gram: torch.Tensor | None = None) -> RidgeFactors:
+def ridge_factors(
+    X: torch.Tensor, gram: torch.Tensor | None = None, alpha_min: float | None = None
+) -> RidgeFactors:
     """Centre ``X`` [n_samples, n_features] and return its :class:`RidgeFactors`.
 
-    The Gram matrix of the smaller side is built and diagonalised in float64 (see the module
-    docstring); the eigenvalues stay float64, the factors (plain projections, no cancellation)
-    are formed in the dtype of ``X``. ``gram``, if given, is :func:`centred_gram` of ``X``.
+    The Gram matrix of the smaller side is built in float64 and diagonalised in float64, or in
+    float32 when ``X`` is float32, ``alpha_min`` (the smallest alpha the factors will serve) is
+    given and the regularised system is well enough conditioned (see the module docstring); the
+    eigenvalues are float64, the factors (plain projections, no cancellation) are formed in the
+    dtype of ``X``. ``gram``, if given, is :func:`centred_gram` of ``X``.
     """
     x_mean = X.mean(0)
     Xc = X - x_mean
@@ -169,7 +192,7 @@ def ridge_factors(X: torch.Tensor, gram: torch.Tensor | None = None) -> RidgeFac
             f"gram must be the float64 centred_gram of X, [{side}, {side}], "
             f"got {gram.dtype} {tuple(gram.shape)}"
         )
-    eigenvalues, vectors = _decompose(gram)
+    eigenvalues, vectors = _decompose(gram, alpha_min if X.dtype == torch.float32 else None)
     vectors = vectors.to(X.dtype)
     if dual:
         left, right = Xc.T @ vectors, vectors.T
@@ -178,10 +201,36 @@ def ridge_factors(X: torch.Tensor, gram: torch.Tensor | None = None) -> RidgeFac
     return RidgeFactors(left=left, eigenvalues=eigenvalues, right=right, x_mean=x_mean)
 
 
-def _decompose(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigendecompose a float64 Gram matrix; drop its null space (see the module docstring)."""
-    with _eigh_threads(gram.device):
-        eigenvalues, vectors = torch.linalg.eigh(gram)
+def _eigh(gram: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of ``gram`` in ``dtype`` on :data:`EIGH_THREADS` threads."""
+    with _eigh_threads(gram.device, dtype):
+        return torch.linalg.eigh(gram.to(dtype))
+
+
+def float32_suffices(lambda_max: float, alpha_min: float) -> bool:
+    """Whether a float32 eigendecomposition serves ridge down to ``alpha_min`` (docstring)."""
+    condition = (max(lambda_max, 0.0) + alpha_min) / alpha_min
+    return float(torch.finfo(torch.float32).eps) * condition <= FLOAT32_EIGH_TOLERANCE
+
+
+def _decompose(
+    gram: torch.Tensor, alpha_min: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecompose a float64 Gram matrix; drop its null space (see the module docstring).
+
+    With ``alpha_min`` the decomposition is first computed in float32 and kept when
+    :func:`float32_suffices` for its largest eigenvalue; otherwise (or without ``alpha_min``) in
+    float64. Returns float64 eigenvalues and float64 eigenvectors.
+    """
+    eigenvalues = None
+    if alpha_min is not None:
+        eigenvalues, vectors = _eigh(gram, torch.float32)
+        if float32_suffices(float(eigenvalues[-1]), float(alpha_min)):
+            eigenvalues, vectors = eigenvalues.double(), vectors.double()
+        else:
+            eigenvalues = None
+    if eigenvalues is None:
+        eigenvalues, vectors = _eigh(gram, torch.float64)
     keep = eigenvalues > NULL_SPACE_TOLERANCE * eigenvalues[-1].clamp_min(0)
     return eigenvalues[keep], vectors[:, keep]
 
@@ -257,7 +306,7 @@ def solve_ridge(
     intercept : Tensor [n_targets]
         ``y_mean - x_mean @ coef``, so that predictions are ``X @ coef + intercept``.
     """
-    factors = ridge_factors(X) if factors is None else factors
+    factors = ridge_factors(X, alpha_min=_smallest(alphas)) if factors is None else factors
     n_targets = Y.shape[1]
     y_mean = torch.empty(n_targets, dtype=Y.dtype, device=Y.device)
     coef = torch.empty(X.shape[1], n_targets, dtype=X.dtype, device=X.device)
@@ -291,12 +340,17 @@ def predict_ridge(
     (targets, predictions) : LongTensor [batch] and Tensor [n_new, batch], each target once,
     grouped by alpha; each batch is bounded by ``memory_budget_bytes``.
     """
-    factors = ridge_factors(X) if factors is None else factors
+    factors = ridge_factors(X, alpha_min=_smallest(alphas)) if factors is None else factors
     held_out = (X_new - factors.x_mean) @ factors.left
     for chunk, product, mean in _alpha_batches(
         held_out, factors, Y, alphas, memory_budget_bytes, rows
     ):
         yield chunk, product.add_(mean)
+
+
+def _smallest(alphas: torch.Tensor | float) -> float:
+    """The smallest alpha (the one the decomposition's precision is chosen for)."""
+    return float(torch.as_tensor(alphas).min())
 
 
 def _alpha_batches(
@@ -346,9 +400,16 @@ class _HeldOut:
 
 
 def _held_out_factors(
-    X: torch.Tensor, train: torch.Tensor, val: torch.Tensor, dual_gram: torch.Tensor | None
+    X: torch.Tensor,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    dual_gram: torch.Tensor | None,
+    alpha_min: float | None = None,
 ) -> _HeldOut:
     """Decompose the training rows of ``X``; ``dual_gram`` (all rows, float64) selects the dual side.
+
+    ``alpha_min`` is the smallest alpha scored (it sets the decomposition's precision; None:
+    float64).
 
     On the dual side the centred training Gram and the held-out cross-Gram are cut from
     ``dual_gram`` (the Gram of ``X`` about its overall mean) by double centring with the training
@@ -356,14 +417,15 @@ def _held_out_factors(
     of Gram entries. Otherwise :func:`ridge_factors` decomposes the training rows.
     """
     if dual_gram is None:
-        factors = ridge_factors(X[train])
+        factors = ridge_factors(X[train], alpha_min=alpha_min)
         q = (X[val] - factors.x_mean).to(torch.float64) @ factors.left.to(torch.float64)
         return _HeldOut(q=q, eigenvalues=factors.eigenvalues, right=factors.right)
     train_gram = dual_gram[train[:, None], train]
     row_mean = train_gram.mean(1)
     grand_mean = row_mean.mean()
     eigenvalues, vectors = _decompose(
-        train_gram.sub_(row_mean[:, None]).sub_(row_mean - grand_mean)
+        train_gram.sub_(row_mean[:, None]).sub_(row_mean - grand_mean),
+        alpha_min if X.dtype == torch.float32 else None,
     )
     del train_gram
     cross_gram = dual_gram[val[:, None], train]
@@ -528,7 +590,9 @@ def cross_validate_ridge(
             centred = (X - X.mean(0)).to(torch.float64)
             dual_gram = centred @ centred.T
             del centred
-        held_out = _held_out_factors(X, train_t, val_t, dual_gram if dual else None)
+        held_out = _held_out_factors(
+            X, train_t, val_t, dual_gram if dual else None, _smallest(alphas)
+        )
         weights = 1.0 / (held_out.eigenvalues + alphas.to(torch.float64)[:, None])
         costs = _evaluation_costs(len(train), len(val), len(weights[0]), n_alphas, n_targets)
         scorer = (

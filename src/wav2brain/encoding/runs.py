@@ -5,7 +5,8 @@ analysis) read the same runs the same way, through this module:
 
 - :func:`read_responses` reads the metadata of every run (the ``responses`` table without its
   ``bold`` column) from the Parquet shards of a prepared folder: no BOLD is loaded.
-- :func:`load_bold` reads one run's BOLD ``[n_trs, n_voxels]`` from its shard.
+- :func:`load_bold` reads one run's BOLD ``[n_trs, n_voxels]`` from its shard, page by page
+  into the caller's array.
 - :class:`FeatureIndex` maps each run to the feature-cache entry serving it (``runs.parquet`` of
   ``wav2brain extract``) and :meth:`FeatureIndex.features` places an entry's memory-mapped rows on
   the run's TRs: a slice of the entry (no copy) when the run lies inside the stimulus grid.
@@ -145,11 +146,15 @@ def check_dataset(dataset: Path) -> list[Path]:
 
 def read_responses(dataset: Path) -> list[RunRecord]:
     """Metadata of every run of a prepared folder, in shard order; no BOLD is read."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     records = []
     for shard in check_dataset(dataset):
-        names = set(pq.read_schema(shard).names)
+        try:
+            names = set(pq.read_schema(shard).names)
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"{shard}: not a readable Parquet file ({error})") from None
         missing = [c for c in (*META_COLUMNS, "bold") if c not in names]
         if missing:
             raise ValueError(f"{shard}: responses shard without columns {missing}")
@@ -185,42 +190,17 @@ def read_responses(dataset: Path) -> list[RunRecord]:
     return records
 
 
-BOLD_READ_OPTIONS = {"pre_buffer": False, "use_threads": False, "buffer_size": 2**20}
-"""``pyarrow.parquet.read_table`` options of :func:`load_bold`: the column chunk is streamed in
-1-MB reads instead of being buffered whole. Decoding a run's nested ``bold`` list still holds
-about 4x the run's float32 size at its peak (compressed pages, repetition and definition
-levels, the values); streaming took it from 38 to 32 MB for a 7.6-MB run (100 TRs x 20,000
-voxels), for 0.12 s instead of 0.08 s of reading."""
-
-
 def load_bold(record: RunRecord, out: np.ndarray | None = None) -> np.ndarray:
     """One run's BOLD as float32 ``[n_trs, n_voxels]``, read from its shard.
 
-    Without ``out`` the result is a read-only view of the Arrow buffer (no copy); ``out``
-    (float32, that shape) receives the values instead, so a subject's runs can be written into
-    one preallocated matrix.
+    Read page by page (:func:`wav2brain.data.hf_layout.read_bold`): about one Parquet page is
+    held besides the result, never the 4x of decoding the nested cell. ``out`` (C-contiguous
+    float32, that shape) receives the values, so a subject's runs are written into one
+    preallocated matrix; without it a new array is returned.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    from wav2brain.data.hf_layout import read_bold
 
-    column = pq.read_table(record.shard, columns=["bold"], **BOLD_READ_OPTIONS).column("bold")
-    cell = column.slice(record.row, 1).combine_chunks()
-    values = cell.storage if isinstance(cell, pa.ExtensionArray) else cell
-    while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type):
-        values = pc.list_flatten(values)
-    flat = values.to_numpy(zero_copy_only=False)
-    shape = (record.n_trs, record.n_voxels)
-    if flat.size != shape[0] * shape[1]:
-        raise ValueError(
-            f"{record.shard} row {record.row}: bold holds {flat.size} values, expected "
-            f"{shape[0]} TRs x {shape[1]} voxels (n_trs, n_voxels columns)"
-        )
-    bold = flat.reshape(shape)
-    if out is None:
-        return np.asarray(bold, dtype=np.float32)
-    out[...] = bold
-    return out
+    return read_bold(record.shard, record.row, (record.n_trs, record.n_voxels), out)
 
 
 class FeatureIndex:
