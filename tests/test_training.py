@@ -140,6 +140,15 @@ def test_voxel_selection_from_roi_and_from_columns(study, tmp_path):
     data = recipe_data(study, voxel_selection=tmp_path / "cols.txt")
     assert data.subject_voxels == {"001": 3, "002": 3}
     assert data.labels(data.items["train"][0]).shape == (3,)
+    per_subject = tmp_path / "per_subject"
+    per_subject.mkdir()
+    np.savetxt(per_subject / "sub-001.txt", planted[:2], fmt="%d")
+    np.save(per_subject / "sub-002.npy", planted[:4])
+    data = recipe_data(study, voxel_selection=per_subject)
+    assert data.subject_voxels == {"001": 2, "002": 4}
+    (per_subject / "sub-002.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="sub-002"):
+        recipe_data(study, voxel_selection=per_subject)
     np.savetxt(tmp_path / "bad.txt", [10**6], fmt="%d")
     with pytest.raises(ValueError, match="outside"):
         recipe_data(study, voxel_selection=tmp_path / "bad.txt")

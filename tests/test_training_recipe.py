@@ -235,3 +235,31 @@ def test_train_py_runs_as_a_script_and_reports_bad_options(study, tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "--bogus" in bad.stderr
+
+
+@pytest.mark.skipif(
+    not os.environ.get("WAV2BRAIN_SLOW_TESTS"),
+    reason="slow (two processes, several minutes on 2 cores): set WAV2BRAIN_SLOW_TESTS=1",
+)
+def test_accelerate_launch_with_two_cpu_processes_matches_one_process(study, tmp_path):
+    """DDP over 2 CPU processes x batch 4 gives one process's batch-8 result (sequential order,
+    so both see the same global batches)."""
+    root = Path(__file__).resolve().parents[1]
+    common = recipe_argv(study, tmp_path / "x")
+    out = common.index("--output_dir")
+    del common[out : out + 2]
+    common += ["--max_steps", "40", "--stage2_max_steps", "2", "--save_strategy", "no"]
+    common += ["--train_sampling_strategy", "sequential"]
+    single = run(
+        common + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"]
+    )
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+         str(root / "train.py"), *common, "--output_dir", str(tmp_path / "two"),
+         "--per_device_train_batch_size", "4"],
+        capture_output=True, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for stage in ("stage1", "stage2"):
+        assert two[stage]["mean"] == pytest.approx(single[stage]["mean"], abs=2e-3)

@@ -82,7 +82,9 @@ class DataArguments:
         Subjects to train on (default: all of the dataset).
     voxel_selection : str, optional
         Voxels to predict: a NIfTI ROI on the dataset's mask grid (nonzero = selected) or a text /
-        ``.npy`` file of column indices into the BOLD rows. Default: every voxel.
+        ``.npy`` file of column indices into the BOLD rows, the same for every subject; or a
+        folder of one such file per subject, ``sub-<id>.txt`` / ``.npy`` / ``.nii.gz`` (data in
+        each subject's own space). Default: every voxel.
     lag_trs, full_windows_only :
         :class:`~wav2brain.data.windows.WindowConfig` fields.
     cache_pooled_states : bool

@@ -166,9 +166,23 @@ class RecipeData:
         counts = {s: self.windows.subject_voxels[s] for s in self.subjects}
         if voxel_selection is None:
             return {s: np.arange(n) for s, n in counts.items()}
-        return {
-            s: read_voxel_selection(voxel_selection, self.dataset, n) for s, n in counts.items()
-        }
+        selection = Path(voxel_selection)
+        if not selection.is_dir():
+            return {s: read_voxel_selection(selection, self.dataset, n) for s, n in counts.items()}
+        columns = {}
+        for subject, count in counts.items():
+            found = [
+                selection / f"sub-{subject}{suffix}"
+                for suffix in (".txt", ".npy", ".nii.gz", ".nii")
+                if (selection / f"sub-{subject}{suffix}").is_file()
+            ]
+            if len(found) != 1:
+                raise FileNotFoundError(
+                    f"voxel_selection folder {selection}: expected one file sub-{subject}.txt / "
+                    f".npy / .nii.gz for subject {subject!r}, found {[f.name for f in found]}"
+                )
+            columns[subject] = read_voxel_selection(found[0], self.dataset, count)
+        return columns
 
     def _substitutes(self, shuffle: bool, split_by: str) -> dict[str, str]:
         if not shuffle:
