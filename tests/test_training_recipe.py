@@ -241,9 +241,10 @@ def test_train_py_runs_as_a_script_and_reports_bad_options(study, tmp_path):
     not os.environ.get("WAV2BRAIN_SLOW_TESTS"),
     reason="slow (two processes, several minutes on 2 cores): set WAV2BRAIN_SLOW_TESTS=1",
 )
-def test_accelerate_launch_with_two_cpu_processes_matches_one_process(study, tmp_path):
-    """DDP over 2 CPU processes x batch 4 gives one process's batch-8 result (sequential order,
-    so both see the same global batches)."""
+def test_two_cpu_processes_ddp_match_one_process(study, tmp_path):
+    """DDP over 2 CPU processes x batch 4 gives one process's batch-8 scores (sequential order,
+    so both see the same global batches). Launched with torchrun: ``accelerate launch --cpu
+    --num_processes 2`` starts a single process in accelerate 1.15 (its simple launcher)."""
     root = Path(__file__).resolve().parents[1]
     common = recipe_argv(study, tmp_path / "x")
     out = common.index("--output_dir")
@@ -254,7 +255,7 @@ def test_accelerate_launch_with_two_cpu_processes_matches_one_process(study, tmp
         common + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"]
     )
     launched = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          str(root / "train.py"), *common, "--output_dir", str(tmp_path / "two"),
          "--per_device_train_batch_size", "4"],
         capture_output=True, text=True, env=dict(os.environ),
@@ -263,3 +264,28 @@ def test_accelerate_launch_with_two_cpu_processes_matches_one_process(study, tmp
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     for stage in ("stage1", "stage2"):
         assert two[stage]["mean"] == pytest.approx(single[stage]["mean"], abs=2e-3)
+
+
+def test_history_sweep_runs_each_value_and_writes_the_curve(study, tmp_path):
+    from wav2brain.training.sweep import is_sweep, read_sweep, run_sweep
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("head: conv\nhead_hidden_size: 8\n", encoding="utf-8")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"recipe: {recipe}\noption: history_trs\nvalues: [2, 3]\noutput_dir: {tmp_path / 'out'}\n",
+        encoding="utf-8",
+    )
+    assert is_sweep(sweep) and not is_sweep(recipe)
+    argv = recipe_argv(study, tmp_path / "unused")
+    out = argv.index("--output_dir")
+    del argv[out : out + 2]
+    argv += ["--max_steps", "2", "--stage2_max_steps", "0", "--save_strategy", "no"]
+    result = run_sweep(sweep, argv)
+    assert [point["history_trs"] for point in result["curve"]] == [2, 3]
+    assert json.loads((tmp_path / "out" / "sweep.json").read_text()) == result
+    record = json.loads((tmp_path / "out" / "history_trs-3" / "run.json").read_text())
+    assert record["model"]["history_trs"] == 3
+    sweep.write_text("recipe: r.yaml\noption: no_such_option\nvalues: [1]\noutput_dir: o\n")
+    with pytest.raises(ValueError, match="no_such_option"):
+        read_sweep(sweep)
