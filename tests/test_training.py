@@ -50,6 +50,12 @@ def test_every_shipped_recipe_parses(tmp_path):
         assert read_recipe(root / f"{recipe}.yaml")["history_trs"] >= 1
 
 
+def test_a_hidden_state_index_is_a_layer_aggregation(tmp_path):
+    from wav2brain.training.recipe import _aggregation
+
+    assert _aggregation("-1") == -1 and _aggregation("3") == 3 and _aggregation("last") == "last"
+
+
 def test_unknown_recipe_key_fails_naming_it(tmp_path):
     recipe = write_yaml(
         tmp_path / "r.yaml", "model_name_or_path: m\ndataset: d\nleraning_rate: 1\n"

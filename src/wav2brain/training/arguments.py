@@ -47,7 +47,9 @@ class ModelArguments:
     head_hidden_size: int = 256
     head_kernel_size: int | None = None
     readout_rank: int | None = None
-    layer_aggregation: str = field(default="weighted_sum", metadata={"help": "weighted_sum | last"})
+    layer_aggregation: str = field(
+        default="weighted_sum", metadata={"help": "weighted_sum | last | a hidden-state index"}
+    )
     loss: str = field(default="mse", metadata={"help": "mse | correlation | mse+correlation"})
     head_l2: float = 1e-5
     backbone_l2_sp: float = 0.0

@@ -82,7 +82,7 @@ def load_config(model_args: ModelArguments, tr: float, subject_voxels: dict[str,
         head_hidden_size=model_args.head_hidden_size,
         head_kernel_size=model_args.head_kernel_size,
         readout_rank=model_args.readout_rank,
-        layer_aggregation=model_args.layer_aggregation,
+        layer_aggregation=_aggregation(model_args.layer_aggregation),
         loss=model_args.loss,
         head_l2=model_args.head_l2,
         backbone_l2_sp=model_args.backbone_l2_sp,
@@ -90,6 +90,11 @@ def load_config(model_args: ModelArguments, tr: float, subject_voxels: dict[str,
     if subject_voxels is not None:
         head.update(subject_voxels=subject_voxels, subjects=list(subject_voxels))
     return Wav2Vec2BrainEncodingConfig.from_pretrained(path, **head)
+
+
+def _aggregation(value: str) -> str | int:
+    """``layer_aggregation`` from the command line: a hidden-state index arrives as a string."""
+    return int(value) if value.lstrip("-").isdigit() else value
 
 
 def _l2_sp_reference(model: Any, output_dir: Path, should_save: bool) -> None:
