@@ -20,10 +20,11 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "extract",
     "encode",
     "anchor",
-    "demo",
-    "make-probe-tasks",
     "selectivity",
+    "train",
     "compare-models",
+    "make-probe-tasks",
+    "demo",
 )
 
 

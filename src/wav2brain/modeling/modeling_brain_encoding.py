@@ -152,10 +152,12 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
     @filter_output_hidden_states
     def forward(
         self,
-        input_values: torch.Tensor,
+        input_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         subject_ids: torch.Tensor | None = None,
+        pooled_hidden_states: torch.Tensor | None = None,
+        valid_bins: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BrainEncodingOutput | tuple:
         r"""Predict BOLD at the TR that ends each audio window.
@@ -173,6 +175,14 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
             the columns beyond them are padding (any value, NaN included) and are never scored.
         subject_ids : torch.LongTensor, optional
             ``[B]`` indices into ``config.subjects``; may be omitted with a single head.
+        pooled_hidden_states : torch.FloatTensor, optional
+            ``[B, num_hidden_layers + 1, history_trs, hidden_size]``: every hidden state already
+            TR-pooled (:meth:`pool_hidden_states`, e.g. read from a cache of a frozen backbone),
+            given instead of ``input_values``; the backbone is skipped, and the layer aggregation
+            and head run on them. With the backbone in eval mode this is exactly the audio path
+            (the cached stage 1 of :mod:`wav2brain.training`).
+        valid_bins : torch.BoolTensor, optional
+            ``[B, history_trs]`` which bins held audio; required with ``pooled_hidden_states``.
         output_hidden_states, output_attentions, return_dict : bool, optional
             As in every transformers model: a keyword wins, otherwise ``config.output_hidden_states``,
             ``config.output_attentions`` and ``config.return_dict`` (``use_return_dict``) apply
@@ -194,16 +204,33 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
                 "num_items_in_batch is not supported: the loss is a mean over each subject's own "
                 "voxels (accepts_loss_kwargs=False tells the Trainer so)"
             )
-        subject_ids, lengths = self._check_inputs(input_values, attention_mask, subject_ids)
+        hidden_states = attentions = None
+        if pooled_hidden_states is not None:
+            if input_values is not None or attention_mask is not None:
+                raise ValueError(
+                    "give either input_values (audio) or pooled_hidden_states (pooled layers), "
+                    "not both"
+                )
+            subject_ids = self._check_pooled(pooled_hidden_states, valid_bins, subject_ids)
+        else:
+            if input_values is None:
+                raise ValueError(
+                    "forward needs input_values [batch, samples] (or pooled_hidden_states)"
+                )
+            subject_ids, lengths = self._check_inputs(input_values, attention_mask, subject_ids)
         counts = self.voxel_counts(subject_ids.device)
         width = int(counts[torch.unique(subject_ids)].max())
         if labels is not None:
             labels = self._check_labels(labels, subject_ids, counts, width)
-        # return_dict=True: the backbone shares this config, whose return_dict=False is for callers
-        outputs = self.wav2vec2(
-            input_values, attention_mask=attention_mask, return_dict=True, **kwargs
-        )
-        pooled, valid_bins = self.pool_trs(outputs, lengths)
+        if pooled_hidden_states is None:
+            # return_dict=True: the backbone shares this config, whose return_dict=False is for callers
+            outputs = self.wav2vec2(
+                input_values, attention_mask=attention_mask, return_dict=True, **kwargs
+            )
+            hidden_states, attentions = outputs.hidden_states, outputs.attentions
+            pooled, valid_bins = self.pool_trs(outputs, lengths)
+        else:
+            pooled = self.aggregate_layers(pooled_hidden_states.transpose(0, 1))
         predictions = self.head(pooled, valid_bins, subject_ids)
 
         loss = None
@@ -225,8 +252,8 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
         return BrainEncodingOutput(
             loss=loss,
             predictions=predictions,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            hidden_states=hidden_states,
+            attentions=attentions,
         )
 
     def pool_trs(
@@ -248,8 +275,40 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
         valid_bins : torch.Tensor
             ``[B, history_trs]`` bool, False for empty bins.
         """
+        aggregation = self.config.layer_aggregation
+        if aggregation == "weighted_sum":
+            # pooling and the layer sum are both linear: pool each layer first (small tensors)
+            pooled_layers, valid_bins = self.pool_hidden_states(outputs.hidden_states, lengths)
+            return self.aggregate_layers(pooled_layers), valid_bins
+        states = (
+            outputs.last_hidden_state
+            if aggregation == "last"
+            else outputs.hidden_states[aggregation]
+        )
+        pooled, valid_bins = self.pool_hidden_states((states,), lengths)
+        return pooled[0], valid_bins
+
+    def pool_hidden_states(
+        self, hidden_states: tuple[torch.Tensor, ...], lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Average the frames of each TR bin in every given hidden state.
+
+        Parameters
+        ----------
+        hidden_states : tuple of torch.Tensor
+            ``[B, frames, hidden_size]`` each (all the backbone's hidden states, or a selection).
+        lengths : torch.Tensor
+            ``[B]`` valid audio length of each example (samples).
+
+        Returns
+        -------
+        pooled_layers : torch.Tensor
+            ``[len(hidden_states), B, history_trs, hidden_size]``, zeros in empty bins.
+        valid_bins : torch.Tensor
+            ``[B, history_trs]`` bool, False for empty bins.
+        """
         stride, field = receptive_field(self.config.conv_kernel, self.config.conv_stride)
-        frames = outputs.last_hidden_state
+        frames = hidden_states[0]
         bin_weights, valid_bins = tr_bin_weights(
             lengths,
             frames.shape[1],
@@ -260,14 +319,43 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
             frame_field=field,
         )
         bin_weights = bin_weights.to(frames.dtype)
+        return torch.stack([torch.bmm(bin_weights, h) for h in hidden_states]), valid_bins
+
+    def aggregate_layers(self, pooled_layers: torch.Tensor) -> torch.Tensor:
+        """The layer aggregation of TR-pooled hidden states ``[L + 1, B, H, D]`` -> ``[B, H, D]``."""
         aggregation = self.config.layer_aggregation
         if aggregation == "weighted_sum":
-            # pooling and the layer sum are both linear: pool each layer first (small tensors)
-            pooled_layers = torch.stack([torch.bmm(bin_weights, h) for h in outputs.hidden_states])
-            layer_weights = torch.softmax(self.layer_weight_logits, dim=-1).to(frames.dtype)
-            return torch.einsum("l,lbhd->bhd", layer_weights, pooled_layers), valid_bins
-        states = frames if aggregation == "last" else outputs.hidden_states[aggregation]
-        return torch.bmm(bin_weights, states), valid_bins
+            weights = torch.softmax(self.layer_weight_logits, dim=-1).to(pooled_layers.dtype)
+            return torch.einsum("l,lbhd->bhd", weights, pooled_layers)
+        return pooled_layers[-1 if aggregation == "last" else aggregation]
+
+    def _check_pooled(
+        self,
+        pooled_hidden_states: torch.Tensor,
+        valid_bins: torch.Tensor | None,
+        subject_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Validate pooled inputs; return ``subject_ids`` [B]."""
+        config = self.config
+        expected = (config.num_hidden_layers + 1, config.history_trs, config.hidden_size)
+        if (
+            pooled_hidden_states.ndim != 4
+            or tuple(pooled_hidden_states.shape[1:]) != expected
+            or not pooled_hidden_states.is_floating_point()
+        ):
+            raise ValueError(
+                "pooled_hidden_states must be a float tensor [batch, layers + 1, history_trs, "
+                f"hidden_size] = [batch, {', '.join(map(str, expected))}], got "
+                f"{pooled_hidden_states.dtype} of shape {tuple(pooled_hidden_states.shape)}"
+            )
+        batch = pooled_hidden_states.shape[0]
+        if valid_bins is None or tuple(valid_bins.shape) != (batch, config.history_trs):
+            shape = None if valid_bins is None else tuple(valid_bins.shape)
+            raise ValueError(
+                f"valid_bins [batch, history_trs] = [{batch}, {config.history_trs}] is required "
+                f"with pooled_hidden_states, got {shape}"
+            )
+        return self._check_subjects(subject_ids, batch, pooled_hidden_states.device)
 
     def _penalty(self) -> torch.Tensor:
         """``head_l2 * sum(head weights ** 2)`` plus, in training, the backbone L2-SP term."""

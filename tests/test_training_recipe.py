@@ -1,0 +1,291 @@
+"""The whole two-stage recipe on the SIMULATED study (tiny model, CPU): scores, stages, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from training_data import planted_ceilings, simulated_study
+from wav2brain.training.arguments import parse_recipe_args
+from wav2brain.training.recipe import run_recipe
+
+TEST_STORY = "story03"
+VALIDATION_STORY = "story04"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    return simulated_study(tmp_path_factory.getbasetemp())
+
+
+def recipe_argv(study: Path, out: Path, *extra: str) -> list[str]:
+    truth = study / "bids" / "derivatives" / "ground_truth"
+    return [
+        "--model_name_or_path", str(truth / "model"),
+        "--dataset", str(study / "dataset"),
+        "--voxel_selection", str(truth / "clusters.nii.gz"),
+        "--test_units", TEST_STORY,
+        "--validation_units", VALIDATION_STORY,
+        "--output_dir", str(out),
+        "--head", "conv", "--head_hidden_size", "16",
+        "--backbone_l2_sp", "1e-4",
+        "--max_steps", "300", "--learning_rate", "1e-2",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+        "--stage2_max_steps", "4",
+        "--stage2_learning_rate", "1e-4", "--stage2_backbone_learning_rate", "1e-5",
+        "--save_strategy", "steps", "--save_steps", "300", "--stage2_save_steps", "2",
+        "--logging_steps", "100", "--report_to", "none", "--use_cpu", "true",
+        "--seed", "0", "--disable_tqdm", "true",
+        *extra,
+    ]  # fmt: skip
+
+
+def run(argv: list[str], **kwargs) -> dict:
+    return run_recipe(*parse_recipe_args(argv), **kwargs)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+@pytest.fixture(scope="module")
+def full_run(study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    return out, run(recipe_argv(study, out))
+
+
+def test_stage1_scores_planted_voxels_above_ground_truth_threshold_and_a_shuffled_control(
+    study, full_run, tmp_path
+):
+    """SIMULATED: held-out r on the planted voxels after stage 1 reaches a share of their noise
+    ceilings, clearly beats the same model trained on shuffled stories, and stage 2 keeps it."""
+    _, scores = full_run
+    threshold = 0.3 * float(planted_ceilings(study).mean())
+    control = run(
+        recipe_argv(study, tmp_path, "--shuffle_train_stories", "true", "--stage2_max_steps", "0")
+    )
+    assert scores["stage1"]["mean"] > threshold
+    assert scores["stage1"]["mean"] > control["stage1"]["mean"] + 0.15
+    assert scores["stage2"]["mean"] >= scores["stage1"]["mean"] - 0.01
+    assert scores["splits"]["test"] == [TEST_STORY]
+
+
+def test_each_stage_changes_only_its_parameters_and_the_run_is_recorded(study, full_run):
+    out, _ = full_run
+    start = weights(out / "stage1" / "checkpoint-300")  # after stage 1 == stage1/final
+    final1 = weights(out / "stage1" / "final")
+    final = weights(out / "final")
+    assert changed(start, final1) == set()
+    from wav2brain import Wav2Vec2ForBrainEncoding
+
+    pretrained = Wav2Vec2ForBrainEncoding.from_pretrained(
+        study / "bids/derivatives/ground_truth/model", num_voxels=1
+    ).state_dict()
+    stage1 = {
+        n for n in final1 if n.startswith("wav2vec2.") and not torch.equal(final1[n], pretrained[n])
+    }
+    assert stage1 == set()  # backbone frozen in stage 1
+    stage2 = changed(final1, final)
+    assert any(n.startswith("wav2vec2.encoder.") for n in stage2)
+    assert not any(n.startswith("wav2vec2.feature_extractor.") for n in stage2)
+    assert any(n.startswith("head.") for n in stage2)
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["test"] == [TEST_STORY] and TEST_STORY not in splits["train"]
+    assert (out / "l2_sp_reference.safetensors").is_file()
+    record = json.loads((out / "metrics.json").read_text())
+    assert set(record["stage2"]["per_subject"]) == {"001", "002"}
+
+
+def test_lora_recipe_changes_only_attention_projections_head_and_layer_weights(study, tmp_path):
+    scores = run(
+        recipe_argv(study, tmp_path, "--lora", "true", "--lora_rank", "2", "--save_strategy", "no")
+    )
+    final1, final = weights(tmp_path / "stage1" / "final"), weights(tmp_path / "final")
+    assert set(final) == set(final1)  # merged: plain parameter names
+    backbone = {n for n in changed(final1, final) if n.startswith("wav2vec2.")}
+    assert backbone and all(
+        n.rsplit(".", 2)[-2] in {"q_proj", "k_proj", "v_proj", "out_proj"} for n in backbone
+    )
+    assert all(n.endswith(".weight") for n in backbone)
+    assert scores["stage2"]["mean"] >= scores["stage1"]["mean"] - 0.01
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, sys
+    from transformers import TrainerCallback
+    from wav2brain.training.arguments import parse_recipe_args
+    from wav2brain.training.recipe import run_recipe
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if args.output_dir.endswith("stage2") and state.global_step == 2:
+                os._exit(17)
+
+    run_recipe(*parse_recipe_args(sys.argv[1:]), callbacks=[Kill()])
+    """
+)
+
+
+def test_a_run_killed_in_stage2_resumes_to_the_uninterrupted_result(study, tmp_path):
+    short = ("--max_steps", "20", "--save_steps", "10", "--cache_dir", str(tmp_path / "cache"))
+    reference = run(recipe_argv(study, tmp_path / "reference", *short))
+    argv = recipe_argv(study, tmp_path / "killed", *short)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, *argv], env=dict(os.environ), capture_output=True, text=True
+    )
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    stage2 = tmp_path / "killed" / "stage2"
+    assert (stage2 / "checkpoint-2").is_dir() and not (tmp_path / "killed" / "final").exists()
+    with pytest.raises(ValueError, match="resume_from_checkpoint"):
+        run(argv)  # a fresh start into a used folder is refused
+    resumed = run(argv + ["--resume_from_checkpoint", "true"])
+    assert resumed["stage2"]["mean"] == pytest.approx(reference["stage2"]["mean"], abs=1e-5)
+    ref, got = weights(tmp_path / "reference" / "final"), weights(tmp_path / "killed" / "final")
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], atol=1e-5, rtol=1e-5)
+    # negative control: the state at the kill is not the final state
+    early = weights(stage2 / "checkpoint-2")
+    assert any(not torch.equal(early[n], ref[n]) for n in ref if n in early)
+
+
+def test_nan_loss_stops_naming_the_step_and_last_good_checkpoint(study, tmp_path):
+    from wav2brain.training.trainer import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"step \d+.*last good checkpoint"):
+        run(
+            recipe_argv(
+                study, tmp_path, "--learning_rate", "1e30", "--max_steps", "50", "--save_steps", "1"
+            )
+        )
+
+
+def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(study, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    from wav2brain.training.trainer import COMPLETE_MARKER, last_complete_checkpoint
+
+    calls = {"n": 0}
+    original = Trainer._save_optimizer_and_scheduler
+
+    def failing(self, output_dir):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", failing)
+    with pytest.raises(OSError, match="No space"):
+        run(
+            recipe_argv(
+                study, tmp_path, "--max_steps", "4", "--save_steps", "2", "--stage2_max_steps", "0"
+            )
+        )
+    stage1 = tmp_path / "stage1"
+    assert (stage1 / "checkpoint-2" / COMPLETE_MARKER).is_file()
+    assert not (stage1 / "checkpoint-4").exists()
+    assert last_complete_checkpoint(stage1) == stage1 / "checkpoint-2"
+
+
+def test_bad_inputs_fail_at_start_naming_them(study, tmp_path, full_run):
+    out, _ = full_run
+    with pytest.raises(ValueError, match="story99"):
+        run(recipe_argv(study, tmp_path / "a", "--test_units", "story99"))
+    # a saved brain model whose heads do not match the selected voxels
+    with pytest.raises(ValueError, match="voxels in the data"):
+        run(
+            recipe_argv(
+                study,
+                tmp_path / "b",
+                "--voxel_selection",
+                str(tmp_path / "cols.txt"),
+                "--model_name_or_path",
+                str(out / "final"),
+            )
+            if (tmp_path / "cols.txt").write_text("0\n1\n")
+            else []
+        )
+    from wav2brain import Wav2Vec2ForBrainEncoding
+
+    model = Wav2Vec2ForBrainEncoding.from_pretrained(out / "final")
+    model.config.tr = 2.0
+    model.save_pretrained(tmp_path / "tr2")
+    with pytest.raises(ValueError, match="TR 2.0 s"):
+        run(recipe_argv(study, tmp_path / "c", "--model_name_or_path", str(tmp_path / "tr2")))
+    assert not (tmp_path / "c" / "stage1").exists()  # nothing trained
+
+
+def test_train_py_runs_as_a_script_and_reports_bad_options(study, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "train.py"
+    bad = subprocess.run(
+        [sys.executable, str(script), "--dataset", "x", "--model_name_or_path", "y", "--bogus", "1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--bogus" in bad.stderr
+
+
+@pytest.mark.skipif(
+    not os.environ.get("WAV2BRAIN_SLOW_TESTS"),
+    reason="slow (two processes, several minutes on 2 cores): set WAV2BRAIN_SLOW_TESTS=1",
+)
+def test_two_cpu_processes_ddp_match_one_process(study, tmp_path):
+    """DDP over 2 CPU processes x batch 4 gives one process's batch-8 scores (sequential order,
+    so both see the same global batches). Launched with torchrun: ``accelerate launch --cpu
+    --num_processes 2`` starts a single process in accelerate 1.15 (its simple launcher)."""
+    root = Path(__file__).resolve().parents[1]
+    common = recipe_argv(study, tmp_path / "x")
+    out = common.index("--output_dir")
+    del common[out : out + 2]
+    common += ["--max_steps", "40", "--stage2_max_steps", "2", "--save_strategy", "no"]
+    common += ["--train_sampling_strategy", "sequential"]
+    single = run(
+        common + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"]
+    )
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         str(root / "train.py"), *common, "--output_dir", str(tmp_path / "two"),
+         "--per_device_train_batch_size", "4"],
+        capture_output=True, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for stage in ("stage1", "stage2"):
+        assert two[stage]["mean"] == pytest.approx(single[stage]["mean"], abs=2e-3)
+
+
+def test_history_sweep_runs_each_value_and_writes_the_curve(study, tmp_path):
+    from wav2brain.training.sweep import is_sweep, read_sweep, run_sweep
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("head: conv\nhead_hidden_size: 8\n", encoding="utf-8")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"recipe: {recipe}\noption: history_trs\nvalues: [2, 3]\noutput_dir: {tmp_path / 'out'}\n",
+        encoding="utf-8",
+    )
+    assert is_sweep(sweep) and not is_sweep(recipe)
+    argv = recipe_argv(study, tmp_path / "unused")
+    out = argv.index("--output_dir")
+    del argv[out : out + 2]
+    argv += ["--max_steps", "2", "--stage2_max_steps", "0", "--save_strategy", "no"]
+    result = run_sweep(sweep, argv)
+    assert [point["history_trs"] for point in result["curve"]] == [2, 3]
+    assert json.loads((tmp_path / "out" / "sweep.json").read_text()) == result
+    record = json.loads((tmp_path / "out" / "history_trs-3" / "run.json").read_text())
+    assert record["model"]["history_trs"] == 3
+    sweep.write_text("recipe: r.yaml\noption: no_such_option\nvalues: [1]\noutput_dir: o\n")
+    with pytest.raises(ValueError, match="no_such_option"):
+        read_sweep(sweep)
