@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,11 +11,6 @@ import numpy as np
 import pytest
 
 from wav2brain.metrics.voxelwise_correlation import METRIC_PATH
-
-needs_scores = pytest.mark.skipif(
-    importlib.util.find_spec("wav2brain.metrics.voxelwise") is None,
-    reason="the metric wraps wav2brain.metrics.voxelwise.voxelwise_scores (helper train's module)",
-)
 
 # two subjects; subject "b" has fewer voxels (its rows are shorter), values exact in float32
 A_PRED = [[1.0, 2.0, 0.0], [2.0, 1.0, 1.0], [3.0, 4.0, 0.0], [4.0, 3.0, 2.0]]
@@ -88,7 +82,6 @@ def _padded(rows):
     return np.array([list(r) + [0.0] * (width - len(r)) for r in rows])
 
 
-@needs_scores
 def test_loads_offline_and_equals_numpy(answers):
     scores = answers["hand"]
     expected = {"a": numpy_summary(A_PRED, A_REF), "b": numpy_summary(B_PRED, B_REF)}
@@ -108,14 +101,12 @@ def test_loads_offline_and_equals_numpy(answers):
     assert scores["fraction_significant"] == pytest.approx(direct["fraction_significant"])
 
 
-@needs_scores
 def test_negative_control_a_shuffled_prediction_scores_differently(answers):
     scores = answers["shuffled"]
     assert scores["mean"] != pytest.approx(numpy_summary(A_PRED, A_REF)["mean"], abs=1e-3)
     assert scores["mean"] == pytest.approx(numpy_summary(SHUFFLED, A_REF)["mean"], abs=1e-6)
 
 
-@needs_scores
 def test_rows_that_do_not_match_are_refused(answers):
     assert answers["mismatched"] == {
         "error": "row 1: 2 predicted voxels but 3 measured ones; each prediction row must "
