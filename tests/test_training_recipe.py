@@ -228,6 +228,57 @@ def test_bad_inputs_fail_at_start_naming_them(study, tmp_path, full_run):
     assert not (tmp_path / "c" / "stage1").exists()  # nothing trained
 
 
+def test_the_run_ends_with_a_checked_export_and_its_cards(full_run):
+    out, scores = full_run
+    backbone, model = out / "export" / "backbone", out / "export" / "model"
+    assert (backbone / "model.safetensors").is_file() and (model / "config.json").is_file()
+    card = (backbone / "README.md").read_text()
+    assert "SIMULATED" in card and TEST_STORY in card
+    assert f"{scores['stage2']['mean']:.3f}"[:4] in card  # the held-out score, as model-index
+    manifest = json.loads((out / "export" / "export.json").read_text())
+    assert set(manifest) >= {"backbone", "model"}
+
+
+def push_run(argv: list[str], endpoint: str, **env) -> subprocess.CompletedProcess:
+    script = Path(__file__).resolve().parents[1] / "train.py"
+    environment = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_TOKEN": "hf_test_token",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, str(script), *argv], env=environment, capture_output=True, text=True
+    )
+
+
+def test_push_to_hub_sends_the_backbone_export_last_and_fails_in_one_line_offline(study, tmp_path):
+    from hub_server import FakeHub
+
+    out = tmp_path / "pushed"
+    argv = recipe_argv(
+        study, out, "--max_steps", "20", "--save_steps", "20", "--stage2_max_steps", "2",
+        "--push_to_hub", "true", "--hub_model_id", "me/sim-refined",
+    )  # fmt: skip
+    with FakeHub() as hub:
+        done = push_run(argv, hub.url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    backbone = out / "export" / "backbone"
+    sent = hub.repos["me/sim-refined"]["files"]
+    assert sent == {p.name: p.read_bytes() for p in backbone.iterdir() if p.is_file()}
+    # offline: every local output is there, the push fails with one line naming the repo
+    failed = push_run([*argv, "--resume_from_checkpoint", "true"], hub.url, HF_HUB_OFFLINE="1")
+    assert failed.returncode == 2
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("train: error")]
+    assert len(errors) == 1 and "me/sim-refined" in errors[0]
+    assert (backbone / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+    with pytest.raises(ValueError, match="hub_model_id"):
+        parse_recipe_args(recipe_argv(study, tmp_path / "x", "--push_to_hub", "true"))
+
+
 def test_train_py_runs_as_a_script_and_reports_bad_options(study, tmp_path):
     script = Path(__file__).resolve().parents[1] / "train.py"
     bad = subprocess.run(
@@ -237,10 +288,7 @@ def test_train_py_runs_as_a_script_and_reports_bad_options(study, tmp_path):
     assert bad.returncode == 2 and "--bogus" in bad.stderr
 
 
-@pytest.mark.skipif(
-    not os.environ.get("WAV2BRAIN_SLOW_TESTS"),
-    reason="slow (two processes, several minutes on 2 cores): set WAV2BRAIN_SLOW_TESTS=1",
-)
+@pytest.mark.slow
 def test_two_cpu_processes_ddp_match_one_process(study, tmp_path):
     """DDP over 2 CPU processes x batch 4 gives one process's batch-8 scores (sequential order,
     so both see the same global batches). Launched with torchrun: ``accelerate launch --cpu

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ConnectionError) as error:
         logging.getLogger("wav2brain").debug("traceback of the error below", exc_info=True)
         print(f"wav2brain {args.command}: error: {error}", file=sys.stderr)
         return 2

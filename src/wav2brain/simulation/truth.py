@@ -64,3 +64,22 @@ def planted_pairs(truth_dir: str | Path) -> pd.DataFrame:
         {"layer": "int64", "tensor": "str", "unit": "int64", "voxel": "int64", "cluster": "str"}
     )
     return pairs.sort_values(["tensor", "layer", "unit", "voxel"], ignore_index=True)
+
+
+def is_simulated(prepared: str | Path) -> bool:
+    """Whether a prepared dataset folder was made from a simulated BIDS dataset.
+
+    True when the BIDS root recorded by ``wav2brain prepare`` (``wav2brain_prepare.json``) still
+    holds the simulator's ground truth (``derivatives/ground_truth/simulation.json``); False
+    otherwise, also when the BIDS root has moved (the label SIMULATED is then not claimed).
+    """
+    import json
+
+    from wav2brain.simulation.files import GROUND_TRUTH_DIR
+
+    record = Path(prepared) / "wav2brain_prepare.json"
+    if not record.is_file():
+        return False
+    settings = json.loads(record.read_text(encoding="utf-8")).get("settings", {})
+    root = settings.get("bids_root") if isinstance(settings, dict) else None
+    return bool(root) and (Path(root) / GROUND_TRUTH_DIR / "simulation.json").is_file()

@@ -154,6 +154,20 @@ class BrainTrainingArguments(TrainingArguments):
     stage2_lr_scheduler_type: str = "linear"
     stage2_warmup_steps: int = 0
     stage2_save_steps: int = 0
+    export: bool = field(
+        default=True, metadata={"help": "write export/ (backbone + full model, cards) at the end"}
+    )
+    push_full_model: bool = field(
+        default=False,
+        metadata={"help": "with --push_to_hub, also push the full brain-encoding model"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (owner/name of the backbone repo)")
+        if self.push_to_hub and not self.export:
+            raise ValueError("push_to_hub pushes the export: it needs export true")
 
     @property
     def has_stage2(self) -> bool:

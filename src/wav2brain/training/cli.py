@@ -16,7 +16,8 @@ from pathlib import Path
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``[--config recipe.yaml | --sweep sweep.yaml] [--option value ...]`` and run.
 
-    Bad options and bad data (``ValueError`` / ``FileNotFoundError``) print one line and return 2.
+    Bad options and bad data (``ValueError`` / ``FileNotFoundError``) and a push that cannot reach
+    the Hub (``ConnectionError``) print one line and return 2.
     """
     from wav2brain.training.arguments import parse_recipe_args
     from wav2brain.training.recipe import run_recipe
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         model_args, data_args, training_args = parse_recipe_args(rest)
         scores = run_recipe(model_args, data_args, training_args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ConnectionError) as error:
         print(f"train: error: {error}", file=sys.stderr)
         return 2
     if training_args.should_save:

@@ -14,8 +14,14 @@ Output folder (``output_dir``)::
     stage1/checkpoint-*/        stage 1 checkpoints; stage1/final: the model after stage 1
     stage2/checkpoint-*/        stage 2 checkpoints
     final/                      the refined model (LoRA merged), save_pretrained
+    export/                     backbone/ (plain Wav2Vec2Model) and model/ (full, remote code),
+                                each with its model card (:func:`wav2brain.publishing.export_run`)
     metrics.json                held-out scores after each stage, per subject
     run.json                    every option of the run
+
+With ``push_to_hub`` and ``hub_model_id`` the export is pushed last, after every local output is
+written (the Trainer itself never pushes checkpoints); a Hub that cannot be reached raises one
+:class:`~wav2brain.publishing.hub.HubPushError`.
 
 A run killed in either stage continues with ``--resume_from_checkpoint true`` (the latest
 complete checkpoint of the stage it was in) or a checkpoint path.
@@ -129,6 +135,7 @@ def _stage_arguments(args: BrainTrainingArguments, stage: int, output_dir: Path)
     }
     values.update(output_dir=str(output_dir / STAGE_DIRS[stage - 1]), resume_from_checkpoint=None)
     values["remove_unused_columns"] = False
+    values["push_to_hub"] = False  # the recipe pushes its export once, at the end
     if stage == 2:
         values.update(
             max_steps=args.stage2_max_steps if args.stage2_max_steps > 0 else -1,
@@ -373,7 +380,68 @@ class _RecipeRun:
             write_text_atomic(
                 json.dumps(scores, indent=2, default=float), self.output_dir / METRICS_FILE
             )
+            if self.args.export:
+                self._export(model, scores)
         return scores
+
+    def card(self, model, scores: dict[str, Any]) -> dict[str, Any]:
+        """The run record for the model cards (keys of :mod:`wav2brain.publishing.card`)."""
+        from wav2brain.reports.compare import change_summary, parameter_change
+        from wav2brain.simulation.truth import is_simulated
+
+        final = "stage2" if "stage2" in scores else "stage1"
+        stages = {"stage 1": _stage_record(_stage_arguments(self.args, 1, self.output_dir))}
+        if self.args.has_stage2:
+            stage2 = _stage_record(_stage_arguments(self.args, 2, self.output_dir))
+            stage2["backbone_learning_rate"] = self.args.stage2_backbone_learning_rate
+            stages["stage 2"] = stage2
+        lora = None
+        if self.model_args.lora:
+            lora = {
+                "r": self.model_args.lora_rank,
+                "lora_alpha": self.model_args.lora_alpha,
+                "lora_dropout": self.model_args.lora_dropout,
+                "target_modules": list(self.model_args.lora_target_modules),
+            }
+        base = _read_weights(self.output_dir / STAGE_DIRS[0] / "final")
+        return {
+            "base_model": str(self.model_args.model_name_or_path),
+            "dataset": {"name": Path(self.data_args.dataset).name, "id": self.data_args.dataset},
+            "subjects": list(self.subjects),
+            "voxels": {s: int(self.data.subject_voxels[s]) for s in self.subjects},
+            "voxel_selection": self.data_args.voxel_selection or "all voxels of the masks",
+            "tr": float(self.config.tr),
+            "history_trs": int(self.config.history_trs),
+            "splits": {
+                k: list(getattr(self.data.splits, k)) for k in ("train", "validation", "test")
+            },
+            "stages": stages,
+            "lora": lora,
+            "scores": {k: v for k, v in scores[final].items()},
+            "parameter_change": change_summary(parameter_change(base, model)),
+            "simulated": is_simulated(self.data_args.dataset),
+            **({"hub_model_id": self.args.hub_model_id} if self.args.hub_model_id else {}),
+        }
+
+    def _export(self, model, scores: dict[str, Any]) -> None:
+        """``export/`` with its cards; then the push, when asked, as the very last step."""
+        from wav2brain.publishing.export import export_run
+        from wav2brain.publishing.hub import push_export
+
+        paths = export_run(
+            model,
+            self.output_dir / "export",
+            feature_extractor=None,  # from the config: its do_normalize, 16 kHz
+            card=self.card(model, scores),
+        )
+        if self.args.push_to_hub:
+            push_export(
+                paths,
+                self.args.hub_model_id,
+                token=self.args.hub_token,
+                private=bool(self.args.hub_private_repo),
+                include_full=self.args.push_full_model,
+            )
 
     def _stage2(self, model, resume: str | None):
         model.unfreeze_backbone(feature_encoder=False)
@@ -393,6 +461,25 @@ class _RecipeRun:
         )
         trainer.train(resume_from_checkpoint=_resume_point(resume, self.output_dir, 2))
         return model
+
+
+STAGE_RECORD_KEYS = (
+    "learning_rate",
+    "max_steps",
+    "num_train_epochs",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "seed",
+)
+"""Hyperparameters of a stage written into the model card."""
+
+
+def _stage_record(args) -> dict[str, Any]:
+    """One stage's hyperparameters for the card (the :data:`STAGE_RECORD_KEYS` of its arguments)."""
+    return {key: getattr(args, key) for key in STAGE_RECORD_KEYS}
 
 
 def _read_weights(folder: Path) -> dict[str, Any]:
