@@ -61,6 +61,7 @@ def bytes_per_element(config: CouplingConfig) -> int:
 
 
 VARIANCES = ("bartlett", "naive")
+TRUNCATIONS = ("none", "adaptive")
 
 
 @dataclass
@@ -75,6 +76,15 @@ class CouplingConfig:
         Level of BH-FDR and of the FWER (max statistic, or Bonferroni without permutations).
     max_lag_s : float
         Longest lag (s) of Bartlett's sum (capped at a quarter of the shortest run).
+    truncation : str
+        ``"none"`` (default: every lag up to ``max_lag_s``) or ``"adaptive"`` (each series'
+        autocorrelations cut at its first lag inside the null band, :func:`truncate`). The
+        default because detrending each run (as ``prepare`` does) gives a nearly white series
+        small negative autocorrelations at every lag; they are real for the cleaned series and,
+        against the long negative lobe of an HRF-smoothed AN, add to Bartlett's sum, which the
+        cut drops (measured on the simulator, 4 detrended runs of about 73 TRs, noise voxels: null
+        ``z`` SD 1.107 with the cut, 1.041 without; HRF-smoothed ANs against AR(1) voxels, 600
+        undetrended TRs: 1.010 without, 0.995 with it).
     variance : str
         ``"bartlett"`` (autocorrelation-aware) or ``"naive"`` (``n_eff = n``: anti-conservative
         for smoothed series; kept as the negative control of the calibration tests).
@@ -106,6 +116,7 @@ class CouplingConfig:
     top_k: int = 10
     alpha: float = 0.05
     max_lag_s: float = 30.0
+    truncation: str = "none"
     variance: str = "bartlett"
     n_permutations: int = 0
     min_shift_s: float = 30.0
@@ -126,6 +137,7 @@ class CouplingConfig:
             (0 < self.grid_max_p < 1, "grid_max_p", "in (0, 1)"),
             (self.max_lag_s > 0, "max_lag_s", "> 0 s"),
             (self.variance in VARIANCES, "variance", f"one of {VARIANCES}"),
+            (self.truncation in TRUNCATIONS, "truncation", f"one of {TRUNCATIONS}"),
             (self.n_permutations >= 0, "n_permutations", ">= 0"),
             (self.min_shift_s >= 0, "min_shift_s", ">= 0 s"),
             (self.memory_budget_mb > 0, "memory_budget_mb", "> 0 MB"),
@@ -468,8 +480,10 @@ def couple(
         # one product gives D step^2 / (n - 3), D = 1 + 2 sum_k rho_x(k) rho_y(k): its inverse
         # square root is the factor turning atanh(r) into z in grid steps
         scale = step * step / (n - 3)
-        rx = truncate(lag_autocorrelation(X, starts, lag), n)
-        ry = truncate(lag_autocorrelation(Y, starts, lag), n)
+        rx = lag_autocorrelation(X, starts, lag)
+        ry = lag_autocorrelation(Y, starts, lag)
+        if config.truncation == "adaptive":
+            rx, ry = truncate(rx, n), truncate(ry, n)
         Rx = torch.cat([2 * rx, torch.ones_like(rx[:1])]).mul_(scale)
         Ry = torch.cat([ry, torch.ones_like(ry[:1])])
         low, high = scale, scale * n / 4

@@ -9,9 +9,10 @@ matrix product of the lag autocorrelation sequences, ``Rx^T Ry`` with ``Rx [K, A
 targets]``: ``K`` (the lags, a few dozen) against the ``n`` TRs of the coupling product, so it
 costs a few per cent on top of it (measured: 1.19x the pass with a constant variance, at
 9,216 x 50,000 x 1,000). The sum runs to ``max_lag`` TRs (30 s by default: the haemodynamic
-response and AR noise have decayed), each series' sequence cut at its first lag inside the null
-band (:func:`~wav2brain.anchoring.coupling.truncate`: xDF's adaptive truncation, Afyouni, Smith
-and Nichols 2019), and the statistic is Fisher's z with its variance inflated by Bartlett's
+response and AR noise have decayed), every lag kept by default (optionally each series' sequence
+cut at its first lag inside the null band, :func:`~wav2brain.anchoring.coupling.truncate`: xDF's
+adaptive truncation, Afyouni, Smith and Nichols 2019; see ``CouplingConfig.truncation`` for why
+not by default), and the statistic is Fisher's z with its variance inflated by Bartlett's
 factor ``D = 1 + 2 sum_k rho_x(k) rho_y(k)`` (clipped to ``[1, n / 4]``): ``z = atanh(r)
 sqrt((n - 3) / D)``, N(0, 1) under the null (two-sided tests). xDF also corrects the variance for
 non-null r; under the null, which is what a test needs, Bartlett's is the variance.

@@ -32,6 +32,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, help="FDR and FWER level (default 0.05)")
     parser.add_argument("--max-lag-s", type=float, help="Bartlett lags in seconds (default 30)")
     parser.add_argument(
+        "--acf-truncation",
+        choices=("none", "adaptive"),
+        help="cut each series' autocorrelations at the null band (adaptive) or not (none, default)",
+    )
+    parser.add_argument(
         "--permutations",
         type=int,
         help="circular-shift draws for the max-statistic FWER (default 0)",
@@ -82,6 +87,7 @@ def config_from_args(args: argparse.Namespace):
         "top_k": args.top_k,
         "alpha": args.alpha,
         "max_lag_s": args.max_lag_s,
+        "truncation": args.acf_truncation,
         "n_permutations": args.permutations,
         "min_shift_s": args.min_shift_s,
         "seed": args.seed,
