@@ -244,3 +244,15 @@ def test_cli_atlas_labels_every_voxel_and_refuses_bad_paths(prepared, tmp_path, 
     assert main([*base, "--out", str(tmp_path / "c"), "--networks", "pca:3"]) == 2
     assert "pca" in capsys.readouterr().err
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_profile_classes_regions_by_their_parcellation_stage_before_their_name():
+    from wav2brain.anchoring.profile import region_class
+
+    patterns = (AnchorConfig().auditory, AnchorConfig().higher_order)
+    assert region_class("left_heschl_envelope", *patterns) == "auditory"  # by name
+    assert region_class("right_heschl_unit", *patterns) == "auditory"
+    stages = {"right_heschl_unit": "higher-order", "net03": "auditory"}
+    assert region_class("right_heschl_unit", *patterns, stages) == "higher_order"
+    assert region_class("net03", *patterns, stages) == "auditory"
+    assert region_class("net04", *patterns, stages) == "other"  # no stage, no matching name

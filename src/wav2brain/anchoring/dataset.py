@@ -564,7 +564,14 @@ def anchor(
     regions = pd.concat(tables["regions"], ignore_index=True) if tables["regions"] else None
     from wav2brain.anchoring.results import Finishing, finish
 
-    context = Finishing(out, dataset, plans, digests, map_reasons, index, config, cleaning, names)
+    stages = {
+        name: stage
+        for family in [*parcellations, *(timecourses or {}).values()]
+        for name, stage in zip(family.names, getattr(family, "stages", ()) or (), strict=False)
+    }
+    context = Finishing(
+        out, dataset, plans, digests, map_reasons, index, config, cleaning, names, stages
+    )
     finished = finish(context, units, regions, tables["voxels"])
     write_text_atomic(
         json.dumps(

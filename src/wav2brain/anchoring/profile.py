@@ -12,15 +12,28 @@ whose higher-order share exceeds its auditory share; None when it never does).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from wav2brain.encoding.dataset import layer_number
 
+STAGE_CLASSES = {"auditory": "auditory", "higher-order": "higher_order", "other": "other"}
+"""Profile class of each stage a parcellation gives its regions (``Parcellation.stages``)."""
 
-def region_class(name: str, auditory: str, higher_order: str) -> str:
-    """``"auditory"``, ``"higher_order"`` or ``"other"`` (auditory wins a double match)."""
+
+def region_class(
+    name: str, auditory: str, higher_order: str, stages: Mapping[str, str] | None = None
+) -> str:
+    """``"auditory"``, ``"higher_order"`` or ``"other"``.
+
+    The region's stage from its parcellation when it has one (``stages``: region name -> one of
+    :data:`STAGE_CLASSES`' keys); else the regular expressions on its name (auditory wins a
+    double match).
+    """
+    if stages and name in stages:
+        return STAGE_CLASSES[stages[name]]
     if re.search(auditory, name, flags=re.IGNORECASE):
         return "auditory"
     if re.search(higher_order, name, flags=re.IGNORECASE):
@@ -28,13 +41,19 @@ def region_class(name: str, auditory: str, higher_order: str) -> str:
     return "other"
 
 
-def layer_profile(anchored, auditory: str, higher_order: str):
+def layer_profile(
+    anchored, auditory: str, higher_order: str, stages: Mapping[str, str] | None = None
+):
     """Share of each layer's ANs anchored in each region (pandas).
 
     Parameters
     ----------
     anchored : DataFrame
         One row per (subject or "group", family, layer, unit): ``region`` and ``significant``.
+    auditory, higher_order : str
+        Regular expressions classing regions without a stage (:func:`region_class`).
+    stages : mapping of region name to stage, optional
+        The stages the parcellations give their regions.
 
     Returns
     -------
@@ -56,7 +75,7 @@ def layer_profile(anchored, auditory: str, higher_order: str):
                     "layer": layer,
                     "layer_number": layer_number(layer),
                     "region": share.index.astype(str),
-                    "class": [region_class(n, auditory, higher_order) for n in share.index],
+                    "class": [region_class(n, auditory, higher_order, stages) for n in share.index],
                     "share": share.to_numpy(np.float64),
                 }
             )

@@ -130,6 +130,6 @@ def dataset_regions(
             out_dir=None if out_dir is None else Path(out_dir) / "networks",
         )
         timecourses["functional_networks"] = Timecourses(
-            names=maps.names, runs=runs, kind="network", source=maps.source
+            names=maps.names, runs=runs, kind="network", source=maps.source, stages=maps.stages
         )
     return parcellations, timecourses

@@ -39,6 +39,7 @@ class Finishing:
     config: AnchorConfig
     cleaning: object
     families: list[str] = field(default_factory=list)
+    stages: dict[str, str] = field(default_factory=dict)
 
 
 def glass_brain(values, mask_img, path: Path, title: str = "") -> Path:
@@ -305,7 +306,7 @@ def finish(context: Finishing, units, regions, voxel_frames) -> dict:
     summary: dict = {"group_subjects": members if group is not None else []}
     anchored = None if units is None else anchored_frame(units, group, context.families, alpha)
     if anchored is not None and len(anchored):
-        profile = layer_profile(anchored, config.auditory, config.higher_order)
+        profile = layer_profile(anchored, config.auditory, config.higher_order, context.stages)
         paths["profile"] = _write_frame(profile, out / "profile.parquet")
         stage = stage_summary(profile, sorted(set(units["layer"])))
         summary["stage"] = stage

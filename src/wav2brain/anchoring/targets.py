@@ -90,12 +90,15 @@ class Timecourses:
     kind : str
         ``"network"`` by default.
     source : str
+    stages : tuple of str
+        Stage of each network (``auditory``, ``higher-order``, ``other``; empty: unknown).
     """
 
     names: tuple[str, ...]
     runs: Mapping[str, Sequence[np.ndarray]]
     kind: str = "network"
     source: str = "time courses"
+    stages: tuple[str, ...] = ()
 
     def stacked(self, subject: str, lengths: Sequence[int]) -> np.ndarray:
         """One subject's runs stacked [TRs, names], checked against the runs' TR counts."""
