@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -256,3 +257,35 @@ def test_profile_classes_regions_by_their_parcellation_stage_before_their_name()
     assert region_class("right_heschl_unit", *patterns, stages) == "higher_order"
     assert region_class("net03", *patterns, stages) == "auditory"
     assert region_class("net04", *patterns, stages) == "other"  # no stage, no matching name
+
+
+def test_selectivity_joins_every_anchored_an_or_names_what_is_missing(result, tmp_path):
+    import shutil
+
+    from wav2brain.anchoring.selectivity import add_selectivity
+
+    out = Path(shutil.copytree(result.out, tmp_path / "anchored"))
+    units = pd.read_parquet(out / "units.parquet")
+    ans = units[["layer", "tensor", "unit"]].drop_duplicates()
+    layer = [int(str(v).rsplit("_", 1)[1]) for v in ans["layer"]]
+    table = pd.DataFrame(
+        {"layer": layer, "tensor": ans["tensor"].to_numpy(), "unit": ans["unit"].to_numpy()}
+    )
+    table["psi_max"] = np.arange(len(table))
+    table["best_class"] = "fricative"
+    selectivity = tmp_path / "sel"
+    selectivity.mkdir()
+    table.to_parquet(selectivity / "units.parquet")
+    written = add_selectivity(out, selectivity)
+    assert {p.name for p in written} == {"units.parquet", "group.parquet"}
+    joined = pd.read_parquet(out / "units.parquet")
+    assert len(joined) == len(units) and not joined["sel_psi_max"].isna().any()
+    first = joined[
+        (joined["layer"] == ans["layer"].iloc[0]) & (joined["unit"] == ans["unit"].iloc[0])
+    ]
+    assert (first["sel_psi_max"] == 0).all() and (first["sel_best_class"] == "fricative").all()
+    add_selectivity(out, selectivity)  # again: replaces, never duplicates the columns
+    assert list(pd.read_parquet(out / "units.parquet").columns) == list(joined.columns)
+    table[table["layer"] == 1].to_parquet(selectivity / "units.parquet")
+    with pytest.raises(ValueError, match=r"no selectivity for the ANs of .*2\)"):
+        add_selectivity(out, selectivity)

@@ -685,3 +685,79 @@ def _heat_maps(result: SelectivityResult, folder: Path) -> None:
             figure.savefig(tmp, dpi=100)
             plt.close(figure)
             os.replace(tmp, path)
+
+
+SELECTIVITY_PREFIX = "sel_"
+"""Prefix of the selectivity columns joined into the anchoring tables (:func:`add_selectivity`)."""
+
+JOINED_TABLES = ("units.parquet", "group.parquet")
+"""Anchoring tables that get one row's selectivity per AN."""
+
+
+def add_selectivity(anchoring_out: str | Path, selectivity_out: str | Path) -> list[Path]:
+    """Join each AN's selectivity (``wav2brain selectivity``) into the anchoring tables.
+
+    Every row of ``units.parquet`` and ``group.parquet`` in ``anchoring_out`` gets the columns of
+    its AN (layer, tensor, unit) from ``selectivity_out/units.parquet``, prefixed
+    :data:`SELECTIVITY_PREFIX` (``sel_psi_max``, ``sel_best_class``, ``sel_word_onset_t``, ...);
+    the tables are rewritten atomically, so joining again replaces the earlier columns.
+
+    Raises
+    ------
+    FileNotFoundError
+        A missing table.
+    ValueError
+        When an anchored AN has no selectivity (the tensor or layers differ: both are named), so
+        the tables never hold missing values.
+    """
+    import pandas as pd
+
+    from wav2brain.encoding.dataset import layer_number
+
+    source = Path(selectivity_out) / "units.parquet"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found: run `wav2brain selectivity` first")
+    selected = pd.read_parquet(source).drop(columns=["constant"], errors="ignore")
+    keys = ["layer", "tensor", "unit"]
+    selected = selected.rename(
+        columns={c: f"{SELECTIVITY_PREFIX}{c}" for c in selected.columns if c not in keys}
+    ).rename(columns={"layer": "layer_number"})
+    written = []
+    for name in JOINED_TABLES:
+        path = Path(anchoring_out) / name
+        if not path.is_file():
+            if name == "units.parquet":
+                raise FileNotFoundError(f"{path} not found: run `wav2brain anchor` first")
+            continue
+        table = pd.read_parquet(path)
+        table = table.drop(columns=[c for c in table.columns if c.startswith(SELECTIVITY_PREFIX)])
+        if "tensor" in table.columns:
+            tensors = sorted(set(table["tensor"]))
+        else:  # group.parquet: the tensor of the units it summarises (one per anchoring run)
+            table.insert(table.columns.get_loc("unit") + 1, "tensor", tensors[0])
+        table["layer_number"] = [layer_number(str(v)) for v in table["layer"]]
+        joined = table.merge(
+            selected, on=["layer_number", "tensor", "unit"], how="left", indicator=True
+        )
+        missing = joined[joined["_merge"] == "left_only"]
+        if len(missing):
+            have = _tensor_layers(selected)
+            want = _tensor_layers(missing)
+            raise ValueError(
+                f"{source} has no selectivity for the ANs of (tensor, layer) {want[:6]} anchored "
+                f"in {path}; it holds {have[:6]}: run `wav2brain selectivity` with that tensor "
+                "and those layers"
+            )
+        joined = joined.drop(columns=["_merge", "layer_number"])
+        partial = partial_path(path)
+        joined.to_parquet(partial, index=False)
+        os.replace(partial, path)
+        written.append(path)
+    return written
+
+
+def _tensor_layers(table) -> list[tuple[str, int]]:
+    """The (tensor, layer number) pairs of a table's rows, sorted."""
+    return sorted(
+        {(str(t), int(n)) for t, n in zip(table["tensor"], table["layer_number"], strict=True)}
+    )

@@ -59,6 +59,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare-with", type=Path, help="another anchoring output folder to compare with"
     )
+    parser.add_argument(
+        "--selectivity",
+        type=Path,
+        help="output folder of `wav2brain selectivity`: its per-AN columns join the tables",
+    )
     regions = parser.add_argument_group(
         "regions and networks (default: nilearn's offline Seitzman 2018 networks for MNI data)"
     )
@@ -118,8 +123,12 @@ def run(args: argparse.Namespace) -> int:
     from wav2brain.anchoring import anchor, write_comparison
     from wav2brain.anchoring.regions import dataset_regions
 
-    if args.compare_with is not None and not args.compare_with.is_dir():
-        raise FileNotFoundError(f"--compare-with {args.compare_with}: no such folder")
+    for flag, folder in (
+        ("--compare-with", args.compare_with),
+        ("--selectivity", args.selectivity),
+    ):
+        if folder is not None and not folder.is_dir():
+            raise FileNotFoundError(f"{flag} {folder}: no such folder")
     config = config_from_args(args)
     parcellations, timecourses = dataset_regions(
         args.dataset,
@@ -139,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
     )
     for subject, reason in result.skipped.items():
         print(f"  skipped sub-{subject}: {reason}")
+    if args.selectivity is not None:
+        from wav2brain.anchoring.selectivity import add_selectivity
+
+        joined = add_selectivity(args.out, args.selectivity)
+        print(f"selectivity of {args.selectivity} joined into {', '.join(p.name for p in joined)}")
     if args.compare_with is not None:
         paths = write_comparison(args.compare_with, args.out, args.out)
         print(f"compared with {args.compare_with}: {paths['regions']}")
