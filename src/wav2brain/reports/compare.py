@@ -60,9 +60,10 @@ LEGACY_NAMES = {
     ".weight_v": ".parametrizations.weight.original1",
 }
 """Old weight-norm tensor names of the positional convolution -> the current ones."""
-METRIC_FILES = ("test_results.json", "eval_results.json", "all_results.json")
-"""Trainer ``save_metrics`` files searched in a sweep run, in this order."""
-DEFAULT_SWEEP_METRICS = ("test_mean", "eval_mean")
+METRIC_FILES = ("metrics.json", "test_results.json", "eval_results.json", "all_results.json")
+"""Metric files searched in a sweep run, in this order: the recipe's (``train.py``, per stage:
+read as ``stage1_mean``, ``stage2_mean``, ...), then the Trainer's ``save_metrics`` files."""
+DEFAULT_SWEEP_METRICS = ("stage2_mean", "stage1_mean", "test_mean", "eval_mean")
 CONFIG_PLACES = (
     "config.json",
     "final/config.json",
@@ -329,7 +330,7 @@ def history_sweep(folder: str | os.PathLike, metric: str | None = None):
         )
     rows = []
     for run, path in runs:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        metrics = _flat_metrics(json.loads(path.read_text(encoding="utf-8")))
         key = metric or next((k for k in DEFAULT_SWEEP_METRICS if k in metrics), None)
         if key is None or key not in metrics:
             wanted = metric or " or ".join(DEFAULT_SWEEP_METRICS)
@@ -353,6 +354,18 @@ def history_sweep(folder: str | os.PathLike, metric: str | None = None):
             f"({sorted(set(repeated['history_trs']))} TRs); keep one run per length"
         )
     return table
+
+
+def _flat_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metrics with the recipe's per-stage scores flattened (``{"stage1": {"mean": r}}`` gives
+    ``stage1_mean``); other nested values (per-subject scores, splits) are left out."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}_{k}": v for k, v in value.items() if isinstance(v, int | float)})
+        else:
+            flat[key] = value
+    return flat
 
 
 # ----------------------------------------------------------------------------- brain accuracy
