@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "extract",
     "encode",
     "demo",
+    "probe",
 )
 
 
