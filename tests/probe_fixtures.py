@@ -15,9 +15,9 @@ import numpy as np
 
 SR = 16_000
 SIZES = {"train": 8, "validation": 3, "test": 3}
+"""Utterances per class (or speaker) and split."""
 SEQUENCE_SIZES = {"train": 40, "validation": 8, "test": 8}
 """Utterances per split of the CTC tasks."""
-"""Utterances per class (or speaker) and split."""
 
 KEYWORDS = {"yes": 350.0, "no": 700.0, "up": 1400.0, "down": 2800.0}
 PHONES = {"a": 400.0, "e": 800.0, "i": 1600.0, "o": 3200.0}
@@ -157,9 +157,7 @@ def _sequence_audio(
     return _with_noise(np.concatenate(pieces), rng)
 
 
-def make_pr(
-    root: Path, seed: int = 0, sizes: dict[str, int] = SEQUENCE_SIZES
-) -> Path:
+def make_pr(root: Path, seed: int = 0, sizes: dict[str, int] = SEQUENCE_SIZES) -> Path:
     """Phoneme recognition: 2–4 tone 'phonemes'; ``phonemes`` space-separated."""
     rng = np.random.default_rng(seed)
     names = list(PHONES)
@@ -176,9 +174,7 @@ def make_pr(
     return _write(root, "pr", meta, splits, _features(phonemes=None))
 
 
-def make_asr(
-    root: Path, seed: int = 0, sizes: dict[str, int] = SEQUENCE_SIZES
-) -> Path:
+def make_asr(root: Path, seed: int = 0, sizes: dict[str, int] = SEQUENCE_SIZES) -> Path:
     """Word recognition: 1–2 words of tone 'letters', silence between words; ``text``."""
     rng = np.random.default_rng(seed)
     splits = {}
