@@ -94,9 +94,6 @@ def make_ks(root: Path, seed: int = 0, sizes: dict[str, int] = SIZES) -> Path:
     return _write(root, "ks", meta, splits, _features(label=names))
 
 
-SPEAKER_TILTS = np.linspace(-1.5, 1.5, 12)
-
-
 def make_sid(root: Path, seed: int = 0, sizes: dict[str, int] = SIZES, n_speakers: int = 4) -> Path:
     """Speaker identification: a speaker is a spectral tilt of noise; ``label`` and ``speaker``."""
     rng = np.random.default_rng(seed)
@@ -117,28 +114,30 @@ def make_sid(root: Path, seed: int = 0, sizes: dict[str, int] = SIZES, n_speaker
     return _write(root, "sid", meta, splits, _features(label=names, speaker=None))
 
 
-def make_asv(root: Path, seed: int = 0, per_speaker: int = 4) -> Path:
-    """Verification: disjoint speakers per split (6 / 3 / 3 tilts), all test pairs as trials."""
+def make_asv(
+    root: Path, seed: int = 0, per_speaker: int = 4, speakers: tuple[int, int, int] = (6, 3, 3)
+) -> Path:
+    """Verification: disjoint speakers per split (tilts interleaved), all test pairs as trials."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    order = {"train": [0, 2, 4, 6, 8, 10], "validation": [1, 5, 9], "test": [3, 7, 11]}
+    tilts = np.linspace(-1.5, 1.5, sum(speakers))
+    ids = np.arange(sum(speakers))
+    order = {  # every split spans the tilt range: train takes most, the others the rest in turn
+        "validation": ids[1::4][: speakers[1]],
+        "test": ids[3::4][: speakers[2]],
+    }
+    order["train"] = np.setdiff1d(ids, np.r_[order["validation"], order["test"]])
     splits = {}
-    for split, speakers in order.items():
-        spk = [s for s in speakers for _ in range(per_speaker)]
-        audio = [_noise(SPEAKER_TILTS[s] + rng.normal(0, 0.03), 0.5, rng) for s in spk]
+    for split in ("train", "validation", "test"):
+        spk = [int(s) for s in order[split] for _ in range(per_speaker)]
+        audio = [_noise(tilts[s] + rng.normal(0, 0.03), 0.5, rng) for s in spk]
         splits[split] = {"audio": audio, "speaker": [f"spk{s}" for s in spk]}
     meta = {"task": "asv", "type": "verification", "target_column": "speaker", "seed": seed}
     folder = _write(root, "asv", meta, splits, _features(speaker=None))
-    test = splits["test"]["speaker"]
+    test = np.asarray(splits["test"]["speaker"])
     enrol, other = np.triu_indices(len(test), k=1)
-    trials = pd.DataFrame(
-        {
-            "enrol": enrol,
-            "test": other,
-            "target": np.asarray(test)[enrol] == np.asarray(test)[other],
-        }
-    )
+    trials = pd.DataFrame({"enrol": enrol, "test": other, "target": test[enrol] == test[other]})
     trials.to_parquet(folder / "trials.parquet", index=False)
     return folder
 

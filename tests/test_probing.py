@@ -93,6 +93,8 @@ def test_non_wav2vec2_upstream_is_refused_naming_model_type(tmp_path):
         check_upstream(str(tmp_path / "bert"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         check_upstream(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="nobody/no-model: cannot read its config"):
+        check_upstream("nobody/no-model")  # the tests run offline
 
 
 def test_upstream_kinds_are_accepted(model_dir, tiny_kwargs, tmp_path):

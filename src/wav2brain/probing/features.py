@@ -196,14 +196,12 @@ def check_upstream(spec: str, revision: str | None = None) -> str:
     Raises
     ------
     FileNotFoundError
-        For a local path without ``config.json``.
+        For a local path without ``config.json``, or a Hub id whose config cannot be read.
     ValueError
         Naming the ``model_type`` when it is not in :data:`UPSTREAM_MODEL_TYPES`.
     """
     if spec == FBANK:
         return FBANK
-    import wav2brain  # noqa: F401  (registers the brain-encoding config with AutoConfig)
-
     path = Path(spec)
     if spec.startswith((".", "/", "~")) or path.exists():
         if not (path.expanduser() / "config.json").is_file():
@@ -211,7 +209,10 @@ def check_upstream(spec: str, revision: str | None = None) -> str:
         spec = str(path.expanduser())
     from transformers import AutoConfig
 
-    model_type = AutoConfig.from_pretrained(spec, revision=revision).model_type
+    try:
+        model_type = AutoConfig.from_pretrained(spec, revision=revision).model_type
+    except OSError as error:  # not on the Hub, offline, no such revision
+        raise FileNotFoundError(f"upstream {spec}: cannot read its config ({error})") from error
     if model_type not in UPSTREAM_MODEL_TYPES:
         raise ValueError(
             f"upstream {spec} has model_type {model_type!r}, not a wav2vec2-family model: expected "

@@ -250,8 +250,10 @@ def task_from_splits(
     Parameters
     ----------
     name
-        Task name (``ks``, ``ic``, ``sid``, ``er``, ``pr``, ``asr``, ``asv`` fix ``type`` and
-        ``target_column`` unless given).
+        Task name (``ks``, ``ic``, ``sid``, ``er``, ``pr``, ``asr``, ``asv`` fix ``task_type``
+        and ``target_column`` unless given).
+    task_type, target_column
+        See the module table (``task.json``'s ``type`` and ``target_column``).
     splits
         ``train``, ``validation`` and ``test`` ``datasets.Dataset`` objects (a ``DatasetDict``).
     trials
