@@ -17,7 +17,8 @@ JSON says (``tasks_source``); their utterances are shorter than spoken ones (0.4
 (default 1: the shared 2-core machine stalls multithreaded LSTMs).
 
 Usage: ``python benchmarks/bench_probe.py [--quick] [--archs tiny,base] [--threads N]``; writes
-``benchmarks/results/probe.json`` (``probe-quick.json`` with ``--quick``).
+``benchmarks/results/probe.json`` (``probe-quick.json`` with ``--quick``; ``-fabricated`` appended
+for the stand-in tasks), keeping the architectures of an earlier run on the same tasks.
 """
 
 from __future__ import annotations
@@ -154,7 +155,13 @@ def main() -> None:
             print(arch, name, json.dumps(rows[name]), flush=True)
         report["architectures"][arch] = rows
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("probe-quick.json" if args.quick else "probe.json")
+    fabricated = "fabricated" in source
+    name = "probe" + ("-quick" if args.quick else "") + ("-fabricated" if fabricated else "")
+    path = RESULTS / f"{name}.json"
+    if path.is_file():  # runs of other architectures with the same tasks are kept
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous.get("tasks_source") == source and previous.get("threads") == args.threads:
+            report["architectures"] = {**previous["architectures"], **report["architectures"]}
     path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=1))
 

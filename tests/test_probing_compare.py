@@ -235,3 +235,11 @@ def test_export_has_what_the_s3prl_route_reads(tiny_kwargs, tmp_path):
     assert s3prl_route_problems(folder) == ["files ['config.json', 'model.safetensors']"]
     model.save_pretrained(tmp_path / "full")
     assert any("model_type" in p for p in s3prl_route_problems(tmp_path / "full"))
+
+
+def test_package_exports_resolve():
+    import wav2brain.probing as probing
+
+    assert all(getattr(probing, name) is not None for name in probing.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        probing.nothing  # noqa: B018
