@@ -316,6 +316,24 @@ def _dense(features: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(features, dtype=np.float32))
 
 
+def _rows(features: np.ndarray, device: str) -> Callable[[np.ndarray], torch.Tensor]:
+    """Rows of a (memory-mapped) array as float32 tensors on ``device``, read when asked."""
+    return lambda index: _dense(features[index]).to(device)
+
+
+def _in_batches(
+    function: Callable[[torch.Tensor], torch.Tensor], features: np.ndarray, device: str, size: int
+) -> torch.Tensor:
+    """``function`` over all rows of ``features``, ``size`` rows at a time, concatenated."""
+    read = _rows(features, device)
+    return torch.cat(
+        [
+            function(read(np.arange(i, min(i + size, len(features)))))
+            for i in range(0, len(features), size)
+        ]
+    )
+
+
 def train_utterance(
     features: Mapping[str, np.ndarray],
     labels: Mapping[str, Sequence[str]],
@@ -325,26 +343,30 @@ def train_utterance(
 ) -> tuple[float, np.ndarray, list[float]]:
     """Train an :class:`UtteranceClassifier`; return test accuracy, layer weights, validation history.
 
-    ``features[split]`` are per-layer means ``[rows, layers, dim]``; ``labels[split]`` strings
-    among ``classes``.
+    ``features[split]`` are per-layer means ``[rows, layers, dim]`` (memory maps are read a batch
+    at a time); ``labels[split]`` strings among ``classes``.
     """
     from wav2brain.probing.metrics import accuracy
 
     part = config.utterance
-    x = {s: _dense(v).to(config.device) for s, v in features.items()}
+    train = _rows(features["train"], config.device)
     y = {s: _indices(v, classes).to(config.device) for s, v in labels.items()}
     torch.manual_seed(seed)
     model = UtteranceClassifier(
-        make_mix(features["train"], config.standardize), x["train"].shape[-1], len(classes), part
+        make_mix(features["train"], config.standardize),
+        features["train"].shape[-1],
+        len(classes),
+        part,
     ).to(config.device)
 
     def predict(split: str) -> np.ndarray:
-        return model(x[split]).argmax(-1).cpu().numpy()
+        logits = _in_batches(model, features[split], config.device, 4 * part.batch_size)
+        return logits.argmax(-1).cpu().numpy()
 
     model, history = fit(
         model,
         len(y["train"]),
-        lambda idx: nn.functional.cross_entropy(model(x["train"][idx]), y["train"][idx]),
+        lambda idx: nn.functional.cross_entropy(model(train(idx)), y["train"][idx]),
         lambda: accuracy(y["validation"].cpu().numpy(), predict("validation")),
         epochs=part.epochs,
         batch_size=part.batch_size,
@@ -372,21 +394,25 @@ def train_verification(
     from wav2brain.probing.metrics import equal_error_rate
 
     part = config.verification
-    x = {s: _dense(v).to(config.device) for s, v in features.items()}
+    train = _rows(features["train"], config.device)
     y = _indices(speakers, classes).to(config.device)
     torch.manual_seed(seed)
     model = SpeakerEmbedder(
-        make_mix(features["train"], config.standardize), x["train"].shape[-1], len(classes), part
+        make_mix(features["train"], config.standardize),
+        features["train"].shape[-1],
+        len(classes),
+        part,
     ).to(config.device)
 
     def eer(split: str) -> float:
         enrol, test, target = trials[split]
-        return equal_error_rate(target, cosine_scores(model.embed(x[split]), enrol, test))
+        embeddings = _in_batches(model.embed, features[split], config.device, 4 * part.batch_size)
+        return equal_error_rate(target, cosine_scores(embeddings, enrol, test))
 
     model, history = fit(
         model,
         len(y),
-        lambda idx: nn.functional.cross_entropy(model(x["train"][idx]), y[idx]),
+        lambda idx: nn.functional.cross_entropy(model(train(idx)), y[idx]),
         lambda: -eer("validation"),
         epochs=part.epochs,
         batch_size=part.batch_size,
