@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "train",
     "compare-models",
     "make-probe-tasks",
+    "probe",
     "demo",
 )
 
