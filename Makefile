@@ -34,8 +34,8 @@ bench: install
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b $(BENCH_ARGS) || exit 1; done
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks dataset_scripts
-	$(BIN)/ruff format --check src tests benchmarks dataset_scripts
+	$(BIN)/ruff check src tests benchmarks dataset_scripts train.py
+	$(BIN)/ruff format --check src tests benchmarks dataset_scripts train.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
