@@ -62,6 +62,10 @@ def test_card_from_a_full_record(model):
         "fraction significant (held-out stories)": 0.3,
     }
     assert {r.dataset_split for r in data.eval_results} == {"test"}
+    types = {r.metric_name: r.metric_type for r in data.eval_results}
+    assert types["fraction significant (held-out stories)"] == "fraction"  # a share, not an r
+    assert types["mean r (held-out stories)"] == "pearsonr"
+    assert {r.dataset_type for r in data.eval_results} == {"me/narratives-auditory"}
     text = parsed.text
     for expected in (
         "Narratives (subset)",

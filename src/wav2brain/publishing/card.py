@@ -95,6 +95,8 @@ SCORE_LABELS = {
 """Readable names of the pooled scores of :func:`wav2brain.metrics.voxelwise_scores`."""
 COUNT_SCORES = ("n_voxels",)
 """Scores that are counts: in the card's table, not in ``model-index``."""
+SHARE_SCORES = ("fraction_significant",)
+"""Scores that are shares of voxels, not correlations: ``model-index`` type ``fraction``."""
 
 
 def template_path(name: str = TEMPLATE) -> Path:
@@ -273,14 +275,16 @@ def build_model_card(
     title = card.get("model_name") or (
         repo_id.rsplit("/", 1)[-1] if repo_id != PLACEHOLDER_REPO else DEFAULT_TITLES[kind]
     )
+    dataset_id = dataset.get("id")
+    hub_dataset = dataset_id if dataset_id and _looks_like_hub_id(dataset_id) else None
     eval_results = [
         EvalResult(
             task_type="brain-encoding",
             task_name="fMRI encoding of natural speech",
-            dataset_type=dataset.get("id") or dataset_name,
+            dataset_type=hub_dataset or dataset_name,  # a local folder's path is not an id
             dataset_name=dataset_name,
             dataset_split=card.get("score_split") or "test",
-            metric_type="pearsonr",
+            metric_type="fraction" if name in SHARE_SCORES else "pearsonr",
             metric_name=f"{SCORE_LABELS.get(name, name)} (held-out stories)",
             metric_value=value,
         )
@@ -290,8 +294,6 @@ def build_model_card(
     tags = ["wav2vec2", "fmri", "brain-encoding", "wav2brain", *card["tags"]]
     if card.get("simulated"):
         tags.append("simulated")
-    dataset_id = dataset.get("id")
-    hub_dataset = dataset_id if dataset_id and _looks_like_hub_id(dataset_id) else None
     card_data = ModelCardData(
         base_model=base_model if base_model and _looks_like_hub_id(base_model) else None,
         datasets=[hub_dataset] if hub_dataset else None,

@@ -406,7 +406,10 @@ class _RecipeRun:
         base = _read_weights(self.output_dir / STAGE_DIRS[0] / "final")
         return {
             "base_model": str(self.model_args.model_name_or_path),
-            "dataset": {"name": Path(self.data_args.dataset).name, "id": self.data_args.dataset},
+            "dataset": {
+                "name": _dataset_name(self.data_args.dataset),
+                "id": self.data_args.dataset,
+            },
             "subjects": list(self.subjects),
             "voxels": {s: int(self.data.subject_voxels[s]) for s in self.subjects},
             "voxel_selection": self.data_args.voxel_selection or "all voxels of the masks",
@@ -461,6 +464,17 @@ class _RecipeRun:
         )
         trainer.train(resume_from_checkpoint=_resume_point(resume, self.output_dir, 2))
         return model
+
+
+def _dataset_name(folder: str | Path) -> str:
+    """A prepared folder's name for the card: its BIDS dataset's folder (``ds002345``), else its own."""
+    record = Path(folder) / "wav2brain_prepare.json"
+    if record.is_file():
+        settings = json.loads(record.read_text(encoding="utf-8")).get("settings", {})
+        root = settings.get("bids_root") if isinstance(settings, dict) else None
+        if root:
+            return Path(root).name
+    return Path(folder).name
 
 
 STAGE_RECORD_KEYS = (
