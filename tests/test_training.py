@@ -357,3 +357,32 @@ def test_lora_trains_only_adapters_in_the_backbone_and_merges_exactly(study):
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="qkv"):
         add_lora(model, rank=2, alpha=4.0, dropout=0.0, target_modules=["qkv"])
+
+
+def test_held_out_dataloaders_keep_the_last_partial_batch_whatever_drop_last_says(study, tmp_path):
+    from transformers import TrainingArguments
+
+    from wav2brain.training.data import AudioItems, RecipeCollator
+    from wav2brain.training.trainer import BrainTrainer
+
+    data = recipe_data(study)
+    model = brain_model(study, data)
+    test = AudioItems(data, "test", model.config.subjects)
+    batch = 7
+    assert len(test) % batch  # a partial last batch exists
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=batch, dataloader_drop_last=True,
+        per_device_train_batch_size=batch, use_cpu=True, report_to="none",
+    )  # fmt: skip
+    trainer = BrainTrainer(
+        model=model,
+        args=args,
+        train_dataset=test,
+        data_collator=RecipeCollator(label_width=model.config.num_voxels),
+    )
+    counted = sum(len(b["labels"]) for b in trainer.get_test_dataloader(test))
+    assert counted == len(test)
+    assert sum(len(b["labels"]) for b in trainer.get_eval_dataloader(test)) == len(test)
+    # negative control: training batches do drop it, as asked
+    assert sum(len(b["labels"]) for b in trainer.get_train_dataloader()) < len(test)
+    assert trainer.args.dataloader_drop_last

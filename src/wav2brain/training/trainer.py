@@ -7,6 +7,8 @@
 - Evaluation runs windows of equal length together (:meth:`BrainTrainer.prediction_step`): with
   wav2vec2-base's group-norm front end a padded window gives other hidden states than alone, so
   held-out scores would depend on the eval batch size.
+- Evaluation and prediction never drop a last partial batch, whatever ``dataloader_drop_last``
+  says (it is for training batches): scores are per voxel over every held-out TR, in order.
 - A checkpoint counts only once every file is written: a marker file is added last, a failed write
   removes the half-written folder (the previous checkpoint stays intact: transformers deletes old
   checkpoints only after a successful save), and :func:`last_complete_checkpoint` ignores folders
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -58,6 +62,26 @@ class BrainTrainer(Trainer):
     def __init__(self, *args, backbone_learning_rate: float | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.backbone_learning_rate = backbone_learning_rate
+
+    @contextmanager
+    def _every_held_out_item(self) -> Iterator[None]:
+        """``dataloader_drop_last`` off while a held-out dataloader is built."""
+        drop_last = self.args.dataloader_drop_last
+        self.args.dataloader_drop_last = False
+        try:
+            yield
+        finally:
+            self.args.dataloader_drop_last = drop_last
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """The evaluation batches, the last partial one included."""
+        with self._every_held_out_item():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        """The prediction batches, the last partial one included."""
+        with self._every_held_out_item():
+            return super().get_test_dataloader(test_dataset)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """AdamW (or ``args.optim``) with the backbone in groups of its own learning rate."""
