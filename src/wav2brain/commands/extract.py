@@ -164,23 +164,6 @@ def _load_model(name: str, revision: str | None):
     return AutoModel.from_pretrained(name, revision=revision)
 
 
-def _checkpoint_normalization(extraction, model, name: str, revision: str | None):
-    """``extraction`` with ``normalize`` decided: ``--[no-]normalize``, else the checkpoint's.
-
-    A brain-encoding checkpoint carries ``do_normalize`` in its config; a plain wav2vec2 one in its
-    ``preprocessor_config.json`` (False when it has none).
-    """
-    from dataclasses import replace
-
-    from wav2brain.modeling import checkpoint_do_normalize
-
-    if extraction.normalize is None and not hasattr(model.config, "do_normalize"):
-        extraction = replace(
-            extraction, normalize=bool(checkpoint_do_normalize(name, revision=revision))
-        )
-    return extraction.for_model(model)
-
-
 def _index_rows(stimulus_id: str, entries, out: Path) -> list[dict]:
     """One ``index.parquet`` row per distinct cache entry and layer."""
     rows = []
@@ -271,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     previous = {name: _previous_table(args.out / f"{name}.parquet") for name in tables}
     model = _load_model(args.model, args.revision)
     activation_units(model, extraction)  # model family, tensor and layers, before any work
-    extraction = _checkpoint_normalization(extraction, model, args.model, args.revision)
+    extraction = extraction.for_checkpoint(model, args.model, args.revision)
     logger.info(
         "audio normalisation (zero mean, unit variance per stimulus): %s", extraction.normalize
     )

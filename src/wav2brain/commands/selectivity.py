@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         selectivity,
         stimulus_alignments,
     )
-    from wav2brain.commands.extract import _checkpoint_normalization, _load_model
+    from wav2brain.commands.extract import _load_model
     from wav2brain.features.cache import model_identity
     from wav2brain.features.extract import ExtractionConfig
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     )
     stimulus_alignments(args.dataset, args.stimuli)  # refuse missing alignments before the model
     model = _load_model(args.model, args.revision)
-    extraction = _checkpoint_normalization(extraction, model, args.model, args.revision)
+    extraction = extraction.for_checkpoint(model, args.model, args.revision)
     result = selectivity(
         args.dataset,
         model,

@@ -170,6 +170,22 @@ class ExtractionConfig:
         config = getattr(resolve_backbone(model), "config", None)
         return replace(self, normalize=bool(getattr(config, "do_normalize", False)))
 
+    def for_checkpoint(
+        self, model: Any, name: str, revision: str | None = None
+    ) -> ExtractionConfig:
+        """:meth:`for_model` for a model loaded from checkpoint ``name``.
+
+        A brain-encoding checkpoint carries ``do_normalize`` in its config; a plain wav2vec2 one
+        in its ``preprocessor_config.json`` (False when it has none), read when ``normalize`` is
+        not given.
+        """
+        from wav2brain.modeling import checkpoint_do_normalize
+
+        if self.normalize is None and not hasattr(model.config, "do_normalize"):
+            normalize = bool(checkpoint_do_normalize(name, revision=revision))
+            return replace(self, normalize=normalize).for_model(model)
+        return self.for_model(model)
+
 
 @dataclass
 class ActivationChunk:

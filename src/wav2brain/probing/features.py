@@ -244,7 +244,6 @@ class TransformersUpstream:
         from transformers import AutoModel
 
         from wav2brain.features.taps import resolve_backbone
-        from wav2brain.modeling import checkpoint_do_normalize
 
         self.name = spec
         self.model = AutoModel.from_pretrained(spec, revision=revision)
@@ -256,11 +255,7 @@ class TransformersUpstream:
             tensor="hidden_states",
             layers=tuple(range(n_layers + 1)),
         )
-        if config.normalize is None and not hasattr(self.model.config, "do_normalize"):
-            config = replace(
-                config, normalize=bool(checkpoint_do_normalize(spec, revision=revision))
-            )
-        self.config = config.for_model(self.model)
+        self.config = config.for_checkpoint(self.model, spec, revision)
         self.backbone = backbone
         self.frame_rate_hz = MODEL_SAMPLING_RATE / np.prod(backbone.config.conv_stride)
         self.identity = model_identity(self.model, spec, revision)
