@@ -712,7 +712,7 @@ def add_selectivity(anchoring_out: str | Path, selectivity_out: str | Path) -> l
     """
     import pandas as pd
 
-    from wav2brain.encoding.dataset import layer_number
+    from wav2brain.encoding.dataset import _write_frame, layer_number
 
     source = Path(selectivity_out) / "units.parquet"
     if not source.is_file():
@@ -749,10 +749,7 @@ def add_selectivity(anchoring_out: str | Path, selectivity_out: str | Path) -> l
                 "and those layers"
             )
         joined = joined.drop(columns=["_merge", "layer_number"])
-        partial = partial_path(path)
-        joined.to_parquet(partial, index=False)
-        os.replace(partial, path)
-        written.append(path)
+        written.append(_write_frame(joined, path))
     return written
 
 
