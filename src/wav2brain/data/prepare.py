@@ -271,6 +271,19 @@ def _settings(
     return json.loads(json.dumps(settings, default=str))
 
 
+def prepared_bids_root(folder: str | Path) -> Path | None:
+    """The BIDS root a prepared folder was made from (its manifest's ``bids_root``), or None.
+
+    None when the folder has no manifest or the manifest names no root.
+    """
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    settings = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    root = settings.get("bids_root") if isinstance(settings, dict) else None
+    return Path(root) if root else None
+
+
 class _Manifest:
     """The progress file: settings, masks, and every finished shard (rewritten atomically)."""
 

@@ -73,13 +73,8 @@ def is_simulated(prepared: str | Path) -> bool:
     holds the simulator's ground truth (``derivatives/ground_truth/simulation.json``); False
     otherwise, also when the BIDS root has moved (the label SIMULATED is then not claimed).
     """
-    import json
-
+    from wav2brain.data.prepare import prepared_bids_root
     from wav2brain.simulation.files import GROUND_TRUTH_DIR
 
-    record = Path(prepared) / "wav2brain_prepare.json"
-    if not record.is_file():
-        return False
-    settings = json.loads(record.read_text(encoding="utf-8")).get("settings", {})
-    root = settings.get("bids_root") if isinstance(settings, dict) else None
-    return bool(root) and (Path(root) / GROUND_TRUTH_DIR / "simulation.json").is_file()
+    root = prepared_bids_root(prepared)
+    return root is not None and (root / GROUND_TRUTH_DIR / "simulation.json").is_file()

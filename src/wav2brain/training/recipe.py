@@ -468,13 +468,10 @@ class _RecipeRun:
 
 def _dataset_name(folder: str | Path) -> str:
     """A prepared folder's name for the card: its BIDS dataset's folder (``ds002345``), else its own."""
-    record = Path(folder) / "wav2brain_prepare.json"
-    if record.is_file():
-        settings = json.loads(record.read_text(encoding="utf-8")).get("settings", {})
-        root = settings.get("bids_root") if isinstance(settings, dict) else None
-        if root:
-            return Path(root).name
-    return Path(folder).name
+    from wav2brain.data.prepare import prepared_bids_root
+
+    root = prepared_bids_root(folder)
+    return root.name if root is not None else Path(folder).name
 
 
 STAGE_RECORD_KEYS = (
