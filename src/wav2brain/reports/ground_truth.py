@@ -284,12 +284,17 @@ def encoding_checks(
     """
     from wav2brain.simulation.recovery import RecoveryConfig, simulated_recovery
 
-    features = Path(features)
-    if not features.is_dir():
-        raise FileNotFoundError(f"feature cache {features} not found (wav2brain extract --out)")
+    features = _feature_cache(features)
     config = config or RecoveryConfig()
     result = simulated_recovery(simulation.bids, simulation.dataset, features, config, work_dir)
     return PartResult("encoding", recovery_rows(result), result.to_dict())
+
+
+def _feature_cache(features: str | Path) -> Path:
+    features = Path(features)
+    if not features.is_dir():
+        raise FileNotFoundError(f"feature cache {features} not found (wav2brain extract --out)")
+    return features
 
 
 def recovery_rows(result: RecoveryResult) -> tuple[Check, ...]:
@@ -389,11 +394,16 @@ def rejected_pairs(folder: str | Path) -> pd.DataFrame:
         below its rejections (anchor again with ``--top-k`` at least the voxel count); a subject
         of ``units.parquet`` missing from ``summary.json``.
     """
+    units, _, summary = read_anchoring(folder)
+    return _rejected(units, summary, Path(folder))
+
+
+def _rejected(units: pd.DataFrame, summary: Mapping, folder: Path) -> pd.DataFrame:
+    """:func:`rejected_pairs` of tables already read from ``folder``."""
     import pandas as pd
 
     from wav2brain.encoding.dataset import layer_number
 
-    units, _, summary = read_anchoring(folder)
     cutoffs = summary.get("subjects", {})
     rows = []
     short = []
@@ -500,7 +510,7 @@ def anchoring_checks(simulation: Simulation, folder: str | Path) -> PartResult:
     from wav2brain.encoding.runs import read_responses
 
     folder = Path(folder)
-    units, voxels, _ = read_anchoring(folder)
+    units, voxels, summary = read_anchoring(folder)
     tensors = sorted(set(units["tensor"]))
     if len(tensors) != 1:
         raise ValueError(f"{folder}: expected the ANs of one tensor, found {tensors}")
@@ -528,7 +538,7 @@ def anchoring_checks(simulation: Simulation, folder: str | Path) -> PartResult:
             f"{folder} holds no row for the planted units (layer, unit) {missing[:5]} of "
             f"{tensor}: anchored another model, or a --layers subset without the planted layers"
         )
-    rejected = rejected_pairs(folder)
+    rejected = _rejected(units, summary, folder)
     driven = set(simulation.voxels()["voxel"])
     per_subject = {}
     for subject in sorted(set(units["subject"])):
@@ -858,8 +868,8 @@ def check_simulated(
             "nothing to check: give features (encoding), anchoring and/or refine (training)"
         )
     simulation = simulation_inputs(truth, dataset)
-    if features is not None and not Path(features).is_dir():
-        raise FileNotFoundError(f"feature cache {features} not found (wav2brain extract --out)")
+    if features is not None:
+        _feature_cache(features)
     if out is not None:  # no verdict of earlier inputs survives a run that stops half-way
         for name in (TRUTH_FILE, CHECKS_FILE):
             (Path(out) / name).unlink(missing_ok=True)
