@@ -209,6 +209,10 @@ def test_missing_parts_and_folders_are_named(small, tmp_path, given, error, matc
 def test_a_folder_that_is_not_a_ground_truth_is_refused(small, tmp_path):
     with pytest.raises(FileNotFoundError, match="simulation.json not found"):
         gt.check_simulated(tmp_path, small["dataset"], anchoring=small["anchoring"])
+    moved = tmp_path / "copied_truth"
+    shutil.copytree(small["truth"], moved, ignore=shutil.ignore_patterns("model", "*_regressors*"))
+    with pytest.raises(ValueError, match="is not at <bids>/derivatives/ground_truth"):
+        gt.check_simulated(moved, small["dataset"], anchoring=small["anchoring"])
 
 
 # ------------------------------------------------------------------------- anchoring

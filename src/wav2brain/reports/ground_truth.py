@@ -229,11 +229,15 @@ def simulation_inputs(truth: str | Path, dataset: str | Path) -> Simulation:
     from wav2brain.simulation.truth import is_simulated
 
     truth, dataset = Path(truth), Path(dataset)
-    record = truth / "simulation.json"
-    if not record.is_file():
-        raise FileNotFoundError(
-            f"{record} not found: --truth must be the ground-truth folder of a dataset written by "
-            f"`wav2brain simulate` (<bids>/{GROUND_TRUTH_DIR.as_posix()})"
+    for name in ("simulation.json", "voxels.tsv", "brain_mask.nii.gz"):
+        if not (truth / name).is_file():
+            raise FileNotFoundError(
+                f"{truth / name} not found: --truth must be the ground-truth folder of a dataset "
+                f"written by `wav2brain simulate` (<bids>/{GROUND_TRUTH_DIR.as_posix()})"
+            )
+    if truth.resolve().parts[-2:] != GROUND_TRUTH_DIR.parts:
+        raise ValueError(
+            f"{truth} is not at <bids>/{GROUND_TRUTH_DIR.as_posix()} of its simulated dataset"
         )
     if not dataset.is_dir():
         raise FileNotFoundError(f"prepared dataset folder {dataset} not found")
