@@ -100,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
         recovery=recovery_config(args),
     )
     for check in report.checks:
-        verdict = "pass" if check.passed else "FAIL"
-        if not check.required:
-            verdict += " (target, informational)"
+        if check.required:
+            verdict = "pass" if check.passed else "FAIL"
+        else:
+            verdict = ("met" if check.passed else "unmet") + " (target, not required)"
         print(
             f"{verdict:>4}  {check.name}: {check.value:.4g} {check.op} {check.threshold:.4g}"
             f"  [issue {check.issue}] {check.description}"
