@@ -29,6 +29,7 @@ import pandas as pd
 import pytest
 
 from wav2brain.cli import main
+from wav2brain.reports.ground_truth import recovery_rows
 from wav2brain.simulation import SimulationConfig, simulate_dataset
 from wav2brain.simulation.files import GROUND_TRUTH_DIR
 from wav2brain.simulation.recovery import RecoveryConfig, RecoveryResult, simulated_recovery
@@ -114,6 +115,7 @@ def test_correct_pipeline_passes(correct):
         assert subject.planted_median_n_eff < subject.n_trs  # autocorrelation counted
     assert result.planted.passed and result.noise.passed and result.null.passed
     assert 0.0375 <= result.null.rate <= 0.0625
+    assert all(row.passed for row in recovery_rows(result))  # the rows of check-simulated
     for control in result.controls:
         assert control.passed and control.df == 4
         assert all(t > control.critical_t for t in control.t.values())
@@ -131,6 +133,7 @@ def test_onsets_half_a_tr_late_fail_the_check(simulated, model, correct, tmp_pat
     assert not half.passed
     assert half.t["-0.5"] < 0  # moving the onsets back to the truth fits better
     assert any("±0.5 TR" in failure for failure in result.failures)
+    assert "encoding.timing_0.5tr" in _failing_rows(result)
 
 
 def test_onsets_one_tr_late_fail_the_check(simulated, model, correct, tmp_path):
@@ -138,6 +141,7 @@ def test_onsets_one_tr_late_fail_the_check(simulated, model, correct, tmp_path):
     assert not result.passed
     one = next(c for c in result.controls if c.shift_trs == 1.0)
     assert not one.passed and one.t["-1"] < 0
+    assert "encoding.timing_1tr" in _failing_rows(result)
 
 
 def test_driven_voxels_counted_as_noise_fail_the_noise_test(simulated, correct, tmp_path):
@@ -155,6 +159,12 @@ def test_driven_voxels_counted_as_noise_fail_the_noise_test(simulated, correct, 
     assert result.null.passed and result.planted.passed
     assert result.noise.rate > result.null.rate and result.noise.p_value < 0.01
     assert any("noise voxels" in failure for failure in result.failures)
+    assert _failing_rows(result) == ["encoding.noise_rate"]
+
+
+def _failing_rows(result: RecoveryResult) -> list[str]:
+    """The check-simulated rows of ``result`` that fail."""
+    return [row.name for row in recovery_rows(result) if not row.passed]
 
 
 def test_bad_input(simulated, model, correct, tmp_path):

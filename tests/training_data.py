@@ -40,11 +40,3 @@ def planted_columns(root: Path) -> np.ndarray:
     column = np.full(mask.shape, -1)
     column[mask] = np.arange(int(mask.sum()))
     return np.sort(column[voxels["i"], voxels["j"], voxels["k"]])
-
-
-def planted_ceilings(root: Path) -> np.ndarray:
-    """Target noise ceilings of the planted voxels (SIMULATED ground truth)."""
-    import pandas as pd
-
-    truth = root / "bids" / "derivatives" / "ground_truth"
-    return pd.read_csv(truth / "voxels.tsv", sep="\t")["target_noise_ceiling"].to_numpy()
