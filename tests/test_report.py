@@ -85,15 +85,15 @@ def test_page_is_self_contained_and_labelled(report: Path):
 
 def test_reused_figures_are_the_steps_own(report: Path, study: Path):
     folder = report.with_suffix("")
-    assert (folder / "anchoring-base_profile.png").read_bytes() == (
-        study / "anchoring/base/profile.png"
-    ).read_bytes()
-    assert (folder / "probe_comparison.png").read_bytes() == (
-        study / "probe/comparison.png"
-    ).read_bytes()
-    assert (folder / "compare_parameter_change.png").read_bytes() == (
-        study / "compare/parameter_change.png"
-    ).read_bytes()
+    for name, source in (
+        ("encode-base_sub-001_best_r.png", "encoding/base/maps/sub-001_best_r.png"),
+        ("probe_comparison.png", "probe/comparison.png"),
+        ("compare_parameter_change.png", "compare/parameter_change.png"),
+        ("anchoring_change.png", "anchoring/refined/compare.png"),
+    ):
+        assert (folder / name).read_bytes() == (study / source).read_bytes()
+    profile = pd.read_parquet(study / "anchoring/base/profile.parquet")
+    assert (folder / "anchoring-base_profile.png").is_file() == bool(len(profile))
 
 
 def test_headline_numbers_equal_the_tables(report: Path, study: Path):

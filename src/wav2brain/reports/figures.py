@@ -121,6 +121,6 @@ def plot_network_couplings(couplings, path: Path) -> Path:
                 axis.text(j, i, f"{int(count)}", ha="center", va="center", color="w", fontsize=8)
     axis.set_xticks(range(values.shape[1]), [str(c) for c in values.columns])
     axis.set_yticks(range(values.shape[0]), [str(r) for r in values.index])
-    axis.set_xlabel("layer (numbers: ANs whose coupling passes FDR)")
+    axis.set_xlabel("layer (in cells: ANs passing FDR)")
     figure.colorbar(image, ax=axis, label="mean |r| over ANs")
     return _save(figure, path)

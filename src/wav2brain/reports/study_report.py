@@ -262,15 +262,32 @@ def _slug(step: str) -> str:
     return step.replace(":", "-")
 
 
-def _read(path: Path, columns: Sequence[str] | None = None):
-    """A Parquet table (only ``columns`` when given, and only those present)."""
+def _read(
+    path: Path,
+    columns: Sequence[str] | None = None,
+    filters: list[tuple] | None = None,
+    without: Sequence[str] = (),
+):
+    """A Parquet table: only ``columns`` (those present), rows matching ``filters``.
+
+    ``without`` names columns left unread (per-AN top-voxel lists, for instance); study-scale
+    tables are never read whole.
+    """
     import pandas as pd
     import pyarrow.parquet as pq
 
-    if columns is not None:
-        present = set(pq.read_schema(path).names)
-        columns = [c for c in columns if c in present]
-    return pd.read_parquet(path, columns=columns)
+    if columns is not None or without:
+        names = pq.read_schema(path).names
+        wanted = names if columns is None else [c for c in columns if c in names]
+        columns = [c for c in wanted if c not in without]
+    return pd.read_parquet(path, columns=columns, filters=filters)
+
+
+def _subjects(path: Path) -> list[str]:
+    """The distinct ``subject`` values of a Parquet table (one column read)."""
+    import pyarrow.parquet as pq
+
+    return sorted(set(pq.read_table(path, columns=["subject"]).column(0).to_pylist()))
 
 
 def _json(path: Path) -> dict:
@@ -401,25 +418,42 @@ def encoding_section(b: Builder) -> Section:
     folder = b.run.folder(step)
     if folder is None:
         return Section("encoding", title, absent(f"Encoding ({step}): {NOT_RUN}."))
-    scores = _read(
-        _need(folder / "scores.parquet", step),
-        ["subject", "layer", "voxel", "r", "ceiling", "r_normalized", "ceiling_significant"],
-    )
-    if not len(scores):
-        return Section("encoding", title, absent(f"{folder / 'scores.parquet'} is empty."))
-    scores["layer_number"] = [_layer_number(n) for n in scores["layer"]]
+    import numpy as np
+    import pandas as pd
+
+    path = _need(folder / "scores.parquet", step)
+    subjects = _subjects(path)
+    if not subjects:
+        return Section("encoding", title, absent(f"{path} is empty."))
 
     def top10(values) -> float:
         ordered = values.sort_values(ascending=False)
         return float(ordered.head(max(1, len(ordered) // 10)).mean())
 
-    per_subject = scores.groupby(["subject", "layer", "layer_number"], as_index=False).agg(
-        mean_r=("r", "mean"),
-        median_r=("r", "median"),
-        top10_mean_r=("r", top10),
-        mean_r_normalized=("r_normalized", "mean"),
-        voxels=("voxel", "size"),
-    )
+    frames, best_r, ceilings = [], [], []
+    for subject in subjects:  # one subject's rows at a time
+        scores = _read(
+            path,
+            ["layer", "voxel", "r", "ceiling", "ceiling_significant", "r_normalized"],
+            filters=[("subject", "==", subject)],
+        )
+        frames.append(
+            scores.groupby("layer", as_index=False)
+            .agg(
+                mean_r=("r", "mean"),
+                median_r=("r", "median"),
+                top10_mean_r=("r", top10),
+                mean_r_normalized=("r_normalized", "mean"),
+                voxels=("voxel", "size"),
+            )
+            .assign(subject=subject)
+        )
+        best_r.append(scores.groupby("voxel")["r"].max().to_numpy(np.float64))
+        ceilings.append(scores.drop_duplicates("voxel")[["ceiling", "ceiling_significant"]])
+        del scores
+    per_subject = pd.concat(frames, ignore_index=True)
+    per_subject["layer_number"] = [_layer_number(n) for n in per_subject["layer"]]
+    ceilings = pd.concat(ceilings, ignore_index=True)
     per_layer = (
         per_subject.groupby(["layer", "layer_number"], as_index=False)
         .agg(
@@ -432,9 +466,11 @@ def encoding_section(b: Builder) -> Section:
         .sort_values("layer_number")
     )
     best = per_layer.loc[per_layer["mean_r"].idxmax()]
-    best_voxels = scores[scores["layer"] == best["layer"]]
-    voxel_best = scores.groupby(["subject", "voxel"])["r"].max()
-    ceilings = scores.drop_duplicates(["subject", "voxel"])
+    best_voxels = _read(
+        path,
+        ["r", "ceiling", "ceiling_significant", "r_normalized"],
+        filters=[("layer", "==", best["layer"])],
+    )
     rows = [
         (
             "best layer (mean held-out r)",
@@ -447,7 +483,7 @@ def encoding_section(b: Builder) -> Section:
         ),
         (
             "median over voxels of the best r over layers",
-            b.number("encoding.median_best_r", float(voxel_best.median())),
+            b.number("encoding.median_best_r", float(np.median(np.concatenate(best_r)))),
         ),
         (
             "mean noise ceiling",
@@ -487,8 +523,7 @@ def encoding_section(b: Builder) -> Section:
         "(red: ceiling significantly above zero; r / ceiling is given only there).",
     )
     maps = folder / "maps"
-    subjects = sorted(scores["subject"].unique())[:MAX_MAP_SUBJECTS]
-    for subject in subjects:
+    for subject in subjects[:MAX_MAP_SUBJECTS]:
         for kind, what in (
             ("best_r", "best held-out r over layers"),
             ("preferred_layer", "preferred layer (r-weighted mean layer)"),
@@ -549,8 +584,9 @@ class Anchoring:
     def read(cls, b: Builder, step: str, label: str, folder: Path) -> Anchoring:
         from wav2brain.anchoring.results import anchored_frame
 
-        units = _read(_need(folder / "units.parquet", step))
-        units = units.drop(columns=[c for c in ("top_voxels", "top_r", "top_z") if c in units])
+        units = _read(
+            _need(folder / "units.parquet", step), without=("top_voxels", "top_r", "top_z")
+        )
         units["anchored"] = units["valid"].astype(bool) & (units["n_fdr"] > 0)
         group_path = folder / "group.parquet"
         group = _read(group_path) if group_path.is_file() else None
@@ -697,12 +733,17 @@ def _network_couplings(b: Builder, a: Anchoring) -> str:
     tests_path = a.folder / "group_regions.parquet"
     if tests_path.is_file():
         columns, r, q, source = ["group_r", "group_q"], "group_r", "group_q", "group"
-        tests = _read(tests_path, ["kind", "family", "layer", "unit", "region", *columns])
+        tests = _read(
+            tests_path,
+            ["kind", "family", "layer", "unit", "region", *columns],
+            filters=[("kind", "==", "network")],
+        )
     else:
         r, q, source = "r", "q", "per subject"
         tests = _read(
             _need(a.folder / "regions.parquet", a.step),
             ["kind", "family", "layer", "unit", "region", "r", "q"],
+            filters=[("kind", "==", "network")],
         )
     networks = tests[tests["kind"] == "network"] if "kind" in tests else tests.iloc[0:0]
     if not len(networks):
@@ -726,6 +767,10 @@ def _network_couplings(b: Builder, a: Anchoring) -> str:
 def _layer_profile(b: Builder, a: Anchoring) -> str:
     """The step's intermediate-stage profile: figure, peak and takeover layers, table."""
     body = "<h3>Intermediate stage: layer profile</h3>"
+    path = a.folder / "profile.parquet"
+    profile = _read(path) if path.is_file() else None
+    if profile is None or not len(profile):
+        return body + '<p class="note">No AN is anchored at FDR in any region: no profile.</p>'
     png = a.folder / "profile.png"
     if png.is_file():
         body += b.figure(
@@ -744,13 +789,7 @@ def _layer_profile(b: Builder, a: Anchoring) -> str:
             rows.append(
                 (f"{family}: {what}", b.number(f"{a.key}.stage.{family}.{field_name}", value))
             )
-    if rows:
-        body += key_values(rows)
-    path = a.folder / "profile.parquet"
-    profile = _read(path) if path.is_file() else None
-    if profile is not None and len(profile):
-        return body + b.table(profile, f"{a.id}_profile.parquet")
-    return body + '<p class="note">No AN is anchored at FDR in any region: no profile.</p>'
+    return body + (key_values(rows) if rows else "") + b.table(profile, f"{a.id}_profile.parquet")
 
 
 def anchoring_section(b: Builder, step: str, label: str) -> Section:
