@@ -268,3 +268,38 @@ def test_command_line(study: Path, tmp_path: Path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", str(run), "--out", str(tmp_path / "page.txt")]) == 2
     shutil.rmtree(run / "report", ignore_errors=True)
+
+
+def test_group_anchoring_counted_where_it_anchors(study: Path, tmp_path: Path):
+    """ANs whose group coupling passes FDR are counted per family and placed in their region."""
+    anchoring = tmp_path / "anchoring"
+    shutil.copytree(study / "anchoring/base", anchoring)
+    group = pd.read_parquet(anchoring / "group.parquet")
+    chosen = group.index[:3]
+    group["roi_group_q"] = 0.5
+    group.loc[chosen, "roi_group_q"] = 0.001
+    group.to_parquet(anchoring / "group.parquet", index=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    steps = relative_steps(study, {"prepare"}, run)
+    steps["anchor:base"] = {
+        "step": "anchor",
+        "command": ["wav2brain", "anchor"],
+        "out": str(anchoring),
+    }
+    write_study(run, steps)
+    page = build_report(run)
+    headline = read_headline(run / "report")
+    assert headline["anchoring.base.group_anchored.roi"] == 3
+    where = pd.read_parquet(run / "report" / "anchoring-base_where.parquet")
+    expected = group.loc[chosen].groupby(["roi", "layer"])["unit"].nunique()
+    found = where[where["family"] == "roi"].set_index(["region", "layer"])["anchored_ans"]
+    assert found.sort_index().to_dict() == expected.sort_index().to_dict()
+    layers = pd.read_parquet(run / "report" / "anchoring-base_layers.parquet")
+    assert layers["group_anchored_roi"].sum() == 3
+    assert "Group level" in page.read_text()
+    # the step's --alpha decides: at 1e-4 none of them passes
+    steps["anchor:base"]["command"] = ["wav2brain", "anchor", "--alpha", "0.0001"]
+    write_study(run, steps)
+    build_report(run)
+    assert read_headline(run / "report")["anchoring.base.group_anchored.roi"] == 0
