@@ -1,4 +1,4 @@
-"""``wav2brain report RUN``: the study report, one self-contained HTML page with its figures and tables.
+"""``wav2brain report RUN``: the study report, one self-contained HTML page, figures and tables.
 
 A thin shell over :func:`wav2brain.reports.study_report.build_report` (see it for what the page
 holds and for ``RUN/report/``: the PNGs, the Parquet tables shown and ``headline.json``).

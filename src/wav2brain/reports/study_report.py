@@ -255,6 +255,7 @@ class Builder:
         return table(frame, **shown) + f'<p class="note">Table: {escape(name)}</p>'
 
     def number(self, key: str, value: Any, digits: int = 3, unit: str = "") -> str:
+        """A headline number's span (:meth:`wav2brain.reports.page.Headline.number`)."""
         return self.headline.number(key, value, digits, unit)
 
 
@@ -548,6 +549,14 @@ def _anchoring_alpha(b: Builder, step: str) -> float:
     return float(given) if given is not None else CouplingConfig().alpha
 
 
+def voxel_anchored(units):
+    """Per row of a ``units.parquet``: the AN anchors in that subject (bool Series).
+
+    Valid (not constant) with at least one voxel passing the subject's FDR (``n_fdr > 0``).
+    """
+    return units["valid"].astype(bool) & (units["n_fdr"] > 0)
+
+
 def _families(units) -> list[str]:
     """Target families of a ``units.parquet`` (columns ``<family>`` with ``<family>_q``)."""
     return [c[:-2] for c in units.columns if c.endswith("_q") and c[:-2] in units.columns]
@@ -557,8 +566,8 @@ def _families(units) -> list[str]:
 class Anchoring:
     """One anchoring output folder as the report reads it.
 
-    ``units``: one row per subject and AN, with ``anchored`` (valid and at least one voxel
-    passing the subject's FDR); ``group_level``: the ANs anchored in a region or network at
+    ``units``: one row per subject and AN, with ``anchored`` (:func:`voxel_anchored`);
+    ``group_level``: the ANs anchored in a region or network at
     group level (:func:`wav2brain.anchoring.results.anchored_frame`, the rule of the step's own
     profile), None without a group.
     """
@@ -587,7 +596,7 @@ class Anchoring:
         units = _read(
             _need(folder / "units.parquet", step), without=("top_voxels", "top_r", "top_z")
         )
-        units["anchored"] = units["valid"].astype(bool) & (units["n_fdr"] > 0)
+        units["anchored"] = voxel_anchored(units)
         group_path = folder / "group.parquet"
         group = _read(group_path) if group_path.is_file() else None
         families = _families(units)
@@ -850,11 +859,10 @@ def selectivity_section(b: Builder) -> Section:
                 "n_fdr",
                 "sel_psi_max",
                 "sel_best_class",
-                "sel_word_onset_p",
             ],
         )
         if "sel_psi_max" in units:
-            units["anchored"] = units["valid"].astype(bool) & (units["n_fdr"] > 0)
+            units["anchored"] = voxel_anchored(units)
             per_an = units.groupby(["layer", "tensor", "unit"], as_index=False).agg(
                 anchored=("anchored", "any"),
                 psi_max=("sel_psi_max", "first"),
@@ -870,7 +878,10 @@ def selectivity_section(b: Builder) -> Section:
             )
             body += b.table(joined, "selectivity_anchored.parquet")
         else:
-            body += '<p class="note">The anchoring step was run without --selectivity: no sel_* columns.</p>'
+            body += (
+                '<p class="note">The anchoring step was run without --selectivity: '
+                "no sel_* columns.</p>"
+            )
     peak = summary.get("phoneme_peak_layer")
     for kind, what in (
         ("phonemes", "phoneme selectivity index per AN"),
@@ -983,7 +994,9 @@ def refinement_section(b: Builder) -> Section:
         facts.append((f"{model}: mean held-out r", b.number(f"compare.mean_r.{model}", value)))
     body += key_values(facts)
     captions = {
-        "parameter_change_png": "Share of parameters changed per type and layer (Li et al. 2024, Fig. 2).",
+        "parameter_change_png": (
+            "Share of parameters changed per type and layer (Li et al. 2024, Fig. 2)."
+        ),
         "layer_weights_png": "Learned layer weights (Fig. 4).",
         "brain_accuracy_png": "Held-out r of both models per voxel (Fig. 3b).",
         "history_sweep_png": "Held-out score against the history length (Fig. 3a).",
@@ -1018,7 +1031,8 @@ def probing_section(b: Builder) -> Section:
             (
                 f"{record.task} {record.metric}: {record.upstream_b} - {record.upstream_a}",
                 b.number(
-                    f"probe.{record.task}.{record.metric}.{record.upstream_b}_minus_{record.upstream_a}",
+                    f"probe.{record.task}.{record.metric}."
+                    f"{record.upstream_b}_minus_{record.upstream_a}",
                     record.difference,
                 )
                 + (" (significant)" if record.significant else " (not significant)"),
@@ -1109,7 +1123,8 @@ def truth_section(b: Builder) -> Section:
         ("all checks passed", b.number("truth.passed", bool(record.get("passed")))),
         (
             "checks passed",
-            f"{b.number('truth.checks_passed', passed)} of {b.number('truth.checks', int(len(frame)))}",
+            f"{b.number('truth.checks_passed', passed)} of "
+            f"{b.number('truth.checks', int(len(frame)))}",
         ),
     ]
     keys = [f"truth.{c['name']}" for c in checks]
@@ -1123,10 +1138,14 @@ def truth_section(b: Builder) -> Section:
         rows.append(
             (
                 check["name"],
-                f"{b.number(key, check['value'])} {escape(check['op'])} {escape(check['threshold'])} {verdict}",
+                f"{b.number(key, check['value'])} {escape(check['op'])} "
+                f"{escape(check['threshold'])} {verdict}",
             )
         )
-    body = '<p class="note"><span class="sim">SIMULATED.</span> Each score against the planted ground truth, at the threshold its issue set.</p>'
+    body = (
+        '<p class="note"><span class="sim">SIMULATED.</span> Each score against the planted '
+        "ground truth, at the threshold its issue set.</p>"
+    )
     body += key_values(rows) + b.table(frame, "truth_checks.parquet")
     return Section("truth", title, body)
 
