@@ -348,7 +348,12 @@ def overview_section(b: Builder) -> Section:
 
 
 def dataset_section(b: Builder) -> Section:
-    """Subjects, runs, stories, TRs, voxels and TR of the prepared folder (its manifest)."""
+    """Subjects, runs, stories, TRs, voxels and TR of the prepared folder (its manifest).
+
+    Voxels per subject are one number (``dataset.voxels``) when every subject has the same
+    count, else a range (``dataset.voxels_min``, ``dataset.voxels_max``); likewise one TR
+    (``dataset.tr``) or the list of TRs.
+    """
     import pandas as pd
 
     from wav2brain.data.prepare import MANIFEST_NAME
