@@ -139,22 +139,25 @@ def table(
     digits: int = 3,
     max_rows: int = 40,
     headers: Mapping[str, str] | None = None,
+    verdicts: Sequence[str] = (),
 ) -> str:
-    """An HTML table of a DataFrame (the first ``max_rows`` rows; the rest counted below it)."""
+    """An HTML table of a DataFrame (the first ``max_rows`` rows; the rest counted below it).
+
+    Booleans read yes/no; those of the ``verdicts`` columns (a check's ``passed``) are coloured.
+    """
     columns = list(columns or frame.columns)
     headers = headers or {}
     head = "".join(f"<th>{escape(headers.get(c, c))}</th>" for c in columns)
     rows = []
     for record in frame[columns].head(max_rows).itertuples(index=False):
         cells = []
-        for value in record:
+        for column, value in zip(columns, record, strict=True):
             plain = _plain(value)
             if isinstance(plain, (int, float)) and not isinstance(plain, bool):
                 cells.append(f'<td class="num">{escape(format_number(plain, digits))}</td>')
             elif isinstance(plain, bool):
-                cells.append(
-                    f'<td class="{"pass" if plain else "fail"}">{format_number(plain)}</td>'
-                )
+                style = ("pass" if plain else "fail") if column in verdicts else "num"
+                cells.append(f'<td class="{style}">{format_number(plain)}</td>')
             else:
                 cells.append(f"<td>{escape('' if plain is None else plain)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
