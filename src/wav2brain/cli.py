@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "make-probe-tasks",
     "probe",
     "check-simulated",
+    "report",
     "demo",
 )
 
