@@ -5,9 +5,11 @@ wav2vec2-base architecture, ``Wav2Vec2Config()`` with ``layerdrop=0`` and ``mask
 **random weights**, as no checkpoint is available offline) and each task, one
 :func:`wav2brain.probing.probe_task` with the default :class:`~wav2brain.probing.ProbeConfig`
 (three seeds, default epochs) on an empty feature cache: ``extraction_s`` (model over every
-utterance of the three splits, cache written), ``training_s`` (all seeds), ``total_s`` and
-``extraction_share``. The features of a freshly loaded task are then fetched again from the warm
-cache (``rerun_extraction_s``: no model work, only the audio fingerprint and the cache lookup).
+utterance of the three splits, cache written), ``training_s`` (all seeds), ``total_s``,
+``extraction_share`` and ``cpu_s`` (CPU seconds of the process over the same span: with one
+thread, about what the task takes on an idle core, whatever the load). The features of a freshly
+loaded task are then fetched again from the warm cache (``rerun_extraction_s``: no model work,
+only the audio fingerprint and the cache lookup).
 
 Tasks: the offline tasks of ``wav2brain.probing.tasks.make_probe_tasks`` at their default size
 (``small`` with ``--quick``) when that module is importable; otherwise tasks fabricated with numpy
@@ -170,9 +172,9 @@ def main() -> None:
         for name in wanted:
             task = load_task(name, work / "tasks")
             load = os.getloadavg()[0]
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             result = probe_task(upstream, task, cache, config)
-            total = time.perf_counter() - start
+            total, cpu = time.perf_counter() - start, time.process_time() - cpu
             start = time.perf_counter()
             task_features(upstream, load_task(name, work / "tasks"), cache)  # warm: no model work
             rerun = time.perf_counter() - start
@@ -184,6 +186,7 @@ def main() -> None:
                 "extraction_s": round(result.extraction_seconds, 2),
                 "training_s": round(result.train_seconds, 2),
                 "total_s": round(total, 2),
+                "cpu_s": round(cpu, 2),
                 "extraction_share": round(result.extraction_seconds / total, 3),
                 "rerun_extraction_s": round(rerun, 2),
                 "load_average": round(load, 1),
