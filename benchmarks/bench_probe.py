@@ -5,20 +5,28 @@ wav2vec2-base architecture, ``Wav2Vec2Config()`` with ``layerdrop=0`` and ``mask
 **random weights**, as no checkpoint is available offline) and each task, one
 :func:`wav2brain.probing.probe_task` with the default :class:`~wav2brain.probing.ProbeConfig`
 (three seeds, default epochs) on an empty feature cache: ``extraction_s`` (model over every
-utterance of the three splits, cache written), ``training_s`` (all seeds), ``total_s`` and
-``extraction_share``. The features of a freshly loaded task are then fetched again from the warm
-cache (``rerun_extraction_s``: no model work, only the audio fingerprint and the cache lookup).
+utterance of the three splits, cache written), ``training_s`` (all seeds), ``total_s``,
+``extraction_share`` and ``cpu_s`` (CPU seconds of the process over the same span: with one
+thread, about what the task takes on an idle core, whatever the load). The features of a freshly
+loaded task are then fetched again from the warm cache (``rerun_extraction_s``: no model work,
+only the audio fingerprint and the cache lookup).
 
 Tasks: the offline tasks of ``wav2brain.probing.tasks.make_probe_tasks`` at their default size
 (``small`` with ``--quick``) when that module is importable; otherwise tasks fabricated with numpy
 (``tests/probe_fixtures.py``: tones, noise tilts) with the same number of rows per split, which the
 JSON says (``tasks_source``); their utterances are shorter than spoken ones (0.4–1 s), so
 ``audio_s`` per task is reported for a per-second reading. Torch runs on ``--threads`` threads
-(default 1: the shared 2-core machine stalls multithreaded LSTMs).
+(``ProbeConfig.threads``; default 1: the shared 2-core machine stalls multithreaded LSTMs).
 
-Usage: ``python benchmarks/bench_probe.py [--quick] [--archs tiny,base] [--threads N]``; writes
-``benchmarks/results/probe.json`` (``probe-quick.json`` with ``--quick``; ``-fabricated`` appended
-for the stand-in tasks), keeping the architectures of an earlier run on the same tasks.
+Each task trains its own downstream (:data:`wav2brain.probing.downstream.TASK_DEFAULTS`: PR a
+linear CTC head, ASR a BiLSTM, ...); every row records it (``downstream``) and when it was
+measured (``measured``).
+
+Usage: ``python benchmarks/bench_probe.py [--quick] [--archs tiny,base] [--tasks ks,pr]
+[--threads N]``; writes ``benchmarks/results/probe.json`` (``probe-quick.json`` with ``--quick``;
+``-fabricated`` appended for the stand-in tasks), keeping the rows of other architectures and
+tasks of an earlier run on the same tasks and threads (a run of ``--tasks pr`` replaces PR's rows
+only).
 """
 
 from __future__ import annotations
@@ -100,6 +108,15 @@ def audio_seconds(task) -> float:
     )
 
 
+def describe(part) -> str:
+    """A one-line description of a downstream configuration, e.g. ``CTC linear, 40 epochs, ...``."""
+    from dataclasses import asdict
+
+    fields = asdict(part)
+    head = f"CTC {fields.pop('head')}" if "head" in fields else type(part).__name__
+    return head + ": " + ", ".join(f"{k} {v}" for k, v in fields.items())
+
+
 def write(report: dict, args: argparse.Namespace) -> Path:
     """Write ``report``, merged with an earlier run's other architectures on the same tasks."""
     RESULTS.mkdir(exist_ok=True)
@@ -111,7 +128,13 @@ def write(report: dict, args: argparse.Namespace) -> Path:
         previous = json.loads(path.read_text(encoding="utf-8"))
         same = all(previous.get(k) == report[k] for k in ("tasks_source", "threads"))
         if same:
-            merged["architectures"] = {**previous["architectures"], **report["architectures"]}
+            merged["architectures"] = {
+                arch: {
+                    **previous["architectures"].get(arch, {}),
+                    **report["architectures"].get(arch, {}),
+                }
+                for arch in {**previous["architectures"], **report["architectures"]}
+            }
     path.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
     return path
 
@@ -124,19 +147,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    import torch
-
     from wav2brain.probing import ProbeConfig, ProbeFeatureCache, load_task, load_upstream
     from wav2brain.probing.harness import probe_task, task_features
 
-    torch.set_num_threads(args.threads)
     size = "small" if args.quick else "default"
     work = Path(tempfile.mkdtemp(prefix="bench_probe_"))
     wanted = [t for t in args.tasks.split(",") if t]
     if importlib.util.find_spec("wav2brain.probing.tasks") is None:
         wanted = [t for t in wanted if t in FABRICATED_ROWS[size]]
     source = make_tasks(work / "tasks", wanted, size)
-    config = ProbeConfig()
+    config = ProbeConfig(threads=args.threads)
     report = {
         "tasks_source": source,
         "size": size,
@@ -152,9 +172,9 @@ def main() -> None:
         for name in wanted:
             task = load_task(name, work / "tasks")
             load = os.getloadavg()[0]
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             result = probe_task(upstream, task, cache, config)
-            total = time.perf_counter() - start
+            total, cpu = time.perf_counter() - start, time.process_time() - cpu
             start = time.perf_counter()
             task_features(upstream, load_task(name, work / "tasks"), cache)  # warm: no model work
             rerun = time.perf_counter() - start
@@ -166,9 +186,12 @@ def main() -> None:
                 "extraction_s": round(result.extraction_seconds, 2),
                 "training_s": round(result.train_seconds, 2),
                 "total_s": round(total, 2),
+                "cpu_s": round(cpu, 2),
                 "extraction_share": round(result.extraction_seconds / total, 3),
                 "rerun_extraction_s": round(rerun, 2),
                 "load_average": round(load, 1),
+                "downstream": describe(config.downstream.for_task(task.name, task.type)),
+                "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             print(arch, name, json.dumps(rows[name]), flush=True)
             report["architectures"][arch] = rows

@@ -16,6 +16,12 @@ import numpy as np
 import pytest
 
 from wav2brain.data.hf_layout import decode_audio
+from wav2brain.probing.checks import (
+    check_disjoint_splits,
+    check_labels_seen,
+    check_trials,
+    split_overlaps,
+)
 from wav2brain.probing.tasks import (
     SILENCE,
     SPLITS,
@@ -23,15 +29,11 @@ from wav2brain.probing.tasks import (
     TASKS,
     UNKNOWN,
     ProbeTaskConfig,
-    check_disjoint_splits,
-    check_labels_seen,
     check_probe_task,
     check_task_splits,
-    check_trials,
     load_probe_task,
     make_probe_tasks,
     parse_tasks,
-    split_overlaps,
 )
 
 SMALL = ProbeTaskConfig.from_size("small")
@@ -120,14 +122,18 @@ def test_a_leaky_split_is_caught_by_the_same_checker(loaded):
         dataset = loaded[task][0]
         leaky = DatasetDict(dataset)
         leaky["test"] = concatenate_datasets([dataset["test"], dataset["train"].select([0])])
-        with pytest.raises(ValueError, match=f"{task}: splits 'train' and 'test' share 1 value"):
+        with pytest.raises(
+            ValueError, match=f"task '{task}': splits 'train' and 'test' share 1 value"
+        ):
             check_task_splits(loaded[task][1], leaky, loaded[task][2])
         assert ("train", "test") in split_overlaps(leaky, column)
     ks = loaded["ks"][0]
     unseen = DatasetDict(
         {"train": ks["train"].filter(lambda row: row["label"] != 0), "test": ks["test"]}
     )
-    with pytest.raises(ValueError, match=r"split 'test' has labels of column 'label' .*\['yes'\]"):
+    with pytest.raises(
+        ValueError, match=r"task 'ks', split 'test': column 'label' has 1 label\(s\) .*\['yes'\]"
+    ):
         check_labels_seen(unseen, "label", task="ks")
     with pytest.raises(ValueError, match="column 'text'"):
         check_disjoint_splits({"train": {"text": ["a b"]}, "test": {"text": ["a b"]}}, "text")
@@ -137,14 +143,18 @@ def test_a_leaky_split_is_caught_by_the_same_checker(loaded):
 
 def test_unseen_labels_and_bad_trials_are_caught():
     splits = {"train": {"label": [0, 1]}, "test": {"label": [1, 2]}}
-    with pytest.raises(ValueError, match=r"split 'test' has labels .* never has: \[2\]"):
+    with pytest.raises(ValueError, match=r"split 'test': .* never has: \['2'\] \(first in row 1\)"):
         check_labels_seen(splits, "label", task="ks")
-    phones = {"train": {"p": ["a b"]}, "test": {"p": ["a c"]}}
-    with pytest.raises(ValueError, match=r"tokens .*\['c'\]"):
-        check_labels_seen(phones, "p", task="pr", tokens=True)
+    phones = {"train": {"p": ["a b"]}, "test": {"p": ["b a", "a c"]}}
+    with pytest.raises(ValueError, match=r"1 unit\(s\) .*\['c'\] \(first in row 1\)"):
+        check_labels_seen(phones, "p", task="pr", tokens=str.split)
+    assert check_labels_seen({"train": {"p": ["a b"]}, "test": {"p": ["b"]}}, "p", tokens=str.split)
     test = {"speaker": ["x", "x", "y"]}
     good = {"enrol": [0, 0], "test": [1, 2], "target": [True, False]}
-    check_trials(good, test)
+    enrol, probe, target = check_trials(good, test["speaker"])
+    assert (
+        enrol.tolist() == [0, 0] and probe.tolist() == [1, 2] and target.tolist() == [True, False]
+    )
     for bad, message in (
         ({"enrol": [0, 0], "test": [1, 2], "target": [True, True]}, "says target=True"),
         ({"enrol": [0, 0], "test": [1, 3], "target": [True, False]}, "pairs rows 0 and 3"),
@@ -152,9 +162,13 @@ def test_unseen_labels_and_bad_trials_are_caught():
         ({"enrol": [0], "test": [1], "target": [True]}, "both target and non-target"),
         ({"enrol": [0, 0], "test": [1], "target": [True, False]}, "have 2, 1, 2 values"),
         ({"enrol": [0], "test": [1]}, r"lack column\(s\) \['target'\]"),
+        ({"enrol": [0, 1], "test": [0, 2], "target": [True, False]}, "pairs rows 0 and 0"),
+        ({"enrol": [0, 0], "test": [1, 2], "target": [1, 0]}, "'target' must be bool"),
+        ({"enrol": [0.0, 0.0], "test": [1, 2], "target": [True, False]}, "row indices"),
+        ({"enrol": [], "test": [], "target": []}, "no trials"),
     ):
         with pytest.raises(ValueError, match=message):
-            check_trials(bad, test)
+            check_trials(bad, test["speaker"])
 
 
 def test_classes_are_balanced_in_every_split(loaded):
@@ -361,3 +375,35 @@ def test_a_folder_that_is_not_a_task_is_refused_not_replaced(tmp_path):
     assert (tmp_path / "ks" / "mine.txt").read_text() == "user data"
     with pytest.raises(FileNotFoundError, match="is not a probing task folder: no task.json"):
         read_task_info(tmp_path / "ks")
+
+
+def test_harness_and_task_maker_share_one_rule_and_message(loaded):
+    """The same defect gets the same message from make-probe-tasks' check and the harness."""
+    from datasets import DatasetDict
+
+    from wav2brain.probing.harness import task_from_splits
+
+    ks, info, _ = loaded["ks"]
+    no_yes = DatasetDict(ks)
+    no_yes["train"] = ks["train"].filter(lambda row: row["label"] != 0)
+    with pytest.raises(ValueError) as maker:
+        check_task_splits(info, no_yes)
+    with pytest.raises(ValueError) as harness:
+        task_from_splits("ks", no_yes)
+    assert str(maker.value) == str(harness.value)
+    assert "task 'ks', split 'validation': column 'label' has 1 label(s)" in str(maker.value)
+    # a phoneme that training never has, caught by both (CTC units, not whole strings)
+    pr, info, _ = loaded["pr"]
+    unseen = DatasetDict(pr)
+    unseen["test"] = pr["test"].map(
+        lambda row, k: {"phonemes": row["phonemes"] + (" Q" if k == 1 else "")}, with_indices=True
+    )
+    with pytest.raises(ValueError) as maker:
+        check_task_splits(info, unseen)
+    with pytest.raises(ValueError) as harness:
+        task_from_splits("pr", unseen)
+    assert str(maker.value) == str(harness.value)
+    assert "'phonemes' has 1 unit(s) that split 'train' never has: ['Q'] (first in row 1)" in (
+        str(maker.value)
+    )
+    check_task_splits(info, pr)  # negative control: the made task passes

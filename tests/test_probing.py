@@ -12,7 +12,12 @@ import pytest
 from probe_fixtures import SR, make_tasks
 from wav2brain.probing import downstream as downstream_module
 from wav2brain.probing import features as features_module
-from wav2brain.probing.downstream import CTCConfig, DownstreamConfig, UtteranceConfig
+from wav2brain.probing.downstream import (
+    CTCConfig,
+    DownstreamConfig,
+    UtteranceConfig,
+    VerificationConfig,
+)
 from wav2brain.probing.features import (
     FbankConfig,
     FbankUpstream,
@@ -153,7 +158,9 @@ def test_missing_column_names_task_split_and_column(tasks_dir):
 def test_unseen_evaluation_label_is_named(tasks_dir):
     splits = _splits(tasks_dir, "ks")
     splits["train"] = splits["train"].filter(lambda row: row["label"] != 3)
-    with pytest.raises(ValueError, match=r"split 'validation', row \d+: label 'down'"):
+    with pytest.raises(
+        ValueError, match=r"split 'validation': column 'label' has 1 label\(s\) .*\['down'\]"
+    ):
         task_from_splits("ks", splits)
 
 
@@ -162,7 +169,9 @@ def test_unseen_ctc_unit_is_named(tasks_dir):
     splits["test"] = splits["test"].map(
         lambda row, k: {"phonemes": row["phonemes"] + (" ʒ" if k == 2 else "")}, with_indices=True
     )
-    with pytest.raises(ValueError, match=r"split 'test', row 2: column 'phonemes' holds \['ʒ'\]"):
+    with pytest.raises(
+        ValueError, match=r"split 'test': column 'phonemes' .*\['ʒ'\] \(first in row 2\)"
+    ):
         task_from_splits("pr", splits)
 
 
@@ -188,9 +197,9 @@ def test_verification_trials_are_checked(tasks_dir, tmp_path):
         task_from_splits("asv", splits)
     trials = pd.read_parquet(tasks_dir / "asv" / "trials.parquet")
     bad = trials.assign(test=trials["test"] + 100)
-    with pytest.raises(ValueError, match="column 'test' row 0 is 101, outside"):
+    with pytest.raises(ValueError, match=r"trial 0 pairs rows \d+ and 101; expected two different"):
         task_from_splits("asv", splits, trials=bad)
-    with pytest.raises(ValueError, match=r"lack columns \['target'\]"):
+    with pytest.raises(ValueError, match=r"lack column\(s\) \['target'\]"):
         task_from_splits("asv", splits, trials=trials.drop(columns="target"))
     with pytest.raises(ValueError, match="both target and non-target"):
         task_from_splits("asv", splits, trials=trials[trials["target"]])
@@ -322,7 +331,7 @@ def test_tiny_model_each_task_type(tasks_dir, model_dir, tmp_path):
         downstream=replace(
             FAST.downstream,
             utterance=UtteranceConfig(epochs=3),
-            verification=replace(FAST.downstream.verification, epochs=3),
+            verification=VerificationConfig(epochs=3),
             ctc=replace(FAST.downstream.ctc, epochs=2),
         ),
     )
@@ -340,3 +349,139 @@ def test_greedy_decoding_collapses_repeats_and_blanks():
     log_probs = torch.nn.functional.one_hot(path, 3).float().log()
     assert downstream_module.greedy_decode(log_probs, torch.tensor([9])) == [[1, 1, 2]]
     assert downstream_module.greedy_decode(log_probs, torch.tensor([3])) == [[1]]
+
+
+# ---------------------------------------------------------------- downstream configuration
+
+
+def test_each_superb_task_has_its_downstream():
+    from wav2brain.probing.downstream import PART_TYPES, TASK_DEFAULTS
+    from wav2brain.probing.harness import KNOWN_TASKS
+
+    assert set(TASK_DEFAULTS) == set(KNOWN_TASKS)
+    for name, (task_type, _) in KNOWN_TASKS.items():
+        assert isinstance(TASK_DEFAULTS[name], PART_TYPES[task_type]), name
+    config = DownstreamConfig()
+    assert config.for_task("pr", "ctc").head == "linear"  # SUPERB's PR head
+    assert config.for_task("asr", "ctc").head == "bilstm"  # SUPERB's ASR head
+    assert config.for_task("pr", "ctc").learning_rate == 1e-2
+    assert config.for_task("custom", "ctc") == CTCConfig()
+    assert config.for_task("ks", "utterance") == UtteranceConfig()
+    # a custom task reusing a SUPERB name with another type gets that type's defaults
+    assert config.for_task("pr", "utterance") == UtteranceConfig()
+
+
+def test_downstream_resolution_order():
+    linear = CTCConfig(head="linear", epochs=2)
+    typed = DownstreamConfig(ctc=linear)
+    assert typed.for_task("asr", "ctc") == linear and typed.for_task("pr", "ctc") == linear
+    own = CTCConfig(hidden_size=8)
+    both = DownstreamConfig(ctc=linear, tasks={"asr": own})
+    assert both.for_task("asr", "ctc") == own and both.for_task("pr", "ctc") == linear
+    with pytest.raises(ValueError, match=r"tasks\['pr'\] is a UtteranceConfig; task 'pr' takes"):
+        DownstreamConfig(tasks={"pr": UtteranceConfig()})
+    with pytest.raises(ValueError, match=r"'custom' is of type 'ctc' but .*tasks\['custom'\]"):
+        DownstreamConfig(tasks={"custom": UtteranceConfig()}).for_task("custom", "ctc")
+    with pytest.raises(ValueError, match=r"DownstreamConfig.ctc must be a CTCConfig"):
+        DownstreamConfig(ctc=UtteranceConfig())
+    with pytest.raises(ValueError, match="unknown task type 'frames'"):
+        DownstreamConfig().for_task("pr", "frames")
+
+
+def test_downstream_changes_keep_every_other_default():
+    from wav2brain.probing.downstream import TASK_DEFAULTS
+
+    config = DownstreamConfig().with_changes("ctc", head="bilstm", epochs=5)
+    pr, asr = config.for_task("pr", "ctc"), config.for_task("asr", "ctc")
+    assert pr == replace(TASK_DEFAULTS["pr"], head="bilstm", epochs=5)
+    assert asr == replace(TASK_DEFAULTS["asr"], epochs=5)
+    assert config.for_task("custom", "ctc") == CTCConfig(epochs=5)
+    assert config.for_task("ks", "utterance") == UtteranceConfig()  # other types untouched
+    one = DownstreamConfig().with_changes("asr", hidden_size=16)
+    assert one.for_task("asr", "ctc").hidden_size == 16
+    assert one.for_task("pr", "ctc") == TASK_DEFAULTS["pr"]
+    options = DownstreamConfig().with_options(
+        ["pr.epochs=80", "utterance.learning_rate=1e-4", "asr.head=linear", "asr.dropout=0"]
+    )
+    assert options.for_task("pr", "ctc").epochs == 80
+    assert options.for_task("sid", "utterance").learning_rate == 1e-4
+    assert options.for_task("asr", "ctc").head == "linear"
+    assert options.for_task("asr", "ctc").dropout == 0.0
+    assert DownstreamConfig(standardize=False).with_options([]) == DownstreamConfig(
+        standardize=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("pr.epochs", "expected TARGET.FIELD=VALUE"),
+        ("epochs=3", "expected TARGET.FIELD=VALUE"),
+        ("zz.epochs=3", "unknown downstream target 'zz'"),
+        ("pr.width=3", "CTCConfig has no field 'width'"),
+        ("pr.epochs=2.5", "expected an integer, got '2.5'"),
+        ("pr.learning_rate=fast", "expected a number, got 'fast'"),
+        ("pr.head=gru", "head must be one of"),
+        ("ks.epochs=0", r"\{'epochs': 0\} must be positive"),
+        ("asr.dropout=1", r"dropout must be in \[0, 1\)"),
+    ],
+)
+def test_bad_downstream_option_is_named(option, message):
+    with pytest.raises(ValueError, match=rf"downstream option '{option}': .*{message}"):
+        DownstreamConfig().with_options([option])
+    with pytest.raises(ValueError, match="has no field"):
+        DownstreamConfig().with_changes("ctc", width=3)
+
+
+def test_each_task_trains_its_own_downstream(tasks_dir, fbank, tmp_path, monkeypatch):
+    seen = {}
+    real = downstream_module.train_ctc
+
+    def spy(*args, **kwargs):
+        seen[len(seen)] = args[5]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(downstream_module, "train_ctc", spy)
+    config = replace(
+        FAST,
+        seeds=(0,),
+        downstream=DownstreamConfig().with_changes("ctc", epochs=1, batch_size=8),
+    )
+    probe_task(fbank, load_task("pr", tasks_dir), tmp_path / "cache", config)
+    probe_task(fbank, load_task("asr", tasks_dir), tmp_path / "cache", config)
+    assert [seen[0].head, seen[1].head] == ["linear", "bilstm"]
+
+
+def test_threads_are_set_for_the_run_and_restored(tasks_dir, fbank, tmp_path, monkeypatch):
+    import torch
+
+    counts = []
+    real = downstream_module.train_utterance
+
+    def spy(*args, **kwargs):
+        counts.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(downstream_module, "train_utterance", spy)
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    config = replace(FAST, seeds=(0,), threads=wanted)
+    probe_task(fbank, load_task("ks", tasks_dir), tmp_path / "cache", config)
+    assert counts == [wanted] and torch.get_num_threads() == before
+    probe_task(fbank, load_task("ks", tasks_dir), tmp_path / "cache", replace(config, threads=None))
+    assert counts[-1] == before  # negative control: None leaves torch's setting
+    task = load_task("ks", tasks_dir)
+    assert config.task_key(task) == replace(config, threads=None).task_key(task)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            ProbeConfig(threads=bad)
+
+
+def test_task_key_holds_only_the_tasks_own_downstream(tasks_dir):
+    pr, asr = load_task("pr", tasks_dir), load_task("asr", tasks_dir)
+    config = ProbeConfig()
+    other_asr = replace(config, downstream=config.downstream.with_changes("asr", hidden_size=8))
+    assert other_asr.task_key(pr) == config.task_key(pr)
+    assert other_asr.task_key(asr) != config.task_key(asr)  # negative control
+    other_pr = replace(config, downstream=config.downstream.with_changes("pr", epochs=3))
+    assert other_pr.task_key(pr) != config.task_key(pr)

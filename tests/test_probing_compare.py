@@ -14,7 +14,12 @@ from probe_fixtures import make_tasks
 from wav2brain.probing import downstream as downstream_module
 from wav2brain.probing import features as features_module
 from wav2brain.probing.compare import compare_upstreams, parse_upstreams
-from wav2brain.probing.downstream import CTCConfig, DownstreamConfig, UtteranceConfig
+from wav2brain.probing.downstream import (
+    CTCConfig,
+    DownstreamConfig,
+    UtteranceConfig,
+    VerificationConfig,
+)
 from wav2brain.probing.harness import ProbeConfig
 
 TASKS = ("ks", "asv", "pr")
@@ -23,12 +28,7 @@ QUICK = ProbeConfig(
     downstream=DownstreamConfig(
         utterance=UtteranceConfig(epochs=4),
         ctc=CTCConfig(head="linear", epochs=2, batch_size=8),
-    ),
-)
-QUICK = replace(
-    QUICK,
-    downstream=replace(
-        QUICK.downstream, verification=replace(QUICK.downstream.verification, epochs=4)
+        verification=VerificationConfig(epochs=4),
     ),
 )
 
@@ -138,6 +138,50 @@ def test_cli_probe(tasks_dir, model_dir, tmp_path, capsys):
     assert main(argv) == 0
     assert "| fbank |" in capsys.readouterr().out
     assert pd.read_parquet(out / "comparison.parquet")["upstream_b"].tolist() == ["tiny"]
+
+
+def test_cli_downstream_overrides_and_threads():
+    from wav2brain.cli import build_parser
+    from wav2brain.commands.probe import config_from_args
+    from wav2brain.probing.downstream import TASK_DEFAULTS
+
+    base = ["probe", "--upstream", "fbank", "--tasks", "pr", "--tasks-dir", "t", "--out", "o"]
+    config = config_from_args(build_parser().parse_args(base))
+    assert config.threads is None and config.downstream == DownstreamConfig()
+    argv = base + [
+        "--epochs", "3", "--ctc-head", "bilstm", "--downstream", "asr.hidden_size=16",
+        "--downstream", "pr.epochs=7", "--threads", "1",
+    ]  # fmt: skip
+    config = config_from_args(build_parser().parse_args(argv))
+    pr, asr = config.downstream.for_task("pr", "ctc"), config.downstream.for_task("asr", "ctc")
+    assert (pr.head, pr.epochs, pr.learning_rate) == (
+        "bilstm",
+        7,
+        TASK_DEFAULTS["pr"].learning_rate,
+    )
+    assert (asr.hidden_size, asr.epochs) == (16, 3)
+    assert config.downstream.for_task("ks", "utterance").epochs == 3
+    assert config.threads == 1
+
+
+def test_cli_refuses_bad_downstream_and_threads_before_work(
+    tasks_dir, tmp_path, capsys, monkeypatch
+):
+    from wav2brain.cli import main
+
+    stream = Counter(features_module.FbankUpstream.stream)
+    monkeypatch.setattr(features_module.FbankUpstream, "stream", stream)
+    base = ["probe", "--upstream", "fbank", "--tasks", "ks", "--tasks-dir", str(tasks_dir),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main([*base, "--downstream", "ks.width=3"]) == 2
+    assert "downstream option 'ks.width=3': UtteranceConfig has no field 'width'" in (
+        capsys.readouterr().err
+    )
+    assert main([*base, "--threads", "0"]) == 2
+    assert "threads must be a positive integer" in capsys.readouterr().err
+    assert main([*base, "--epochs", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert stream.calls == 0 and not (tmp_path / "out").exists()
 
 
 def test_cli_refuses_non_wav2vec2_upstream_before_work(tasks_dir, tmp_path, capsys, monkeypatch):

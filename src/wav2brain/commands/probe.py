@@ -7,6 +7,11 @@ Each ``--upstream`` (``fbank``, a local folder such as a ``save_backbone`` expor
 significant), ``comparison.png``, ``layer_weights.parquet`` / ``layer_weights.png``,
 ``results.parquet`` and the resumable per-run records (see :mod:`wav2brain.probing.compare`).
 Features are cached in ``--cache-dir`` (default ``OUT/features``): a rerun does no model work.
+
+Each task trains its own SUPERB downstream (:data:`wav2brain.probing.downstream.TASK_DEFAULTS`: a
+linear CTC head for PR, a BiLSTM for ASR, ...). ``--epochs`` and ``--ctc-head`` override every task
+of their kind; ``--downstream TARGET.FIELD=VALUE`` (repeatable, applied last, in order) any field of
+a task type or of one task, e.g. ``--downstream asr.hidden_size=256 --downstream pr.epochs=80``.
 """
 
 from __future__ import annotations
@@ -41,9 +46,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="downstream seeds (default: ProbeConfig.seeds)"
     )
-    parser.add_argument("--epochs", type=int, help="epochs of every downstream (default per type)")
+    parser.add_argument("--epochs", type=int, help="epochs of every downstream (default per task)")
     parser.add_argument(
-        "--ctc-head", choices=("bilstm", "linear"), help="CTC head (default bilstm)"
+        "--ctc-head",
+        choices=("bilstm", "linear"),
+        help="CTC head of every CTC task (default per task: linear for pr, bilstm for asr)",
+    )
+    parser.add_argument(
+        "--downstream",
+        action="append",
+        default=[],
+        metavar="TARGET.FIELD=VALUE",
+        help="set a downstream field of a task type (utterance, ctc, verification) or of one task "
+        "(ks, pr, asr, ...), e.g. asr.hidden_size=256; repeat for more",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for extraction and training (default: torch's; 1 on a shared machine)",
     )
     parser.add_argument("--device", help="device of extraction and downstream training (cpu, cuda)")
     parser.add_argument(
@@ -58,19 +78,17 @@ def config_from_args(args: argparse.Namespace):
     from dataclasses import replace
 
     from wav2brain.features.extract import ExtractionConfig
+    from wav2brain.probing.downstream import PART_TYPES
     from wav2brain.probing.harness import ProbeConfig
 
     config = ProbeConfig()
     downstream = config.downstream
     if args.epochs is not None:
-        downstream = replace(
-            downstream,
-            utterance=replace(downstream.utterance, epochs=args.epochs),
-            ctc=replace(downstream.ctc, epochs=args.epochs),
-            verification=replace(downstream.verification, epochs=args.epochs),
-        )
+        for task_type in PART_TYPES:
+            downstream = downstream.with_changes(task_type, epochs=args.epochs)
     if args.ctc_head:
-        downstream = replace(downstream, ctc=replace(downstream.ctc, head=args.ctc_head))
+        downstream = downstream.with_changes("ctc", head=args.ctc_head)
+    downstream = downstream.with_options(args.downstream)
     changes = {}
     if args.device:
         downstream = replace(downstream, device=args.device)
@@ -79,6 +97,8 @@ def config_from_args(args: argparse.Namespace):
         changes["seeds"] = tuple(args.seeds)
     if args.storage_dtype:
         changes["storage_dtype"] = args.storage_dtype
+    if args.threads is not None:
+        changes["threads"] = args.threads
     return replace(config, downstream=downstream, **changes)
 
 

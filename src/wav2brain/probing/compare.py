@@ -100,7 +100,7 @@ def _result_key(upstream: Upstream, task: ProbeTask, config: ProbeConfig) -> str
             "audio": {split: task.fingerprint(split) for split in SPLITS},
             "targets": task.targets,
             "trials": {k: [v.tolist() for v in t] for k, t in (task.trials or {}).items()},
-            "config": config.to_dict(),
+            "config": config.task_key(task),
         }
     )
 
@@ -348,8 +348,9 @@ def compare_upstreams(
     cache_dir
         Probe feature cache (default ``out / "features"``).
 
-    Every upstream's config and every task are checked before any weights are loaded; every
-    CTC task's lengths against every upstream before any feature extraction.
+    Every upstream's config, every task and its downstream configuration are checked before any
+    weights are loaded; every CTC task's lengths against every upstream before any feature
+    extraction.
     """
     config = config or ProbeConfig()
     out = Path(out)
@@ -370,6 +371,8 @@ def compare_upstreams(
     names = [t.name for t in built]
     if len(set(names)) != len(names):
         raise ValueError(f"tasks must be distinct, got {names}")
+    for task in built:
+        config.downstream.for_task(task.name, task.type)
     loaded = [load_upstream(s.spec, s.revision, config.extraction, config.fbank) for s in specs]
     for upstream in loaded:
         for task in built:

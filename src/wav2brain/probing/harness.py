@@ -21,8 +21,9 @@ renamed to these columns). Verification needs trial pairs for the test split (``
 validation split (at most ``VerificationConfig.max_validation_trials``, a fixed subset).
 
 Everything that can be wrong with a task is checked when it is built, before any feature
-extraction: splits, columns, empty targets, labels or CTC tokens at evaluation that training never
-saw, trial tables; :func:`check_frames` then checks, per upstream, that every CTC utterance has at
+extraction: splits, columns, empty targets, labels or CTC units at evaluation that training never
+saw, trial tables (the rules of :mod:`wav2brain.probing.checks`, which ``make-probe-tasks`` applies
+to what it writes); :func:`check_frames` then checks, per upstream, that every CTC utterance has at
 least as many frames as its target needs.
 """
 
@@ -33,7 +34,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,17 @@ from typing import Any
 import numpy as np
 
 from wav2brain.features.extract import ExtractionConfig, prepare_audio
+from wav2brain.probing.checks import (
+    SPLITS,
+    TRIAL_COLUMNS,
+    WORD_DELIMITER,
+    check_labels_seen,
+    check_splits_present,
+    check_trials,
+    ctc_units,
+    label_strings,
+    where,
+)
 from wav2brain.probing.downstream import DownstreamConfig
 from wav2brain.probing.features import (
     FbankConfig,
@@ -53,7 +66,6 @@ from wav2brain.probing.metrics import Interval, confidence_interval
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 TASK_TYPES = ("utterance", "ctc", "verification")
 KNOWN_TASKS: dict[str, tuple[str, str]] = {
     "ks": ("utterance", "label"),
@@ -67,9 +79,6 @@ KNOWN_TASKS: dict[str, tuple[str, str]] = {
 """Type and target column of the SUPERB task names (used when a folder has no ``task.json``)."""
 TASK_FILE = "task.json"
 TRIALS_FILE = "trials.parquet"
-TRIAL_COLUMNS = ("enrol", "test", "target")
-WORD_DELIMITER = "|"
-"""CTC unit standing for the space between words in ASR (as wav2vec2's CTC vocabularies)."""
 
 
 def _metric(task_type: str, target_column: str) -> str:
@@ -113,10 +122,8 @@ class ProbeTask:
     _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
 
     def tokens(self, text: str) -> list[str]:
-        """CTC units of a target string (phonemes, or characters with ``|`` between words)."""
-        if self.target_column == "phonemes":
-            return text.split()
-        return list(WORD_DELIMITER.join(text.split()))
+        """CTC units of a target string (:func:`~wav2brain.probing.checks.ctc_units`)."""
+        return ctc_units(text, self.target_column)
 
     def detokenize(self, units: Sequence[str]) -> str:
         """The string of decoded CTC units (phonemes space-separated, or words)."""
@@ -174,21 +181,11 @@ def audio_samples(cell: Mapping[str, Any]) -> int:
     return int(info.frames * 16_000 // info.samplerate)
 
 
-def _as_strings(dataset, column: str) -> list[str]:
-    """A column's values as strings (ClassLabel ints as their names)."""
-    feature = dataset.features[column]
-    values = dataset[column]
-    names = getattr(feature, "names", None)
-    if names is not None:
-        return [names[v] if v is not None and v >= 0 else None for v in values]
-    return [None if v is None else str(v) for v in values]
-
-
 def _check_targets(name: str, split: str, column: str, values: list[str | None]) -> None:
     bad = [i for i, v in enumerate(values) if v is None or not str(v).strip()]
     if bad:
         raise ValueError(
-            f"task {name!r}, split {split!r}: column {column!r} is empty in rows {bad[:5]}"
+            f"{where(name, split)}: column {column!r} is empty in rows {bad[:5]}"
             f"{' ...' if len(bad) > 5 else ''}"
         )
 
@@ -201,38 +198,6 @@ def _pairs(speakers: Sequence[str], limit: int) -> tuple[np.ndarray, np.ndarray,
         first, second = first[keep], second[keep]
     labels = np.asarray(speakers)
     return first, second, labels[first] == labels[second]
-
-
-def _check_trials(name: str, trials, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    import pandas as pd
-
-    if trials is None:
-        raise FileNotFoundError(
-            f"task {name!r} (verification) needs test trials: a {TRIALS_FILE} with columns "
-            f"{', '.join(TRIAL_COLUMNS)}"
-        )
-    table = trials if isinstance(trials, pd.DataFrame) else pd.read_parquet(trials)
-    missing = [c for c in TRIAL_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"task {name!r}: trials lack columns {missing}; have {list(table.columns)}"
-        )
-    enrol, test = table["enrol"].to_numpy(), table["test"].to_numpy()
-    target = table["target"].to_numpy()
-    if target.dtype != bool:
-        raise ValueError(f"task {name!r}: trials column 'target' must be bool, got {target.dtype}")
-    for column, values in (("enrol", enrol), ("test", test)):
-        if not np.issubdtype(values.dtype, np.integer) or len(values) == 0:
-            raise ValueError(f"task {name!r}: trials column {column!r} must hold row indices")
-        bad = np.flatnonzero((values < 0) | (values >= n_test))
-        if len(bad):
-            raise ValueError(
-                f"task {name!r}: trials column {column!r} row {int(bad[0])} is "
-                f"{int(values[bad[0]])}, outside the test split's {n_test} rows"
-            )
-    if target.all() or not target.any():
-        raise ValueError(f"task {name!r}: trials need both target and non-target pairs")
-    return enrol.astype(np.int64), test.astype(np.int64), target
 
 
 def task_from_splits(
@@ -273,41 +238,42 @@ def task_from_splits(
     column = target_column or default_column
     if task_type not in TASK_TYPES:
         raise ValueError(
-            f"task {name!r}: unknown type {task_type!r}; give one of {TASK_TYPES} (in task.json) "
+            f"{where(name)}: unknown type {task_type!r}; give one of {TASK_TYPES} (in task.json) "
             f"or use a known task name ({', '.join(KNOWN_TASKS)})"
         )
     if not column:
-        raise ValueError(f"task {name!r}: no target column given")
-    missing = [s for s in SPLITS if s not in splits]
-    if missing:
-        raise ValueError(f"task {name!r}: splits {missing} missing; have {sorted(splits)}")
+        raise ValueError(f"{where(name)}: no target column given")
+    check_splits_present(splits, task=name)
     checked, targets = {}, {}
     for split in SPLITS:
         dataset = splits[split]
         needed = [c for c in ("audio", column) if c not in dataset.column_names]
         if needed:
             raise ValueError(
-                f"task {name!r}, split {split!r}: columns {needed} missing; have "
-                f"{dataset.column_names}"
+                f"{where(name, split)}: columns {needed} missing; have {dataset.column_names}"
             )
         if dataset.num_rows == 0:
-            raise ValueError(f"task {name!r}, split {split!r} has no rows")
+            raise ValueError(f"{where(name, split)} has no rows")
         if not isinstance(dataset.features["audio"], Audio):
             raise ValueError(
-                f"task {name!r}, split {split!r}: column 'audio' is "
+                f"{where(name, split)}: column 'audio' is "
                 f"{type(dataset.features['audio']).__name__}, expected datasets.Audio"
             )
         checked[split] = dataset.cast_column("audio", Audio(decode=False))
-        targets[split] = _as_strings(dataset, column)
+        targets[split] = label_strings(dataset, column)
         _check_targets(name, split, column, targets[split])
     if task_type == "ctc":
-        targets = {
-            s: [
-                " ".join(v.split()) if column == "phonemes" else " ".join(v.lower().split())
-                for v in values
-            ]
-            for s, values in targets.items()
-        }
+        normalise = str.split if column == "phonemes" else lambda v: v.lower().split()
+        targets = {s: [" ".join(normalise(v)) for v in values] for s, values in targets.items()}
+    if task_type == "verification":  # evaluation speakers are new by design
+        classes = tuple(sorted(set(targets["train"])))
+    else:
+        classes = check_labels_seen(
+            {s: {column: values} for s, values in targets.items()},
+            column,
+            task=name,
+            tokens=(lambda text: ctc_units(text, column)) if task_type == "ctc" else None,
+        )
     task = ProbeTask(
         name=name,
         type=task_type,
@@ -315,47 +281,36 @@ def task_from_splits(
         metric=_metric(task_type, column),
         splits=checked,
         targets=targets,
-        classes=(),
+        classes=classes,
         trials=None,
         source=source or "in memory",
     )
     if task_type == "ctc":
-        seen = {unit for text in targets["train"] for unit in task.tokens(text)}
-        for split in ("validation", "test"):
-            for row, text in enumerate(targets[split]):
-                unknown = sorted(set(task.tokens(text)) - seen)
-                if unknown:
-                    raise ValueError(
-                        f"task {name!r}, split {split!r}, row {row}: column {column!r} holds "
-                        f"{unknown} that the training split never has (CTC units must all be "
-                        "learnt)"
-                    )
-        task.classes = tuple(sorted(seen))
         return task
-    train = sorted(set(targets["train"]))
-    if len(train) < 2:
+    if len(classes) < 2:
         raise ValueError(
-            f"task {name!r}: the training split's column {column!r} has {len(train)} distinct "
+            f"{where(name)}: the training split's column {column!r} has {len(classes)} distinct "
             "value(s); at least 2 are needed"
         )
-    task.classes = tuple(train)
     if task_type == "utterance":
-        for split in ("validation", "test"):
-            for row, label in enumerate(targets[split]):
-                if label not in set(train):
-                    raise ValueError(
-                        f"task {name!r}, split {split!r}, row {row}: label {label!r} in column "
-                        f"{column!r} never occurs in the training split (labels: {train})"
-                    )
         return task
     validation = _pairs(targets["validation"], max_validation_trials)
     if validation[2].all() or not validation[2].any():
         raise ValueError(
-            f"task {name!r}: the validation split needs two speakers, one with two utterances "
+            f"{where(name, 'validation')}: needs two speakers, one with two utterances "
             "(its pairs are the validation trials)"
         )
+    if trials is None:
+        raise FileNotFoundError(
+            f"{where(name)} (verification) needs test trials: a {TRIALS_FILE} with columns "
+            f"{', '.join(TRIAL_COLUMNS)}"
+        )
+    if not isinstance(trials, Mapping):
+        import pandas as pd
+
+        trials = trials if isinstance(trials, pd.DataFrame) else pd.read_parquet(trials)
     task.trials = {
-        "test": _check_trials(name, trials, splits["test"].num_rows),
+        "test": check_trials(trials, targets["test"], task=name),
         "validation": validation,
     }
     return task
@@ -436,6 +391,13 @@ class ProbeConfig:
         :class:`~wav2brain.probing.features.FbankConfig` of the ``fbank`` upstream.
     storage_dtype
         ``"float32"`` or ``"float16"`` (halves the frame cache of large upstreams).
+    threads
+        Torch intra-op threads for feature extraction and downstream training (restored
+        afterwards); ``None`` keeps torch's setting (one per core). The downstreams are small
+        models whose operations gain little from threads: on the loaded 2-core development
+        machine the BiLSTM trained about 20 times slower on 2 threads than on 1, so pass 1 on a
+        shared machine. Not part of result keys (it changes speed, not results beyond float
+        rounding).
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -444,6 +406,7 @@ class ProbeConfig:
     extraction: ExtractionConfig | None = None
     fbank: FbankConfig = field(default_factory=FbankConfig)
     storage_dtype: str = "float32"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -454,10 +417,34 @@ class ProbeConfig:
             raise ValueError(
                 f"ProbeConfig.storage_dtype must be float32 or float16, got {self.storage_dtype!r}"
             )
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(
+                f"ProbeConfig.threads must be a positive integer or None, got {self.threads!r}"
+            )
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict (part of result keys)."""
+        """A JSON-ready dict of every field."""
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
+
+    def task_key(self, task: ProbeTask) -> dict:
+        """What a result on ``task`` depends on, JSON-ready: every field but ``threads``, and of
+        the downstream only ``task``'s own configuration (changing ASR's does not redo PR)."""
+        record = self.to_dict()
+        record.pop("threads")
+        downstream = self.downstream
+        record["downstream"] = json.loads(
+            json.dumps(
+                {
+                    "task": asdict(downstream.for_task(task.name, task.type)),
+                    "standardize": downstream.standardize,
+                    "device": downstream.device,
+                },
+                sort_keys=True,
+            )
+        )
+        return record
 
 
 @dataclass
@@ -516,6 +503,22 @@ class TaskResult:
         )
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block on ``threads`` torch intra-op threads, then restore the count (None: as is)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def task_features(
     upstream: Upstream,
     task: ProbeTask,
@@ -536,10 +539,17 @@ def _train_seed(
 ) -> SeedResult:
     from wav2brain.probing import downstream
 
+    part = config.for_task(task.name, task.type)
+    shared = {"standardize": config.standardize, "device": config.device}
     start = time.perf_counter()
     if task.type == "utterance":
         score, weights, history = downstream.train_utterance(
-            {s: f.data for s, f in features.items()}, task.targets, task.classes, config, seed
+            {s: f.data for s, f in features.items()},
+            task.targets,
+            task.classes,
+            part,
+            seed,
+            **shared,
         )
     elif task.type == "verification":
         score, weights, history = downstream.train_verification(
@@ -547,8 +557,9 @@ def _train_seed(
             task.targets["train"],
             task.classes,
             task.trials,
-            config,
+            part,
             seed,
+            **shared,
         )
     else:
         from wav2brain.probing.metrics import error_rate
@@ -562,8 +573,9 @@ def _train_seed(
             {s: [task.tokens(t) for t in task.targets[s]] for s in SPLITS},
             task.classes,
             score_split,
-            config,
+            part,
             seed,
+            **shared,
         )
     return SeedResult(
         seed=int(seed),
@@ -593,15 +605,20 @@ def probe_task(
         Probe feature cache (or its folder).
     label
         Name of the upstream in the result (default: its spec).
+
+    The downstream is ``config.downstream.for_task(task.name, task.type)``; torch runs on
+    ``config.threads`` threads throughout.
     """
     config = config or ProbeConfig()
     if not isinstance(cache, ProbeFeatureCache):
         cache = ProbeFeatureCache(cache)
+    config.downstream.for_task(task.name, task.type)  # a bad entry fails before extraction
     check_frames(task, upstream)
-    start = time.perf_counter()
-    features = task_features(upstream, task, cache, config.storage_dtype)
-    extraction_seconds = time.perf_counter() - start
-    seeds = [_train_seed(task, features, config.downstream, seed) for seed in config.seeds]
+    with torch_threads(config.threads):
+        start = time.perf_counter()
+        features = task_features(upstream, task, cache, config.storage_dtype)
+        extraction_seconds = time.perf_counter() - start
+        seeds = [_train_seed(task, features, config.downstream, seed) for seed in config.seeds]
     scores = [s.score for s in seeds]
     return TaskResult(
         task=task.name,

@@ -78,6 +78,15 @@ from wav2brain.data.hf_layout import (
     markdown_table,
     write_shard,
 )
+from wav2brain.probing.checks import (
+    SPLITS,
+    check_disjoint_splits,
+    check_labels_seen,
+    check_splits_present,
+    check_trials,
+    ctc_units,
+    where,
+)
 from wav2brain.probing.synthesis import (
     NOISE_KINDS,
     Speaker,
@@ -95,7 +104,6 @@ logger = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("ks", "ic", "sid", "pr", "asr", "asv")
 SIZES: tuple[str, ...] = ("small", "default")
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 FORMAT_VERSION = 1
 TASK_FILE = "task.json"
 TRIALS_FILE = "trials.parquet"
@@ -506,116 +514,7 @@ def parse_tasks(tasks: str | Iterable[str]) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Split checks (also for any probe dataset: real SUPERB data included)
-
-
-def split_overlaps(splits: Mapping[str, Any], column: str) -> dict[tuple[str, str], list]:
-    """Values of ``column`` found in two splits, for every pair of splits that shares any.
-
-    Parameters
-    ----------
-    splits : mapping
-        Split name -> anything indexable by column name (``datasets.Dataset``, a
-        ``DatasetDict``'s values, a pandas DataFrame, a dict of lists).
-    column : str
-        Column compared; ``None`` and ``""`` (no speaker, no text) never count as shared.
-
-    Returns
-    -------
-    dict
-        ``(split_a, split_b) -> sorted shared values``; empty when the splits are disjoint.
-    """
-    values: dict[str, set] = {}
-    for name, split in splits.items():
-        try:
-            column_values = split[column]
-        except (KeyError, ValueError) as error:
-            raise ValueError(f"split {name!r} has no column {column!r}") from error
-        values[name] = {v for v in column_values if v is not None and v != ""}
-    overlaps = {}
-    for a, b in itertools.combinations(values, 2):
-        if shared := values[a] & values[b]:
-            overlaps[(a, b)] = sorted(shared, key=str)
-    return overlaps
-
-
-def check_disjoint_splits(
-    splits: Mapping[str, Any], columns: str | Sequence[str], *, task: str = "dataset"
-) -> None:
-    """Raise ValueError if two splits share a value of any of ``columns`` (:func:`split_overlaps`).
-
-    The message names the task, the column, both splits, how many values they share and the
-    first few of them.
-    """
-    for column in [columns] if isinstance(columns, str) else columns:
-        for (a, b), shared in split_overlaps(splits, column).items():
-            shown = ", ".join(repr(v) for v in shared[:5])
-            raise ValueError(
-                f"{task}: splits {a!r} and {b!r} share {len(shared)} value(s) of column "
-                f"{column!r} ({shown}{', ...' if len(shared) > 5 else ''}); they must be disjoint"
-            )
-
-
-def check_labels_seen(
-    splits: Mapping[str, Any], column: str, *, task: str = "dataset", tokens: bool = False
-) -> None:
-    """Raise ValueError naming any label of ``column`` outside ``train`` that ``train`` lacks.
-
-    ``tokens=True`` compares the space-separated tokens of each value (phonemes) instead.
-    """
-
-    def labels(split: Any) -> set:
-        found: set = set()
-        for value in split[column]:
-            found.update(value.split() if tokens else [value])
-        return found
-
-    if "train" not in splits:
-        raise ValueError(f"{task}: no split 'train' to compare {column!r} labels with")
-    seen = labels(splits["train"])
-    feature = getattr(splits["train"], "features", {}).get(column)
-    for name, split in splits.items():
-        if name != "train" and (unseen := sorted(labels(split) - seen, key=str)):
-            if hasattr(feature, "int2str"):  # a ClassLabel: name the classes
-                unseen = [feature.int2str(int(label)) for label in unseen]
-            raise ValueError(
-                f"{task}: split {name!r} has {'tokens' if tokens else 'labels'} of column "
-                f"{column!r} that split 'train' never has: {unseen[:10]!r}"
-            )
-
-
-def check_trials(trials: Mapping[str, Any], test: Any, *, task: str = "asv") -> None:
-    """Raise ValueError unless ``trials`` (enrol, test, target) are valid pairs of ``test`` rows.
-
-    Indices must lie in ``[0, len(test))``, pair two different rows, appear once, include both
-    target and non-target trials, and ``target`` must equal "same speaker".
-    """
-    if missing := [c for c in ("enrol", "test", "target") if c not in trials]:
-        raise ValueError(f"{task}: trials lack column(s) {missing}; expected enrol, test, target")
-    speakers = list(test["speaker"])
-    enrol, probe, target = (list(trials[c]) for c in ("enrol", "test", "target"))
-    if not len(enrol) == len(probe) == len(target):
-        raise ValueError(
-            f"{task}: trial columns enrol, test, target have {len(enrol)}, {len(probe)}, "
-            f"{len(target)} values; expected one each per trial"
-        )
-    pairs: set[tuple[int, int]] = set()
-    for row, (i, j, same) in enumerate(zip(enrol, probe, target, strict=True)):
-        if not (0 <= i < len(speakers) and 0 <= j < len(speakers)) or i == j:
-            raise ValueError(
-                f"{task}: trial {row} pairs rows {i} and {j}; expected two different rows of "
-                f"split 'test' ({len(speakers)} rows)"
-            )
-        if bool(same) != (speakers[i] == speakers[j]):
-            raise ValueError(
-                f"{task}: trial {row} says target={bool(same)} but rows {i} and {j} are spoken "
-                f"by {speakers[i]!r} and {speakers[j]!r}"
-            )
-        if (key := (min(i, j), max(i, j))) in pairs:
-            raise ValueError(f"{task}: trial {row} repeats the pair of rows {i} and {j}")
-        pairs.add(key)
-    if len(set(map(bool, target))) != 2:
-        raise ValueError(f"{task}: trials need both target and non-target pairs")
+# Split checks (the rules themselves live in wav2brain.probing.checks)
 
 
 def check_task_splits(
@@ -624,21 +523,24 @@ def check_task_splits(
     """Run every check ``info`` (a ``task.json``) implies on ``splits`` (and the ASV ``trials``).
 
     Splits train / validation / test must exist; the ``disjoint_columns`` must be disjoint;
-    utterance tasks must have every evaluation label in train (phoneme recognition: every
-    phoneme); verification tasks must have valid trials.
+    utterance tasks must have every evaluation label in train, phoneme recognition every
+    phoneme; verification tasks must have valid trials. The rules are those of
+    :mod:`wav2brain.probing.checks`, which the probing harness applies too. ASR's characters are
+    checked only when probed: a configuration made for tests of folders (a few sentences) may
+    miss a letter, and is still a valid dataset.
     """
     task = info["task"]
-    if missing := [s for s in SPLITS if s not in splits]:
-        raise ValueError(f"{task}: missing split(s) {missing}; expected {list(SPLITS)}")
+    column = info["target_column"]
+    check_splits_present(splits, task=task)
     check_disjoint_splits(splits, info["disjoint_columns"], task=task)
     if info["type"] == "utterance":
-        check_labels_seen(splits, info["target_column"], task=task)
-    if task == "pr":
-        check_labels_seen(splits, "phonemes", task=task, tokens=True)
+        check_labels_seen(splits, column, task=task)
+    if column == "phonemes":
+        check_labels_seen(splits, column, task=task, tokens=lambda text: ctc_units(text, column))
     if info["type"] == "verification":
         if trials is None:
-            raise ValueError(f"{task}: a verification task needs its trials ({TRIALS_FILE})")
-        check_trials(trials, splits["test"], task=task)
+            raise ValueError(f"{where(task)}: a verification task needs its trials ({TRIALS_FILE})")
+        check_trials(trials, list(splits["test"]["speaker"]), task=task)
 
 
 def read_task_info(folder: str | Path) -> dict[str, Any]:
