@@ -256,3 +256,25 @@ def test_the_readme_lora_example_runs(tmp_path):
     model = namespace["model"]
     total = sum(p.numel() for p in model.parameters())
     assert 0 < namespace["trainable"] < total and not has_lora(model)
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_point_at_its_headings():
+    text = README.read_text(encoding="utf-8")
+    anchors = {heading_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links, "no in-page link found: the pattern is broken"
+    assert links <= anchors, sorted(links - anchors)
+
+
+def test_heading_anchors_follow_github():
+    assert heading_anchor("`wav2brain train` / `train.py`: the recipe") == (
+        "wav2brain-train--trainpy-the-recipe"
+    )
+    assert heading_anchor("From the outputs to the papers' figures") == (
+        "from-the-outputs-to-the-papers-figures"
+    )
