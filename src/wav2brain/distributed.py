@@ -65,13 +65,28 @@ def process_state():
 
     Without CUDA it is the CPU state (``cpu=True``: gloo); accelerate would otherwise treat a
     CPU-only process of a torchrun launch as alone. Barriers wait up to :data:`TIMEOUT_S`.
+
+    Raises
+    ------
+    ValueError
+        When a node runs more processes than it has GPUs (two would share one device).
     """
     from datetime import timedelta
 
     import torch
     from accelerate import PartialState
 
-    kwargs = {"timeout": timedelta(seconds=TIMEOUT_S)} if is_distributed() else {}
+    kwargs = {}
+    if is_distributed():
+        kwargs["timeout"] = timedelta(seconds=TIMEOUT_S)
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and per_node > gpus:
+            raise ValueError(
+                f"{per_node} processes on this node but {gpus} GPU(s): each process takes its "
+                "own GPU; launch at most that many per node, or hide the GPUs "
+                "(CUDA_VISIBLE_DEVICES=) to shard over CPU processes"
+            )
     return PartialState(cpu=not torch.cuda.is_available(), **kwargs)
 
 

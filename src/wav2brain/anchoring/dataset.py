@@ -25,6 +25,11 @@ region family is its own (see :mod:`wav2brain.anchoring.targets`).
 Resuming: each subject's tables are written to ``parts/`` under a digest of its inputs (its runs
 and their shards, its feature-cache rows and entries, the settings, the parcellations), computed
 from metadata; a finished subject costs nothing on a rerun.
+
+Processes: under ``torchrun`` or ``accelerate launch`` (:mod:`wav2brain.distributed`) each
+process anchors its share of the subjects into ``parts/``; the main process, once every subject
+is done (checked), writes the tables, the group level, the profile, the maps and
+``summary.json``.
 """
 
 from __future__ import annotations

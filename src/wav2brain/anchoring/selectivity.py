@@ -16,7 +16,9 @@ window of frames (a frame's time is the centre of its receptive field, ``(i * st
 Only sufficient statistics are kept: per layer, per group (each phoneme label, word onsets, word
 boundaries) the token count and the per-unit sum and sum of squares, in float64. They add across
 blocks and stories, so a run is resumable per stimulus (each stimulus's statistics are saved
-atomically under ``OUT/partial``) and memory is O(groups x units).
+atomically under ``OUT/partial``) and memory is O(groups x units). Under several processes
+(:mod:`wav2brain.distributed`) each streams its share of the stimuli into ``partial/`` and
+the main process merges every stimulus's sums in stimulus order, as one process does.
 
 Statistics. Tokens, not frames, are the replicates (frames within a token are strongly
 autocorrelated; tokens of different phonemes are far less so). Pairs of groups are compared with

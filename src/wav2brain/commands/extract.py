@@ -19,6 +19,9 @@ same times at which ``BrainWindows`` ends its training windows.
 Running it again reuses every entry whose key matches (no model work) and recomputes the rest.
 The tables are merged, not overwritten: the rows of the stimuli extracted now replace their old
 rows, and the rows of other stimuli (an earlier ``--stimuli`` selection) are kept.
+
+``torchrun --nproc_per_node N -m wav2brain extract ...`` (or ``accelerate launch``) splits the
+stimuli over N processes (:mod:`wav2brain.distributed`); the main process writes the tables.
 """
 
 from __future__ import annotations

@@ -56,6 +56,12 @@ written per repeated subject or per LOSO timing group under a digest of the runs
 finished subject costs nothing on a rerun, and adding subjects reuses every finished subject
 (LOSO ceilings of the stories the new subjects heard are recomputed: they now rest on more
 subjects).
+
+Processes. Under a launcher that starts several (``torchrun --nproc_per_node N -m wav2brain encode
+...``; :mod:`wav2brain.distributed`) each process fits its share of the subjects (parts and
+maps) and of the ceiling parts, and the main process, once all are done, checks that every
+subject was, writes ``skipped.parquet``, ``scores.parquet`` and ``profile.parquet``: the files
+one process writes.
 """
 
 from __future__ import annotations
