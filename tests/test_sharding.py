@@ -60,7 +60,7 @@ def study(tmp_path_factory) -> dict:
     truth = bids / GROUND_TRUTH_DIR
     mask = str(truth / "brain_mask.nii.gz")
     assert main(["prepare", str(bids), "--out", str(root / "ds"), "--mask", mask, "--quiet"]) == 0
-    make_tasks(root / "tasks", names=("ks", "pr"))
+    make_tasks(root / "tasks", names=("ks",))
     paths = {"root": root, "ds": root / "ds", "model": truth / "model", "truth": truth}
 
     def extract(out: str) -> list[str]:
@@ -87,7 +87,7 @@ def _steps(study: dict, suffix: str) -> list[list[str]]:
         ["anchor", ds, "--features", features, "--out", str(root / f"a{suffix}"),
          "--truth", str(study["truth"])],
         ["selectivity", "--dataset", ds, "--model", model, "--out", str(root / f"s{suffix}")],
-        ["probe", "--upstream", f"base={model}", "--upstream", "fbank", "--tasks", "ks,pr",
+        ["probe", "--upstream", f"base={model}", "--upstream", "fbank", "--tasks", "ks",
          "--tasks-dir", str(root / "tasks"), "--out", str(root / f"p{suffix}"), *PROBE],
     ]  # fmt: skip
 
@@ -166,7 +166,7 @@ def test_probe_features_by_two_processes_give_the_results_of_one(chained):
     root = chained["root"]
     _same_tables(root / "p1", root / "p2", ["results.parquet", "layer_weights.parquet"])
     one = sorted(p.name for p in (root / "p1" / "features").iterdir())
-    assert one == sorted(p.name for p in (root / "p2" / "features").iterdir()) and len(one) == 12
+    assert one == sorted(p.name for p in (root / "p2" / "features").iterdir()) and len(one) == 6
 
 
 @pytest.mark.slow
@@ -225,7 +225,8 @@ def test_probe_features_refuse_a_merge_that_lost_a_task(study, lossy, tmp_path):
     from wav2brain.probing.harness import load_task
 
     upstream = load_upstream("fbank")
-    pairs = [("fbank", upstream, load_task(name, study["root"] / "tasks")) for name in ("ks", "pr")]
+    task = load_task("ks", study["root"] / "tasks")
+    pairs = [("fbank", upstream, task), ("fbank-2", upstream, task)]
     with pytest.raises(ValueError, match="no process did upstream and task 'fbank on ks'"):
         fill_task_features(pairs, ProbeFeatureCache(tmp_path))
 
@@ -266,3 +267,15 @@ def test_launch_command():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="processes must be a positive integer"):
             distributed.launch_command(["extract"], bad)
+
+
+def test_more_processes_than_gpus_on_a_node_is_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    distributed.process_state.cache_clear()
+    with pytest.raises(ValueError, match="2 processes on this node but 1 GPU"):
+        distributed.process_state()

@@ -13,6 +13,14 @@ files the step already writes for resuming (cache entries, ``parts/``, ``partial
 main process, after every process reached :func:`merge` (a barrier plus an exchange of the
 names of the items done), checks that every item was done and writes the shared tables and
 summaries: the same files as one process writes. Non-main processes never write a shared file.
+Every process must see the same dataset and output folders (one shared file system across
+nodes). What is split: stimuli (``extract``, ``selectivity``), subjects and noise-ceiling parts
+(``encode``), subjects (``anchor``; the group level runs on the main process), and
+(upstream, task) pairs of probe features (``probe``; the downstreams train on the main process).
+
+On a CPU-only machine ``accelerate launch --cpu --num_processes N`` starts one process
+(accelerate's CPU launcher needs MPI for more); ``accelerate launch --multi_gpu
+--num_processes N`` starts N through torchrun, which shard over CPUs (gloo) here.
 
 Under one process (``WORLD_SIZE`` unset or 1) nothing changes: no process group is created and
 accelerate is not imported. With several processes the state is

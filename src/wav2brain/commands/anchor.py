@@ -131,9 +131,8 @@ def run(args: argparse.Namespace) -> int:
         if folder is not None and not folder.is_dir():
             raise FileNotFoundError(f"{flag} {folder}: no such folder")
     config = config_from_args(args)
-    with (
-        distributed.main_first()
-    ):  # the main process decomposes the networks, the others reuse them
+    # the main process decomposes the networks (--networks) into OUT, the others reuse them
+    with distributed.main_first():
         parcellations, timecourses = dataset_regions(
             args.dataset,
             subjects=args.subjects,
