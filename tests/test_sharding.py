@@ -39,9 +39,11 @@ def _env() -> dict:
     return env
 
 
-def _launch(command: list[str], cwd: Path) -> None:
+def _launch(command: list[str], cwd: Path) -> str:
+    """Run a launcher; return its standard error (where each process's progress bar goes)."""
     done = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return done.stderr
 
 
 def _free_port() -> int:
