@@ -25,6 +25,11 @@ region family is its own (see :mod:`wav2brain.anchoring.targets`).
 Resuming: each subject's tables are written to ``parts/`` under a digest of its inputs (its runs
 and their shards, its feature-cache rows and entries, the settings, the parcellations), computed
 from metadata; a finished subject costs nothing on a rerun.
+
+Processes: under ``torchrun`` or ``accelerate launch`` (:mod:`wav2brain.distributed`) each
+process anchors its share of the subjects into ``parts/``; the main process, once every subject
+is done (checked), writes the tables, the group level, the profile, the maps and
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wav2brain import distributed
 from wav2brain.anchoring.coupling import Coupling, CouplingConfig, couple
 from wav2brain.anchoring.significance import two_sided_p
 from wav2brain.anchoring.targets import (
@@ -47,7 +53,7 @@ from wav2brain.anchoring.targets import (
     family_names,
     region_timecourses,
 )
-from wav2brain.encoding.dataset import _digest, _write_frame
+from wav2brain.encoding.dataset import inputs_digest, write_frame
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +360,7 @@ def _subject_digest(records, layers, config: AnchorConfig, cleaning, index, fami
     for name in ("maps", "units", "n_map_units", "auditory", "higher_order", "layers"):
         settings.pop(name)
     settings["coupling"].pop("device")
-    return _digest(
+    return inputs_digest(
         {
             "settings": settings,
             "layers": list(layers),
@@ -409,9 +415,9 @@ def check_features(records, index) -> None:
 
 def _subject_layers(subject: str, records, index, wanted) -> list[str]:
     """Layers cached for every run of the subject, selected as ``encode`` selects them."""
-    from wav2brain.encoding.dataset import SubjectPlan, _subject_layers
+    from wav2brain.encoding.dataset import SubjectPlan, subject_layers
 
-    return _subject_layers(SubjectPlan(subject, list(records), None), index, wanted)
+    return subject_layers(SubjectPlan(subject, list(records), None), index, wanted)
 
 
 def _write_table(frames, path: Path, empty_columns) -> Path:
@@ -419,7 +425,7 @@ def _write_table(frames, path: Path, empty_columns) -> Path:
 
     frames = [f for f in frames if len(f)]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=empty_columns)
-    return _write_frame(frame, path)
+    return write_frame(frame, path)
 
 
 def anchor(
@@ -456,7 +462,6 @@ def anchor(
     Every input is checked (folders, subjects, layers, TR grids, labels) before any BOLD is read;
     see the module docstring for the outputs.
     """
-    import pandas as pd
     from tqdm.auto import tqdm
 
     from wav2brain.atomic import write_text_atomic
@@ -524,54 +529,99 @@ def anchor(
     families_id = _families_identity(parcellations, extra)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    tables: dict[str, list] = {"units": [], "voxels": [], "regions": []}
-    summaries, analysed, reused, digests = {}, [], [], {}
-    for subject, own in plans.items():
-        digest = _subject_digest(own, layers[subject], config, cleaning, index, families_id)
-        digests[subject] = digest
-        stem = parts / f"sub-{subject}_{digest}"
-        done = stem.with_suffix(".json")
-        if done.is_file():
-            logger.info("sub-%s: reusing %s", subject, done)
-            reused.append(subject)
-        else:
-            data = SubjectData.load(subject, own)
-            families = _families(data, parcellations, extra, names)
-            with tqdm(
-                total=len(layers[subject]),
-                desc=f"sub-{subject}",
-                unit="layer",
-                disable=not progress,
-            ) as bar:
-                units, voxels, regions, summary, matrices = anchor_subject(
-                    data, layers[subject], index, config, cleaning, families, bar
-                )
-            del data, families
-            for name, frame in (("units", units), ("voxels", voxels), ("regions", regions)):
-                _write_frame(frame, Path(f"{stem}_{name}.parquet"))
-            if config.save_matrix:
-                _save_matrices(matrices, out / "matrices", subject)
-            write_text_atomic(json.dumps(summary, indent=2), done)
-            analysed.append(subject)
+    digests = {
+        subject: _subject_digest(own, layers[subject], config, cleaning, index, families_id)
+        for subject, own in plans.items()
+    }
+    stems = {subject: parts / f"sub-{subject}_{digest}" for subject, digest in digests.items()}
+    done = {}
+    for subject in distributed.shard(list(plans)):
+        summary = stems[subject].with_suffix(".json")
+        if summary.is_file():
+            logger.info("sub-%s: reusing %s", subject, summary)
+            done[subject] = "reused"
+            continue
+        data = SubjectData.load(subject, plans[subject])
+        families = _families(data, parcellations, extra, names)
+        with tqdm(
+            total=len(layers[subject]),
+            desc=f"sub-{subject}{distributed.describe()}",
+            unit="layer",
+            disable=not progress,
+        ) as bar:
+            units, voxels, regions, summary_record, matrices = anchor_subject(
+                data, layers[subject], index, config, cleaning, families, bar
+            )
+        del data, families
+        for name, frame in (("units", units), ("voxels", voxels), ("regions", regions)):
+            write_frame(frame, Path(f"{stems[subject]}_{name}.parquet"))
+        if config.save_matrix:
+            _save_matrices(matrices, out / "matrices", subject)
+        write_text_atomic(json.dumps(summary_record, indent=2), summary)
+        done[subject] = "analysed"
+    outcome = distributed.merge(done, list(plans), "subject")
+    analysed = [s for s, how in outcome.items() if how == "analysed"]
+    reused = [s for s, how in outcome.items() if how == "reused"]
+    paths = None
+    if distributed.is_main():
+        from wav2brain.anchoring.results import Finishing
+
+        context = Finishing(
+            out, dataset, plans, digests, map_reasons, index, config, cleaning, names, {}
+        )
+        paths = _merge_subjects(context, stems, parcellations, timecourses, skipped)
+        logger.info(
+            "%d subjects anchored (%d computed, %d reused), %d skipped, into %s",
+            len(analysed) + len(reused),
+            len(analysed),
+            len(reused),
+            len(skipped),
+            out,
+        )
+    paths = distributed.gather(paths)[0]  # the main process's, once it wrote them
+    return AnchorResult(
+        out=out,
+        units=paths["units"],
+        voxels=paths["voxels"],
+        regions=paths["regions"],
+        group=paths["group"],
+        profile=paths["profile"],
+        maps=paths["maps"],
+        analysed=analysed,
+        reused=reused,
+        skipped=skipped,
+    )
+
+
+def _merge_subjects(context, stems: Mapping[str, Path], parcellations, timecourses, skipped):
+    """Main process: the subjects' parts into the tables, the finishing pass, ``summary.json``.
+
+    Returns the paths of the tables (``units``, ``voxels``, ``regions``, ``group``,
+    ``profile``) and the maps.
+    """
+    import pandas as pd
+
+    from wav2brain.anchoring.results import finish
+    from wav2brain.atomic import write_text_atomic
+
+    tables: dict[str, list] = {name: [] for name in ("units", "voxels", "regions")}
+    summaries = {}
+    for subject, stem in stems.items():
         for name in tables:
             tables[name].append(pd.read_parquet(f"{stem}_{name}.parquet"))
-        summaries[subject] = json.loads(done.read_text())
+        summaries[subject] = json.loads(stem.with_suffix(".json").read_text())
+    out = context.out
     paths = {
         name: _write_table(frames, out / f"{name}.parquet", COLUMNS[name])
         for name, frames in tables.items()
     }
     units = pd.concat(tables["units"], ignore_index=True) if tables["units"] else None
     regions = pd.concat(tables["regions"], ignore_index=True) if tables["regions"] else None
-    from wav2brain.anchoring.results import Finishing, finish
-
-    stages = {
+    context.stages = {
         name: stage
         for family in [*parcellations, *(timecourses or {}).values()]
         for name, stage in zip(family.names, getattr(family, "stages", ()) or (), strict=False)
     }
-    context = Finishing(
-        out, dataset, plans, digests, map_reasons, index, config, cleaning, names, stages
-    )
     finished = finish(context, units, regions, tables["voxels"])
     write_text_atomic(
         json.dumps(
@@ -581,26 +631,7 @@ def anchor(
         ),
         out / "summary.json",
     )
-    logger.info(
-        "%d subjects anchored (%d computed, %d reused), %d skipped, into %s",
-        len(analysed) + len(reused),
-        len(analysed),
-        len(reused),
-        len(skipped),
-        out,
-    )
-    return AnchorResult(
-        out=out,
-        units=paths["units"],
-        voxels=paths["voxels"],
-        regions=paths["regions"],
-        group=finished["paths"]["group"],
-        profile=finished["paths"]["profile"],
-        maps=finished["paths"]["maps"],
-        analysed=analysed,
-        reused=reused,
-        skipped=skipped,
-    )
+    return {**paths, **{name: finished["paths"][name] for name in ("group", "profile", "maps")}}
 
 
 def _save_matrices(matrices: Mapping[str, np.ndarray], folder: Path, subject: str) -> list[Path]:

@@ -18,9 +18,9 @@ import numpy as np
 
 from wav2brain.anchoring.dataset import (
     AnchorConfig,
-    _digest,
-    _write_frame,
+    inputs_digest,
     parse_unit,
+    write_frame,
 )
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def unit_rows(subject: str, chosen, context: Finishing) -> np.ndarray:
     from wav2brain.atomic import partial_path
     from wav2brain.encoding.runs import SubjectData
 
-    key = _digest({"subject": context.digests[subject], "units": [list(u) for u in chosen]})
+    key = inputs_digest({"subject": context.digests[subject], "units": [list(u) for u in chosen]})
     path = context.out / "parts" / f"sub-{subject}_units_{key}.safetensors"
     if path.is_file():
         return load_file(str(path))["r"]
@@ -300,20 +300,20 @@ def finish(context: Finishing, units, regions, voxel_frames) -> dict:
     group, tests = group_units(regions, members, alpha)
     paths: dict[str, Path | None] = {"group": None, "group_regions": None, "profile": None}
     if tests is not None:
-        paths["group_regions"] = _write_frame(tests, out / "group_regions.parquet")
+        paths["group_regions"] = write_frame(tests, out / "group_regions.parquet")
     if group is not None:
-        paths["group"] = _write_frame(group, out / "group.parquet")
+        paths["group"] = write_frame(group, out / "group.parquet")
     summary: dict = {"group_subjects": members if group is not None else []}
     anchored = None if units is None else anchored_frame(units, group, context.families, alpha)
     if anchored is not None and len(anchored):
         profile = layer_profile(anchored, config.auditory, config.higher_order, context.stages)
-        paths["profile"] = _write_frame(profile, out / "profile.parquet")
+        paths["profile"] = write_frame(profile, out / "profile.parquet")
         stage = stage_summary(profile, sorted(set(units["layer"])))
         summary["stage"] = stage
         written.append(plot_profile(profile, stage, out / "profile.png"))
     if config.maps and units is not None:
         chosen = chosen_units(units, config)
-        key = _digest({"digests": context.digests, "units": chosen, "members": members})
+        key = inputs_digest({"digests": context.digests, "units": chosen, "members": members})
         written += _once(
             out / "parts" / f"units_{key}.maps",
             out,

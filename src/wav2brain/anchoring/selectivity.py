@@ -16,7 +16,9 @@ window of frames (a frame's time is the centre of its receptive field, ``(i * st
 Only sufficient statistics are kept: per layer, per group (each phoneme label, word onsets, word
 boundaries) the token count and the per-unit sum and sum of squares, in float64. They add across
 blocks and stories, so a run is resumable per stimulus (each stimulus's statistics are saved
-atomically under ``OUT/partial``) and memory is O(groups x units).
+atomically under ``OUT/partial``) and memory is O(groups x units). Under several processes
+(:mod:`wav2brain.distributed`) each streams its share of the stimuli into ``partial/`` and
+the main process merges every stimulus's sums in stimulus order, as one process does.
 
 Statistics. Tokens, not frames, are the replicates (frames within a token are strongly
 autocorrelated; tokens of different phonemes are far less so). Pairs of groups are compared with
@@ -54,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from wav2brain import distributed
 from wav2brain.anchoring.phonetics import FEATURES, phonetic_class
 from wav2brain.atomic import partial_path, write_text_atomic
 
@@ -466,13 +469,24 @@ def _save_partial(path: Path, stats: Mapping[str, _Groups], key: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _load_partial(path: Path, key: dict, merged: dict[str, _Groups]) -> bool:
-    """Merge a saved stimulus into ``merged`` if its key matches; False when absent or stale."""
+def _partial_file(out: Path, stimulus_id: str) -> Path:
+    """Where one stimulus's statistics are saved."""
+    return out / PARTIAL_DIR / f"{_safe(stimulus_id)}.npz"
+
+
+def _has_partial(path: Path, key: dict) -> bool:
+    """Whether ``path`` holds statistics saved under ``key`` (reads only the key)."""
     if not path.is_file():
         return False
     with np.load(path, allow_pickle=False) as data:
-        if str(data["key"]) != json.dumps(key, sort_keys=True):
-            return False
+        return str(data["key"]) == json.dumps(key, sort_keys=True)
+
+
+def _load_partial(path: Path, key: dict, merged: dict[str, _Groups]) -> bool:
+    """Merge a saved stimulus into ``merged`` if its key matches; False when absent or stale."""
+    if not _has_partial(path, key):
+        return False
+    with np.load(path, allow_pickle=False) as data:
         layers = sorted({name.split("/")[0] for name in data.files if "/" in name})
         for layer in layers:
             total = data[f"{layer}/total"]
@@ -568,10 +582,14 @@ def selectivity(
             "name_or_path": str(getattr(backbone.config, "_name_or_path", "")),
         }
     )
-    merged: dict[str, _Groups] = {}
-    bar = tqdm(total=len(rows), desc="selectivity", unit="stimulus", disable=not progress)
-    for row in _stream_audio(dataset, {r["id"] for r in rows}):
-        align = next(r for r in rows if r["id"] == row["id"])
+    ids = [str(r["id"]) for r in rows]
+    mine = distributed.shard(ids)
+    alignments = {str(r["id"]): r for r in rows}
+    done: dict[str, dict] = {}
+    desc = "selectivity" + distributed.describe()
+    bar = tqdm(total=len(mine), desc=desc, unit="stimulus", disable=not progress)
+    for row in _stream_audio(dataset, set(mine)):
+        align = alignments[str(row["id"])]
         wave = prepare_audio(decode_audio(row["audio"]))
         key = {
             "model": identity,
@@ -580,8 +598,8 @@ def selectivity(
             "extraction": extraction_key(extraction),
             "selectivity": asdict(config),
         }
-        path = out / PARTIAL_DIR / f"{_safe(row['id'])}.npz"
-        if not _load_partial(path, key, merged):
+        path = _partial_file(out, row["id"])
+        if not _has_partial(path, key):
             n_frames = shape.n_frames(wave.shape[0])
             chunks = (
                 (chunk.start_frame, chunk.numpy())
@@ -591,11 +609,19 @@ def selectivity(
                 chunks, align["phonemes"], align["words"], n_frames, config, geometry
             )
             _save_partial(path, stats, key)
-            _merge(merged, stats)
+        done[str(row["id"])] = key
         bar.update()
     bar.close()
+    keys = distributed.merge(done, ids, "stimulus")
+    merged: dict[str, _Groups] = {}
+    for stimulus_id, key in keys.items():  # stimulus order: the sums one process makes
+        path = _partial_file(out, stimulus_id)
+        if not _load_partial(path, key, merged):
+            raise ValueError(f"{path}: statistics of stimulus {stimulus_id!r} missing or stale")
     result = summarize(merged, extraction.tensor, config)
-    write_outputs(result, out)
+    if distributed.is_main():
+        write_outputs(result, out)
+    distributed.wait()
     return result
 
 
@@ -712,7 +738,7 @@ def add_selectivity(anchoring_out: str | Path, selectivity_out: str | Path) -> l
     """
     import pandas as pd
 
-    from wav2brain.encoding.dataset import _write_frame, layer_number
+    from wav2brain.encoding.dataset import layer_number, write_frame
 
     source = Path(selectivity_out) / "units.parquet"
     if not source.is_file():
@@ -749,7 +775,7 @@ def add_selectivity(anchoring_out: str | Path, selectivity_out: str | Path) -> l
                 "and those layers"
             )
         joined = joined.drop(columns=["_merge", "layer_number"])
-        written.append(_write_frame(joined, path))
+        written.append(write_frame(joined, path))
     return written
 
 

@@ -120,6 +120,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Anchor every selected subject; print what was computed, reused and skipped."""
+    from wav2brain import distributed
     from wav2brain.anchoring import anchor, write_comparison
     from wav2brain.anchoring.regions import dataset_regions
 
@@ -130,18 +131,22 @@ def run(args: argparse.Namespace) -> int:
         if folder is not None and not folder.is_dir():
             raise FileNotFoundError(f"{flag} {folder}: no such folder")
     config = config_from_args(args)
-    parcellations, timecourses = dataset_regions(
-        args.dataset,
-        subjects=args.subjects,
-        atlas=args.atlas,
-        atlas_labels=args.atlas_labels,
-        truth_dir=args.truth,
-        networks=args.networks,
-        out_dir=args.out,
-    )
+    # the main process decomposes the networks (--networks) into OUT, the others reuse them
+    with distributed.main_first():
+        parcellations, timecourses = dataset_regions(
+            args.dataset,
+            subjects=args.subjects,
+            atlas=args.atlas,
+            atlas_labels=args.atlas_labels,
+            truth_dir=args.truth,
+            networks=args.networks,
+            out_dir=args.out,
+        )
     result = anchor(
         args.dataset, args.features, args.out, config, args.subjects, parcellations, timecourses
     )
+    if not distributed.is_main():  # the main process joins, compares and reports
+        return 0
     print(
         f"{len(result.analysed)} subjects anchored, {len(result.reused)} reused, "
         f"{len(result.skipped)} skipped: {result.units}"

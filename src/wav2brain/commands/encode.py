@@ -95,10 +95,13 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Encode every selected subject; print what was fitted, reused and skipped."""
+    from wav2brain import distributed
     from wav2brain.encoding.dataset import encode_dataset
 
     config = config_from_args(args)
     result = encode_dataset(args.dataset, args.features, args.out, config, args.subjects)
+    if not distributed.is_main():
+        return 0
     print(
         f"{len(result.fitted)} subjects fitted, {len(result.reused)} reused, "
         f"{len(result.skipped_subjects)} skipped: {result.scores}"

@@ -19,6 +19,9 @@ same times at which ``BrainWindows`` ends its training windows.
 Running it again reuses every entry whose key matches (no model work) and recomputes the rest.
 The tables are merged, not overwritten: the rows of the stimuli extracted now replace their old
 rows, and the rows of other stimuli (an earlier ``--stimuli`` selection) are kept.
+
+``torchrun --nproc_per_node N -m wav2brain extract ...`` (or ``accelerate launch``) splits the
+stimuli over N processes (:mod:`wav2brain.distributed`); the main process writes the tables.
 """
 
 from __future__ import annotations
@@ -239,10 +242,16 @@ def _merged(previous, rows: list[dict], extracted: set[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Extract, resample and cache every selected stimulus; write the index tables."""
+    """Extract, resample and cache every selected stimulus; write the index tables.
+
+    Under several processes (:mod:`wav2brain.distributed`) each extracts its shard of the
+    stimuli into the shared cache and the main process writes the tables, rows in stimulus
+    order: the files one process writes.
+    """
     import pyarrow as pa
     from tqdm.auto import tqdm
 
+    from wav2brain import distributed
     from wav2brain.data.hf_layout import decode_audio, write_shard
     from wav2brain.features.cache import FeatureCache, model_identity
     from wav2brain.features.extract import activation_units
@@ -261,10 +270,13 @@ def run(args: argparse.Namespace) -> int:
     model_id = model_identity(model, args.model, args.revision)
     cache = FeatureCache(args.out)
     out = args.out.resolve()
-    index_rows, run_rows = [], []
-    n_frames = [frame_geometry(model, int(n))[1] for n in stimuli["n_samples"]]
-    with tqdm(total=sum(n_frames), unit="frame", desc="extract") as bar:
-        for row, frames in zip(stimuli, n_frames, strict=True):
+    ids = list(stimuli["id"])
+    mine = stimuli.select(distributed.shard(range(len(ids))))
+    rows: dict[str, tuple[list[dict], list[dict]]] = {}
+    n_frames = [frame_geometry(model, int(n))[1] for n in mine["n_samples"]]
+    desc = "extract" + distributed.describe()
+    with tqdm(total=sum(n_frames), unit="frame", desc=desc) as bar:
+        for row, frames in zip(mine, n_frames, strict=True):
             played = runs[runs["stimulus_id"] == row["id"]]
             done = bar.n
             entries = stimulus_features(
@@ -279,11 +291,17 @@ def run(args: argparse.Namespace) -> int:
                 on_frames=bar.update,
             )
             bar.update(frames - (bar.n - done))  # cache hits: no blocks were streamed
-            index_rows += _index_rows(row["id"], entries, out)
-            run_rows += _run_rows(played, entries, out)
-    extracted = set(stimuli["id"])
-    for name, rows in zip(tables, (index_rows, run_rows), strict=True):
-        table = _merged(previous[name], rows, extracted)
-        write_shard(pa.Table.from_pandas(table, preserve_index=False), out / f"{name}.parquet")
-    logger.info("%d stimuli, %d runs: features in %s", stimuli.num_rows, len(run_rows), out)
+            rows[row["id"]] = (
+                _index_rows(row["id"], entries, out),
+                _run_rows(played, entries, out),
+            )
+    merged = distributed.merge(rows, ids, "stimulus")
+    if distributed.is_main():
+        for position, name in enumerate(tables):
+            current = [r for parts in merged.values() for r in parts[position]]
+            table = _merged(previous[name], current, set(ids))
+            write_shard(pa.Table.from_pandas(table, preserve_index=False), out / f"{name}.parquet")
+        n_runs = sum(len(parts[1]) for parts in merged.values())
+        logger.info("%d stimuli, %d runs: features in %s", len(ids), n_runs, out)
+    distributed.wait()
     return 0

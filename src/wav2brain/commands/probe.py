@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         config=config_from_args(args),
         cache_dir=args.cache_dir,
     )
+    if comparison is None:  # a process other than the main one: features only
+        return 0
     print(comparison.paths["markdown"].read_text(encoding="utf-8"))
     logger.info("probing results in %s", args.out)
     return 0

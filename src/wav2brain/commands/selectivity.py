@@ -54,6 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the settings and the alignments, load the model, run, print the summary."""
+    from wav2brain import distributed
     from wav2brain.anchoring.selectivity import (
         SelectivityConfig,
         selectivity,
@@ -94,5 +95,6 @@ def run(args: argparse.Namespace) -> int:
         extraction=extraction,
         stimuli=args.stimuli,
     )
-    print(json.dumps({k: v for k, v in result.summary.items() if k != "config"}))
+    if distributed.is_main():
+        print(json.dumps({k: v for k, v in result.summary.items() if k != "config"}))
     return 0

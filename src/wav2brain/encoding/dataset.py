@@ -56,10 +56,17 @@ written per repeated subject or per LOSO timing group under a digest of the runs
 finished subject costs nothing on a rerun, and adding subjects reuses every finished subject
 (LOSO ceilings of the stories the new subjects heard are recomputed: they now rest on more
 subjects).
+
+Processes. Under a launcher that starts several (``torchrun --nproc_per_node N -m wav2brain encode
+...``; :mod:`wav2brain.distributed`) each process fits its share of the subjects (parts and
+maps) and of the ceiling parts, and the main process, once all are done, checks that every
+subject was, writes ``skipped.parquet``, ``scores.parquet`` and ``profile.parquet``: the files
+one process writes.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -68,6 +75,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wav2brain import distributed
 from wav2brain.encoding.layers import EncodingConfig
 from wav2brain.encoding.noise_ceiling import CEILING_ALPHA
 from wav2brain.encoding.runs import FeatureIndex, RunRecord, SubjectData, read_responses
@@ -235,7 +243,9 @@ def cv_groups(plan: SubjectPlan) -> np.ndarray:
     )
 
 
-def _digest(record: dict) -> str:
+def inputs_digest(record: dict) -> str:
+    """Short (16 hex) SHA-256 of a JSON record of inputs and the wav2brain version: the name of
+    a resumable part (one release's parts are never reused by another)."""
     from wav2brain.features.cache import package_version, sha256_json
 
     return sha256_json({**record, "wav2brain": package_version()})[:16]
@@ -248,7 +258,7 @@ def subject_digest(
     settings = asdict(config)
     for name in ("maps", "ceiling_alpha", "ceiling_max_lag", "layers"):
         settings.pop(name)
-    return _digest(
+    return inputs_digest(
         {
             "settings": settings,
             "layers": list(layers),
@@ -446,36 +456,81 @@ class _Ceilings:
 
     def path(self, name: str, record: dict) -> Path:
         """The part of a ceiling computation named by a digest of its inputs."""
-        digest = _digest({**record, "max_lag": self.max_lag})
+        digest = inputs_digest({**record, "max_lag": self.max_lag})
         return self.parts / f"ceiling-{name}_{digest}.parquet"
 
-    def subject_table(self, plan: SubjectPlan):
-        """The ceiling table (voxel, ceiling, ceiling_method, ceiling_n, ceiling_z) of a subject."""
-        import pandas as pd
-
+    def repeat_part(self, plan: SubjectPlan) -> tuple[Path, list[list[RunRecord]]] | None:
+        """The part and the repeated groups of a subject with repeats (None without)."""
         repeats = repeat_groups(plan.records)
-        if repeats:
-            path = self.path(
-                f"sub-{plan.subject}",
-                {"runs": [[r.identity() for r in group] for group in repeats]},
-            )
-            if not path.is_file():
-                _write_frame(repeat_ceiling_table(repeats, self.max_lag), path)
-            return pd.read_parquet(path)
-        firsts = {}
+        if not repeats:
+            return None
+        path = self.path(
+            f"sub-{plan.subject}", {"runs": [[r.identity() for r in group] for group in repeats]}
+        )
+        return path, repeats
+
+    def loso_part(self, record: RunRecord) -> Path | None:
+        """The LOSO part of the timing group of ``record`` (None with fewer than 2 members)."""
+        members = self.groups[record.timing]
+        if len(members) < 2:
+            return None
+        if record.timing not in self.loso_paths:
+            identity = sorted((m.identity() for m in members), key=lambda m: m["key"])
+            self.loso_paths[record.timing] = self.path("loso", {"members": identity})
+        return self.loso_paths[record.timing]
+
+    @staticmethod
+    def _firsts(plan: SubjectPlan) -> list[RunRecord]:
+        firsts: dict[str, RunRecord] = {}
         for record in plan.records:
             firsts.setdefault(record.stimulus_id, record)
-        values, weights, rs, n_effs, counts = [], [], [], [], []
-        for record in firsts.values():
-            members = self.groups[record.timing]
-            if len(members) < 2:
+        return list(firsts.values())
+
+    def jobs(self, plans: Sequence[SubjectPlan]) -> dict[str, Callable[[], None]]:
+        """Every ceiling part the plans need, by file name, each with its computation.
+
+        Parts are shared (a LOSO group serves every member), so the jobs, not the subjects,
+        are what processes split (:mod:`wav2brain.distributed`); a part on disk is a done job.
+        """
+        jobs: dict[str, Callable[[], None]] = {}
+        for plan in plans:
+            repeat = self.repeat_part(plan)
+            if repeat is not None:
+                path, groups = repeat
+                jobs[path.name] = functools.partial(self._write_repeat, path, groups)
                 continue
-            if record.timing not in self.loso_paths:
-                identity = sorted((m.identity() for m in members), key=lambda m: m["key"])
-                self.loso_paths[record.timing] = self.path("loso", {"members": identity})
-            path = self.loso_paths[record.timing]
-            if not path.is_file():
-                write_loso_group(members, self.max_lag, path)
+            for record in self._firsts(plan):
+                path = self.loso_part(record)
+                if path is not None:
+                    members = self.groups[record.timing]
+                    jobs[path.name] = functools.partial(self._write_loso, path, members)
+        return jobs
+
+    def _write_repeat(self, path: Path, groups) -> None:
+        if not path.is_file():
+            write_frame(repeat_ceiling_table(groups, self.max_lag), path)
+
+    def _write_loso(self, path: Path, members) -> None:
+        if not path.is_file():
+            write_loso_group(members, self.max_lag, path)
+
+    def subject_table(self, plan: SubjectPlan):
+        """The ceiling table (voxel, ceiling, ceiling_method, ceiling_n, ceiling_z) of a subject.
+
+        Computes the parts it needs that are missing (none after :meth:`jobs` ran).
+        """
+        import pandas as pd
+
+        repeat = self.repeat_part(plan)
+        if repeat is not None:
+            self._write_repeat(*repeat)
+            return pd.read_parquet(repeat[0])
+        values, weights, rs, n_effs, counts = [], [], [], [], []
+        for record in self._firsts(plan):
+            path = self.loso_part(record)
+            if path is None:
+                continue
+            self._write_loso(path, self.groups[record.timing])
             own = read_loso_member(path, plan.subject)
             r = own["r"].to_numpy()
             values.append(r)
@@ -497,7 +552,7 @@ class _Ceilings:
         return _ceiling_frame(values, weights, rs, n_effs, counts, "loso")
 
 
-def _write_frame(frame, path: Path) -> Path:
+def write_frame(frame, path: Path) -> Path:
     """A pandas frame to Parquet atomically (no index)."""
     import pyarrow as pa
 
@@ -617,7 +672,7 @@ def write_subject_maps(table, out: Path, space: str, mask_path: Path | None) -> 
     return written
 
 
-def _subject_layers(plan: SubjectPlan, index: FeatureIndex, wanted) -> list[str]:
+def subject_layers(plan: SubjectPlan, index: FeatureIndex, wanted) -> list[str]:
     """Layers to fit for one subject, present in every entry serving its runs."""
     per_run = [index.layers(record) for record in plan.records]
     common = [name for name in per_run[0] if all(name in names for names in per_run)]
@@ -664,7 +719,6 @@ def encode_dataset(
     See the module docstring for the outputs, folds, ceilings and resuming.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from wav2brain.encoding.runs import read_cleaning, subject_runs
 
@@ -680,7 +734,7 @@ def encode_dataset(
     space = spaces[0]
     plans = {s: plan_subject(s, own, dataset, config) for s, own in selected.items()}
     layers = {
-        s: _subject_layers(plan, index, config.layers)
+        s: subject_layers(plan, index, config.layers)
         for s, plan in plans.items()
         if plan.reason is None
     }
@@ -688,9 +742,105 @@ def encode_dataset(
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     skipped = {s: p.reason for s, p in plans.items() if p.reason is not None}
-    for subject, reason in skipped.items():
-        logger.warning("sub-%s skipped: %s", subject, reason)
-    skipped_path = _write_frame(
+    skipped_path = out / "skipped.parquet"
+    main = distributed.is_main()
+    if main:
+        for subject, reason in skipped.items():
+            logger.warning("sub-%s skipped: %s", subject, reason)
+        _write_skipped(plans, skipped, skipped_path)
+        no_maps: dict[str, list[str]] = {}
+        for plan in plans.values():
+            if plan.reason is None and plan.map_reason is not None:
+                no_maps.setdefault(plan.map_reason, []).append(plan.subject)
+        for reason, names in no_maps.items():
+            logger.info("no maps for %d subject(s) (%s): %s", len(names), ", ".join(names), reason)
+    fit = [plan for plan in plans.values() if plan.reason is None]
+    for plan in fit:
+        plan.digest = subject_digest(plan, layers[plan.subject], config, cleaning, index)
+    done = {}
+    for plan in distributed.shard(fit):
+        done[plan.subject] = _fit_subject(
+            plan, layers[plan.subject], index, config, cleaning, out, space, progress
+        )
+    ceilings = _Ceilings(records, parts, config.ceiling_max_lag)
+    jobs = ceilings.jobs(fit)
+    computed = distributed.shard(list(jobs))
+    for name in computed:
+        jobs[name]()
+    outcome = distributed.merge(done, [plan.subject for plan in fit], "subject")
+    distributed.merge(dict.fromkeys(computed, True), list(jobs), "ceiling part")
+    fitted = [s for s, how in outcome.items() if how == "fitted"]
+    reused = [s for s, how in outcome.items() if how == "reused"]
+    scores_path, profile_path = out / "scores.parquet", out / "profile.parquet"
+    if main:
+        writers = _TableWriters(out)
+        try:
+            for plan in fit:
+                table = pd.read_parquet(_part(parts, plan))
+                table = _with_ceilings(table, ceilings.subject_table(plan), config.ceiling_alpha)
+                writers.write(table)
+        except BaseException:
+            writers.abort()
+            raise
+        writers.close()
+        logger.info(
+            "%d subjects encoded (%d fitted, %d reused), %d skipped, into %s",
+            len(fitted) + len(reused),
+            len(fitted),
+            len(reused),
+            len(skipped),
+            out,
+        )
+    distributed.wait()
+    return EncodeResult(scores_path, profile_path, skipped_path, fitted, reused, skipped)
+
+
+def _part(parts: Path, plan: SubjectPlan) -> Path:
+    """The scores part of a planned subject (named by its digest)."""
+    return parts / f"sub-{plan.subject}_{plan.digest}.parquet"
+
+
+def _fit_subject(
+    plan: SubjectPlan,
+    layers: Sequence[str],
+    index: FeatureIndex,
+    config: EncodeConfig,
+    cleaning,
+    out: Path,
+    space: str,
+    progress: bool,
+) -> str:
+    """Fit one subject into its part (``"fitted"``), or find it done (``"reused"``); its maps."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    part = _part(out / "parts", plan)
+    if part.is_file():
+        logger.info("sub-%s: reusing %s", plan.subject, part)
+        table, how = pd.read_parquet(part), "reused"
+    else:
+        data = SubjectData.load(plan.subject, plan.records)
+        with tqdm(
+            total=len(layers),
+            desc=f"sub-{plan.subject}{distributed.describe()}",
+            unit="layer",
+            disable=not progress,
+        ) as bar:
+            table = encode_subject(
+                data, plan, layers, index, config, cleaning, progress=lambda _: bar.update()
+            )
+        del data
+        write_frame(table, part)
+        how = "fitted"
+    _subject_maps(table, plan, out, space, out / "parts")
+    return how
+
+
+def _write_skipped(plans: dict[str, SubjectPlan], skipped: dict[str, str], path: Path) -> Path:
+    """``skipped.parquet``: subject, reason, n_runs, n_stories of every subject not fitted."""
+    import pandas as pd
+
+    return write_frame(
         pd.DataFrame(
             {
                 "subject": pd.Series(list(skipped), dtype=object),
@@ -699,63 +849,8 @@ def encode_dataset(
                 "n_stories": pd.Series([len(plans[s].stories) for s in skipped], dtype="int32"),
             }
         ),
-        out / "skipped.parquet",
+        path,
     )
-    no_maps: dict[str, list[str]] = {}
-    for plan in plans.values():
-        if plan.reason is None and plan.map_reason is not None:
-            no_maps.setdefault(plan.map_reason, []).append(plan.subject)
-    for reason, names in no_maps.items():
-        logger.info("no maps for %d subject(s) (%s): %s", len(names), ", ".join(names), reason)
-    ceilings = _Ceilings(records, parts, config.ceiling_max_lag)
-    fitted, reused = [], []
-    writers = _TableWriters(out)
-    try:
-        for subject, plan in plans.items():
-            if plan.reason is not None:
-                continue
-            plan.digest = subject_digest(plan, layers[subject], config, cleaning, index)
-            part = parts / f"sub-{subject}_{plan.digest}.parquet"
-            if part.is_file():
-                logger.info("sub-%s: reusing %s", subject, part)
-                table = pd.read_parquet(part)
-                reused.append(subject)
-            else:
-                data = SubjectData.load(subject, plan.records)
-                with tqdm(
-                    total=len(layers[subject]),
-                    desc=f"sub-{subject}",
-                    unit="layer",
-                    disable=not progress,
-                ) as bar:
-                    table = encode_subject(
-                        data,
-                        plan,
-                        layers[subject],
-                        index,
-                        config,
-                        cleaning,
-                        progress=lambda _: bar.update(),
-                    )
-                del data
-                _write_frame(table, part)
-                fitted.append(subject)
-            table = _with_ceilings(table, ceilings.subject_table(plan), config.ceiling_alpha)
-            _subject_maps(table, plan, out, space, parts)
-            writers.write(table)
-    except BaseException:
-        writers.abort()
-        raise
-    scores_path, profile_path = writers.close()
-    logger.info(
-        "%d subjects encoded (%d fitted, %d reused), %d skipped, into %s",
-        len(fitted) + len(reused),
-        len(fitted),
-        len(reused),
-        len(skipped),
-        out,
-    )
-    return EncodeResult(scores_path, profile_path, skipped_path, fitted, reused, skipped)
 
 
 def _with_ceilings(table, ceiling, alpha: float):
@@ -815,8 +910,8 @@ class _TableWriters:
         for writer in self.writers.values():
             writer.close()
         if not self.writers:
-            _write_frame(pd.DataFrame({c: [] for c in SCORE_COLUMNS}), self.partial["scores"])
-            _write_frame(
+            write_frame(pd.DataFrame({c: [] for c in SCORE_COLUMNS}), self.partial["scores"])
+            write_frame(
                 pd.DataFrame(
                     {c: [] for c in ("subject", "voxel", "best_layer", "preferred_layer")}
                 ),

@@ -30,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from wav2brain import distributed
 from wav2brain.atomic import partial_path, write_text_atomic
 from wav2brain.features.cache import sha256_json
 from wav2brain.probing.features import (
     ProbeFeatureCache,
     Upstream,
     check_upstream,
+    fill_task_features,
     load_upstream,
     upstream_label,
 )
@@ -333,7 +335,7 @@ def compare_upstreams(
     tasks_dir: str | Path | None = None,
     config: ProbeConfig | None = None,
     cache_dir: str | Path | None = None,
-) -> Comparison:
+) -> Comparison | None:
     """Probe every upstream on every task with the same downstream and write the comparison.
 
     Parameters
@@ -350,7 +352,9 @@ def compare_upstreams(
 
     Every upstream's config, every task and its downstream configuration are checked before any
     weights are loaded; every CTC task's lengths against every upstream before any feature
-    extraction.
+    extraction. Under several processes (:mod:`wav2brain.distributed`) they share the feature
+    extraction (:func:`~wav2brain.probing.features.fill_task_features`) and the main process
+    trains and writes; the others return None.
     """
     config = config or ProbeConfig()
     out = Path(out)
@@ -378,6 +382,17 @@ def compare_upstreams(
         for task in built:
             check_frames(task, upstream)
     cache = ProbeFeatureCache(cache_dir if cache_dir is not None else out / "features")
+    if distributed.is_distributed():  # features over the processes, then training on the main
+        pending = [
+            (spec.label, upstream, task)
+            for spec, upstream in zip(specs, loaded, strict=True)
+            for task in built
+            if _stored(out / "runs" / _safe(spec.label) / f"{task.name}.json",
+                       _result_key(upstream, task, config)) is None
+        ]  # fmt: skip
+        fill_task_features(pending, cache, config.storage_dtype)
+        if not distributed.is_main():
+            return None
     results = []
     for spec, upstream in zip(specs, loaded, strict=True):
         for task in built:

@@ -26,9 +26,10 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -464,6 +465,38 @@ def split_key(
     )
 
 
+def fill_task_features(
+    pairs: Sequence[tuple[str, Upstream, Any]],
+    cache: ProbeFeatureCache,
+    storage_dtype: str = "float32",
+) -> None:
+    """Every split's features of each (label, upstream, task) in the cache, split over processes.
+
+    Under several processes (:mod:`wav2brain.distributed`) each fills the entries of its share
+    of the pairs (:func:`~wav2brain.probing.harness.task_features`: one entry per split, each a
+    folder of its own, so no two processes write one); all return once every pair is cached.
+    The downstream training then runs on the main process alone, from the cache. Under one
+    process this is :func:`~wav2brain.probing.harness.task_features` of each pair in turn.
+
+    Raises
+    ------
+    ValueError
+        Naming the pairs no process cached (a lost shard).
+    """
+    from wav2brain import distributed
+    from wav2brain.probing.harness import task_features
+
+    names = [f"{label} on {task.name}" for label, _, task in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"(upstream, task) pairs must be distinct, got {names}")
+    done = {}
+    for name, (_, upstream, task) in distributed.shard(list(zip(names, pairs, strict=True))):
+        logger.info("probe features of %s%s", name, distributed.describe())
+        task_features(upstream, task, cache, storage_dtype)
+        done[name] = True
+    distributed.merge(done, names, "upstream and task")
+
+
 def upstream_label(spec: str) -> str:
     """A short display name of an upstream spec (folder name or Hub id's last part)."""
     if spec == FBANK:
@@ -482,6 +515,7 @@ __all__ = [
     "UPSTREAM_MODEL_TYPES",
     "Upstream",
     "check_upstream",
+    "fill_task_features",
     "load_upstream",
     "split_key",
     "upstream_label",
