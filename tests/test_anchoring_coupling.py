@@ -344,7 +344,7 @@ def test_removed_regressors_are_checked():
         couple(x, x, starts, TR, removed=[None, np.random.default_rng(8).random((50, 47))])
 
 
-def test_wide_blocks_summaries_equal_the_full_matrix():
+def test_wide_blocks_summaries_equal_the_full_matrix(caplog):
     """Rows wide enough for the grouped top-k (with a tail of columns), several AN and target
     blocks: top-k, best AN per target and grid counts equal those of the full matrix; the
     grouped top-k equals ``topk``."""
@@ -355,8 +355,10 @@ def test_wide_blocks_summaries_equal_the_full_matrix():
     rng = np.random.default_rng(9)
     x, y = hrf_smoothed(rng, 200, 70), rng.standard_normal((200, 3001))
     y[:, :300] += 0.3 * x[:, :1]  # some large |z|, several per AN row
-    config = CouplingConfig(keep_matrix=True, top_k=5, ann_block=16, memory_budget_mb=3)
-    result = couple(x, y, [0, 100, 200], TR, config)
+    config = CouplingConfig(keep_matrix=True, top_k=5, ann_block=16, memory_budget_mb=0.9)
+    with caplog.at_level(logging.INFO, logger="wav2brain.anchoring.coupling"):
+        result = couple(x, y, [0, 100, 200], TR, config)
+    assert "in blocks of 16 x 975 " in caplog.text  # 5 AN blocks x 4 target blocks (3 + 1)
     absz = np.abs(result.z)
     np.testing.assert_array_equal(
         np.sort(result.top_index, 1), np.sort(np.argsort(-absz, 1)[:, :5], 1)

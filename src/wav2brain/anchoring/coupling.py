@@ -364,10 +364,11 @@ def drift_regressors(runs: Sequence[tuple[int, float]], cleaning) -> list[np.nda
     :func:`~wav2brain.encoding.runs.clean_features` (ANs) alike: the same Legendre basis
     (:func:`~wav2brain.data.fmri.drift_confounds`); None when ``cleaning`` is None (features left
     uncleaned: only the run means are common to both series). Confounds such as motion are not
-    counted: the BOLD alone loses them, and against an AN series that keeps them the share of the
-    AN's variance they hold leaves the numerator of ``r``'s variance as their lost degrees of
-    freedom leave its denominator (for a white target, ``(1 - q / n) / (n - q) = 1 / n``). Butterworth
-    filters are no projection; their effect on the autocorrelations is in the estimates.
+    counted: the BOLD alone loses them, and against an AN series that keeps them the share of
+    the AN's variance they hold leaves the numerator of ``r``'s variance as their lost degrees
+    of freedom leave its denominator (``q`` confounds, white target: ``(1 - q / n) / (n - q) = 1
+    / n``). Butterworth filters are no projection; their effect on the autocorrelations is in
+    the estimates.
     """
     if cleaning is None:
         return None
@@ -379,12 +380,13 @@ def drift_regressors(runs: Sequence[tuple[int, float]], cleaning) -> list[np.nda
 def standardize(values: np.ndarray, starts: np.ndarray, device) -> tuple[object, np.ndarray]:
     """Columns z-scored within each run, then scaled to unit norm over all runs: float32 torch.
 
-    A column constant within a run is 0 there; one constant in every run is 0 everywhere and
-    reported invalid (second value, bool [columns]). Computed on ``device`` in float32, two
+    A column constant within a run (its SD at most 1e-6 of its mean's magnitude plus the SD: a
+    constant's rounding) is 0 there; one constant in every run is 0 everywhere and reported
+    invalid (second value, bool [columns]). Computed on ``device`` in float32, two
     passes per run (mean, then the centred sum of squares): accurate to about 1e-7. A run
-    z-scored has a sum of squares of its TRs, so the norm over all runs is known without a pass
-    (``sqrt`` of the summed lengths of the runs where the column varies): each run is centred
-    into the output (the caller's array is never written) and divided once.
+    z-scored has a sum of squares equal to its TRs, so the norm over all runs is known without
+    a pass (``sqrt`` of the summed lengths of the runs where the column varies): each run is
+    centred into the output (the caller's array is never written) and divided once.
     """
     import torch
 
@@ -392,10 +394,10 @@ def standardize(values: np.ndarray, starts: np.ndarray, device) -> tuple[object,
     out = torch.empty_like(source)
     scales, squares = [], torch.zeros(source.shape[1], device=device)
     for a, b in zip(starts[:-1], starts[1:], strict=True):
-        run = torch.sub(source[a:b], source[a:b].mean(0), out=out[a:b])
+        mean = source[a:b].mean(0)
+        run = torch.sub(source[a:b], mean, out=out[a:b])
         scale = torch.linalg.vector_norm(run, dim=0).div_(math.sqrt(b - a))
-        largest = torch.from_numpy(np.abs(np.asarray(values[a:b])).max(0).astype(np.float32))
-        constant = scale <= 1e-6 * largest.to(device).clamp_(min=1e-30)
+        constant = scale <= 1e-6 * (mean.abs() + scale)
         scales.append(scale.masked_fill_(constant, math.inf))  # a constant column: 0
         squares += (~constant).float() * (b - a)
     valid = squares > 0
@@ -537,7 +539,7 @@ def couple(
         ry, norm_y = residual.correct(lag_autocorrelation(Y, starts, lag))
         if config.truncation == "adaptive":
             rx, ry = truncate(rx, n), truncate(ry, n)
-        factor = _Factor(rx, ry, norm_y, residual.dof, config.z_step)
+        factor = _Factor(rx, ry, norm_y, residual.dof, config.z_step, CHUNK_ELEMENTS + n_targets)
     else:
         factor = _Factor(None, None, None, residual.dof, config.z_step)
     shifts = None
@@ -605,39 +607,47 @@ class _Factor:
     P)``, a constant.
     """
 
-    def __init__(self, rx, ry, norm_y, dof: int, step: float) -> None:
+    def __init__(self, rx, ry, norm_y, dof: int, step: float, elements: int = 0) -> None:
         import torch
 
         self.bartlett = rx is not None
         self.naive = math.sqrt(dof - 2) / step
         if self.bartlett:
-            self.rx = torch.cat([2 * rx, torch.ones_like(rx[:1])]).mul_(step * step)
+            # ANs' rows contiguous ([ANs, K + 1]) and one output buffer of ``elements``: the
+            # skinny product runs 1.7x faster than on a transposed view into a new tensor
+            rows = torch.cat([2 * rx, torch.ones_like(rx[:1])]).mul_(step * step)
+            self.rx = rows.t().contiguous()
             self.ry = torch.cat([ry, torch.ones_like(ry[:1])]).div_(norm_y.clamp(min=1.0))
             self.low, self.high = step * step / dof, step * step / MIN_EFFECTIVE_SAMPLES
             self.shift = 2.0 / (step * step)
+            self.buffer = torch.empty(elements, device=rx.device)
 
     def _finish(self, v):
         return v.clamp_(self.low, self.high).reciprocal_().sub_(self.shift).sqrt_()
 
     def block(self, a0: int, a1: int, v0: int, v1: int):
-        """Factors of ANs ``a0:a1`` x targets ``v0:v1`` (a float for the naive variance)."""
+        """Factors of ANs ``a0:a1`` x targets ``v0:v1`` (a float for the naive variance); the
+        tensor is overwritten by the next call."""
         import torch
 
         if not self.bartlett:
             return self.naive
-        return self._finish(torch.mm(self.rx[:, a0:a1].t(), self.ry[:, v0:v1]))
+        out = self.buffer[: (a1 - a0) * (v1 - v0)].view(a1 - a0, v1 - v0)
+        return self._finish(torch.mm(self.rx[a0:a1], self.ry[:, v0:v1], out=out))
 
     def pairs(self, features, targets):
-        """Factors of the pairs (``features[i]``, ``targets[i]``), as :meth:`block` computes them."""
+        """Factors of the pairs (``features[i]``, ``targets[i]``), computed as :meth:`block`."""
         if not self.bartlett:
             return self.naive
-        return self._finish((self.rx[:, features] * self.ry[:, targets]).sum(0))
+        return self._finish((self.rx[features].t() * self.ry[:, targets]).sum(0))
 
 
 CHUNK_ELEMENTS = 1 << 19
-"""AN x target elements per chunk of the element-wise statistics (1 MB of float32): the chain
+"""AN x target elements per chunk of the element-wise statistics (2 MB of float32): the chain
 of operations after each block's product runs on chunks that stay in the CPU caches instead of
-streaming whole blocks through memory once per operation."""
+streaming whole blocks through memory once per operation (2^19 against 2^18: the same cache
+traffic, half the per-operation dispatch; measured 0.745 against 0.70 of the mm rate, CPU
+time, one thread)."""
 
 
 TOPK_GROUP = 32
@@ -748,16 +758,20 @@ class _Pass:
         absz = torch.abs(z, out=self.buffer[: rows * width].view(rows, width))
         a1 = a0 + rows
         values, index = row_topk(absz, min(self.k, width))
-        merged_abs = torch.cat([self.top_abs[a0:a1], values], dim=1)
-        merged_index = torch.cat([self.top_index[a0:a1], index + v0], dim=1)
-        merged_z = torch.cat([self.top_z[a0:a1], z.gather(1, index)], dim=1)
+        top_z = z.gather(1, index)
         chosen = factor.gather(1, index) if torch.is_tensor(factor) else factor
-        merged_r = torch.cat([self.top_r[a0:a1], torch.tanh(z.gather(1, index) / chosen)], dim=1)
-        kept, order = merged_abs.topk(self.k, dim=1)
-        self.top_abs[a0:a1] = kept
-        self.top_index[a0:a1] = merged_index.gather(1, order)
-        self.top_r[a0:a1] = merged_r.gather(1, order)
-        self.top_z[a0:a1] = merged_z.gather(1, order)
+        top_r = torch.tanh(top_z / chosen)
+        index += v0
+        if v0 > 0 or values.shape[1] < self.k:  # merge with the earlier targets' best
+            merged_abs = torch.cat([self.top_abs[a0:a1], values], dim=1)
+            values, order = merged_abs.topk(self.k, dim=1)
+            index = torch.cat([self.top_index[a0:a1], index], dim=1).gather(1, order)
+            top_r = torch.cat([self.top_r[a0:a1], top_r], dim=1).gather(1, order)
+            top_z = torch.cat([self.top_z[a0:a1], top_z], dim=1).gather(1, order)
+        self.top_abs[a0:a1] = values
+        self.top_index[a0:a1] = index
+        self.top_r[a0:a1] = top_r
+        self.top_z[a0:a1] = top_z
         column_abs = absz.amax(dim=0)
         best = self.best_abs[v0 : v0 + width]
         self.best_chunk[v0 : v0 + width].masked_fill_(column_abs > best, a0)

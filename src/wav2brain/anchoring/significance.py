@@ -228,7 +228,8 @@ def projection_moments(basis: np.ndarray, max_lag: int) -> np.ndarray:
     ``T_m = U_m + U_m^T`` (``T_0 = I``). For a stationary series of autocovariance
     ``gamma(m)`` (0 beyond ``max_lag``), the residual's lag-``k`` sum ``e^T U_k e`` has
     expectation ``sum_m gamma(m) A[k, m]``. Computed from shifted copies of ``Q`` (never an
-    ``L x L`` matrix): ``tr(U_k T_m) - <U_k^T Q, T_m Q> - <U_k Q, T_m Q> + tr(Q^T U_k Q Q^T T_m Q)``.
+    ``L x L`` matrix): ``tr(U_k T_m) - <U_k^T Q, T_m Q> - <U_k Q, T_m Q>
+    + tr(Q^T U_k Q Q^T T_m Q)``.
     """
     length = basis.shape[0]
     lags = np.arange(max_lag + 1)
