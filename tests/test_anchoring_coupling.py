@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from anchoring_fixtures import TR, ar1, hrf_smoothed, planted
-from wav2brain.anchoring.coupling import CouplingConfig, couple, standardize
+from wav2brain.anchoring.coupling import R_MAX, CouplingConfig, couple, standardize
 from wav2brain.anchoring.significance import (
     ZGrid,
     bh_cutoff,
@@ -250,9 +250,10 @@ def _detrended(values: np.ndarray, starts: np.ndarray, order: int = 2) -> np.nda
 
 
 def test_every_lag_kept_beats_adaptive_truncation_on_detrended_short_runs():
-    """Four runs of 75 TRs detrended (order 2) as prepare does: the cut drops the detrending's
-    small negative autocorrelations of the nearly white series, and its null z is too wide
-    (measured SD 1.09-1.10, 7.2-7.5 % at 0.05; every lag kept: 1.03-1.04, 5.9-6.3 %)."""
+    """Four runs of 75 TRs detrended (order 2) as prepare does, the drift basis not given: the
+    cut drops the detrending's small negative autocorrelations of the nearly white series, and
+    its null z is too wide (measured SD 1.08, 7.1-7.4 % at 0.05; every lag kept: 1.02-1.03,
+    5.8-6.0 %; with the basis given, next test: 1.00)."""
     starts = np.array([0, 75, 150, 225, 300])
     rng = np.random.default_rng(0)
     x = _detrended(hrf_smoothed(rng, 300, 2000), starts)
@@ -266,3 +267,113 @@ def test_every_lag_kept_beats_adaptive_truncation_on_detrended_short_runs():
     assert (np.abs(z["adaptive"]) > 1.96).sum() > high  # the cut is anti-conservative here
     with pytest.raises(ValueError, match="CouplingConfig.truncation must be one of"):
         CouplingConfig(truncation="xdf")
+
+
+def _drift(starts: np.ndarray, order: int = 2) -> list[np.ndarray]:
+    from wav2brain.data.fmri import drift_confounds
+
+    return [drift_confounds(b - a, order) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+def test_removed_drift_basis_calibrates_detrended_short_runs():
+    """Null z SD on four detrended runs of 75 TRs (HRF-smoothed ANs against AR(1) voxels, and
+    HRF-smoothed against HRF-smoothed): with the drift basis given (its degrees of freedom and
+    the moment correction of the autocorrelations) 1.00; negative control: the uncorrected
+    estimator (Bartlett's product of the raw sample autocorrelations over ``n - 3``), 1.03-1.04
+    (measured before the correction: the issue's 1.03-1.04)."""
+    from wav2brain.anchoring.significance import lag_autocorrelation
+
+    starts = np.array([0, 75, 150, 225, 300])
+    rng = np.random.default_rng(5)
+    for y in (ar1(rng, 300, 1500, 0.3), hrf_smoothed(rng, 300, 1500)):
+        x = _detrended(hrf_smoothed(rng, 300, 1500), starts)
+        y = _detrended(y, starts)
+        result = couple(x, y, starts, TR, CouplingConfig(keep_matrix=True), removed=_drift(starts))
+        assert abs(result.z.std() - 1) < 0.012, result.z.std()
+        p = two_sided_p(np.diag(result.z))
+        low, high = stats.binom.interval(0.99, len(p), 0.05)
+        assert low <= (p < 0.05).sum() <= high
+        X, _ = standardize(x, starts, "cpu")
+        Y, _ = standardize(y, starts, "cpu")
+        rx = lag_autocorrelation(X, starts, 15).double().numpy()
+        ry = lag_autocorrelation(Y, starts, 15).double().numpy()
+        D = np.clip(1 + 2 * rx.T @ ry, 1, 75)
+        uncorrected = np.arctanh(np.clip(result.r, -R_MAX, R_MAX)) * np.sqrt((300 - 3) / D)
+        assert uncorrected.std() > 1.02, uncorrected.std()
+
+
+def test_residual_autocorrelation_correction_removes_the_detrending_bias():
+    """White noise detrended (order 2) in runs of 60 TRs: the pooled sample autocorrelation is
+    biased down (by about 3 / 57 at lag 1, measured -0.049 to -0.027 over lags 1-10: negative
+    control); the corrected one is unbiased and the expected sum of squares is ``n - P``."""
+    import torch
+
+    from wav2brain.anchoring.significance import ResidualAutocorrelation, lag_autocorrelation
+
+    starts = np.array([0, 60, 120, 180])
+    rng = np.random.default_rng(6)
+    y = _detrended(rng.standard_normal((180, 20000)), starts)
+    Y, _ = standardize(y, starts, "cpu")
+    raw = lag_autocorrelation(Y, starts, 10)
+    residual = ResidualAutocorrelation.for_runs(starts, _drift(starts), 10)
+    corrected, norm = residual.correct(raw)
+    assert residual.dof == 180 - 9
+    assert raw[0].mean() < -0.045 and (raw.mean(1) < -0.02).all()
+    assert torch.abs(corrected.mean(1)).max() < 0.004
+    assert abs(float(norm.mean()) - residual.dof) < 0.5
+    # AR(1) 0.5: the corrected lag-1 estimate is nearer the coefficient (what is left, about
+    # -0.02, is the O(1 / L) bias of a ratio of sums of one run of 60 TRs)
+    phi = ar1(rng, 180, 20000, 0.5)
+    raw = lag_autocorrelation(standardize(_detrended(phi, starts), starts, "cpu")[0], starts, 10)
+    rho, _ = residual.correct(raw)
+    assert abs(float(rho[0].mean()) - 0.5) < 0.03 < 0.5 - float(raw[0].mean()) - 0.03
+
+
+def test_removed_regressors_are_checked():
+    x = np.random.default_rng(7).standard_normal((100, 3))
+    starts = [0, 50, 100]
+    with pytest.raises(ValueError, match="removed has 1 entries but there are 2 runs"):
+        couple(x, x, starts, TR, removed=[None])
+    with pytest.raises(ValueError, match=r"removed\[1\] has shape \(40, 2\): expected \[50 TRs"):
+        couple(x, x, starts, TR, removed=[None, np.zeros((40, 2))])
+    bad = np.ones((50, 1))
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match=r"removed\[0\] holds NaN"):
+        couple(x, x, starts, TR, removed=[bad, None])
+    with pytest.raises(ValueError, match="run 1 has 50 TRs and 48 regressors"):
+        couple(x, x, starts, TR, removed=[None, np.random.default_rng(8).random((50, 47))])
+
+
+def test_wide_blocks_summaries_equal_the_full_matrix(caplog):
+    """Rows wide enough for the grouped top-k (with a tail of columns), several AN and target
+    blocks: top-k, best AN per target and grid counts equal those of the full matrix; the
+    grouped top-k equals ``topk``."""
+    import torch
+
+    from wav2brain.anchoring.coupling import row_topk
+
+    rng = np.random.default_rng(9)
+    x, y = hrf_smoothed(rng, 200, 70), rng.standard_normal((200, 3001))
+    y[:, :300] += 0.3 * x[:, :1]  # some large |z|, several per AN row
+    config = CouplingConfig(keep_matrix=True, top_k=5, ann_block=16, memory_budget_mb=0.9)
+    with caplog.at_level(logging.INFO, logger="wav2brain.anchoring.coupling"):
+        result = couple(x, y, [0, 100, 200], TR, config)
+    assert "in blocks of 16 x 975 " in caplog.text  # 5 AN blocks x 4 target blocks (3 + 1)
+    absz = np.abs(result.z)
+    np.testing.assert_array_equal(
+        np.sort(result.top_index, 1), np.sort(np.argsort(-absz, 1)[:, :5], 1)
+    )
+    np.testing.assert_array_equal(result.best_feature, np.argmax(absz, axis=0))
+    np.testing.assert_allclose(result.best_z, result.z[result.best_feature, np.arange(3001)])
+    np.testing.assert_allclose(
+        result.best_r, result.r[result.best_feature, np.arange(3001)], atol=1e-6
+    )
+    bins = result.grid.bin_of(result.z)
+    expected = np.stack([np.bincount(row[row >= 0], minlength=result.grid.n_bins) for row in bins])
+    np.testing.assert_array_equal(result.counts, expected)
+    values = torch.from_numpy(absz.astype(np.float32))
+    for width in (3001, 2048, 100):
+        got, where = row_topk(values[:, :width], 7)
+        want, _ = values[:, :width].topk(7, dim=1)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(values[:, :width].gather(1, where), want)

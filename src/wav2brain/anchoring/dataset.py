@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from wav2brain import distributed
-from wav2brain.anchoring.coupling import Coupling, CouplingConfig, couple
+from wav2brain.anchoring.coupling import Coupling, CouplingConfig, couple, drift_regressors
 from wav2brain.anchoring.significance import two_sided_p
 from wav2brain.anchoring.targets import (
     TargetFamily,
@@ -250,13 +250,14 @@ def anchor_subject(data, plan_layers, index, config: AnchorConfig, cleaning, fam
     if config.save_matrix:
         voxel_config = CouplingConfig(**{**asdict(config.coupling), "keep_matrix": True})
     tensor = _tensor(index, data.records[0])
+    removed = drift_regressors([(r.n_trs, r.tr) for r in data.records], cleaning)
     for layer in plan_layers:
         features = data.features(index, layer, cleaning)
-        voxel = couple(features, data.bold, starts, tr, voxel_config)
+        voxel = couple(features, data.bold, starts, tr, voxel_config, removed=removed)
         voxel_parts.append(voxel)
         for family in families:
             region_parts[family.name].append(
-                couple(features, family.values, starts, tr, region_config)
+                couple(features, family.values, starts, tr, region_config, removed=removed)
             )
         if voxel.r is not None:
             matrices[layer] = voxel.r
