@@ -89,6 +89,22 @@ def test_a_rerun_reads_no_bold(result, prepared, monkeypatch):
     pd.testing.assert_frame_equal(again.tables()["units"], result.tables()["units"])
 
 
+def test_results_of_another_statistics_version_are_recomputed(result, prepared, tmp_path):
+    import shutil
+
+    from wav2brain.anchoring import dataset as dataset_module
+
+    out = tmp_path / "copy"
+    shutil.copytree(result.out, out)
+    dataset, cache = prepared
+    same = anchor(dataset, cache, out, _config(), parcellations=[ROIS], progress=False)
+    assert same.analysed == []  # negative control: the same rule reuses every subject
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset_module, "STATISTICS_VERSION", -1)
+        again = anchor(dataset, cache, out, _config(), parcellations=[ROIS], progress=False)
+    assert again.analysed == ["01", "02", "03"] and again.reused == []
+
+
 def test_bad_input_is_refused_before_any_bold_is_read(prepared, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("BOLD read before the inputs were checked")

@@ -45,7 +45,7 @@ import numpy as np
 
 from wav2brain import distributed
 from wav2brain.anchoring.coupling import Coupling, CouplingConfig, couple, drift_regressors
-from wav2brain.anchoring.significance import two_sided_p
+from wav2brain.anchoring.significance import STATISTICS_VERSION, two_sided_p
 from wav2brain.anchoring.targets import (
     TargetFamily,
     Timecourses,
@@ -364,6 +364,7 @@ def _subject_digest(records, layers, config: AnchorConfig, cleaning, index, fami
     return inputs_digest(
         {
             "settings": settings,
+            "statistics": STATISTICS_VERSION,
             "layers": list(layers),
             "cleaning": None if cleaning is None else asdict(cleaning),
             "runs": [r.identity() for r in records],

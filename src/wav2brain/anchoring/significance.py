@@ -83,6 +83,11 @@ def lag_autocorrelation(values, starts: Sequence[int], max_lag: int):
     return out.t().contiguous()
 
 
+STATISTICS_VERSION = 2
+"""Version of the null variance and z rule (2: drift-corrected Bartlett variance). It is part of
+every cached subject's key (:mod:`wav2brain.anchoring.dataset`), so results computed under another
+rule are recomputed, never reused."""
+
 LAG_BLOCK = 4096
 """Columns per block of :func:`lag_autocorrelation` (bounds its FFT temporaries)."""
 
