@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "compare-models",
     "make-probe-tasks",
     "probe",
+    "run",
     "demo",
 )
 
