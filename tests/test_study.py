@@ -449,3 +449,23 @@ def test_processes_launch_sharded_steps_through_distributed(tmp_path, monkeypatc
     run_study(config, dry_run=True, echo=lines.append)
     assert "[extract:base] would run: torchrun --nproc_per_node 2 -m wav2brain extract" in lines[2]
     assert "[prepare] would run: wav2brain prepare" in lines[1]  # not sharded
+
+
+def test_step_whose_input_step_changed_since_it_ran_is_refused_alone(tmp_path, executed):
+    path = write_study(tmp_path, SIM_STUDY)
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    path.write_text(path.read_text().replace("drift-order: 2", "drift-order: 1"))
+    with pytest.raises(ValueError, match="of step prepare, whose command or inputs changed"):
+        run_study(StudyConfig.from_yaml(path), only=["extract:base"], echo=silent)
+    executed.clear()
+    run_study(StudyConfig.from_yaml(path), only=["prepare", "extract:base"], echo=silent)
+    assert executed == ["prepare", "extract:base"]
+
+
+def test_listed_step_whose_producer_the_study_leaves_out_names_it(tmp_path, executed):
+    text = SIM_STUDY.replace("  extract:base: {{}}\n", "")
+    config = StudyConfig.from_yaml(write_study(tmp_path, text))
+    with pytest.raises(
+        ValueError, match="encode:base reads the output .features/base. of step extract:base"
+    ):
+        run_study(config, echo=silent)

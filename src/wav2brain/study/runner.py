@@ -104,7 +104,7 @@ def run_study(
     """
     steps = plan_study(config)
     run_dir = Path(config.out).absolute()
-    by_id = {step.id: step for step in steps}
+    by_id = {step.id: step for step in plan_study(config, applicable=True)}
     chosen = _chosen(steps, only)
     record = read_record(run_dir) or _new_record(config)
     done = record["steps"]
@@ -207,21 +207,23 @@ def _chosen(steps: list[Step], only: Sequence[str] | None) -> list[Step]:
 
 
 def _check_inputs(step: Step, chosen: list[Step], by_id, done, run_dir: Path) -> None:
-    """Refuse a step whose input step neither runs before it now nor ran before (with output)."""
+    """Refuse a step whose input step neither runs before it now nor ran, as planned, before."""
     earlier = {s.id for s in chosen[: chosen.index(step)]}
     for need in step.depends:
         if need in earlier:
             continue
-        producer = by_id.get(need)
-        out = producer.out if producer is not None else None
-        recorded = need in done and (run_dir / done[need]["out"]).exists()
-        if recorded:
-            continue
-        where = f" ({_relative(out, run_dir)})" if out is not None else ""
-        raise ValueError(
-            f"step {step.id} reads the output{where} of step {need}, which has not run in "
-            f"{run_dir}: run {need} first (add it to --steps)"
-        )
+        producer = by_id[need]
+        where = _relative(producer.out, run_dir)
+        if need not in done or not (run_dir / done[need]["out"]).exists():
+            raise ValueError(
+                f"step {step.id} reads the output ({where}) of step {need}, which has not run in "
+                f"{run_dir}: run {need} first (add it to --steps)"
+            )
+        if done[need]["digest"] != producer.digest:
+            raise ValueError(
+                f"step {step.id} reads the output ({where}) of step {need}, whose command or "
+                f"inputs changed since it ran: run {need} again first (add it to --steps)"
+            )
 
 
 def _check_parses(step: Step) -> None:

@@ -195,12 +195,13 @@ def _paths(config: StudyConfig, run: Path) -> _Paths:
     )
 
 
-def plan_study(config: StudyConfig) -> list[Step]:
+def plan_study(config: StudyConfig, *, applicable: bool = False) -> list[Step]:
     """Every step the study runs, in order, with its argv, inputs and digest.
 
     Digests are computed for every applicable step (a step not run now still has the digest it
     would have), so a step's digest changes exactly when its own command, its recipe or any step
-    it depends on changes.
+    it depends on changes. ``applicable=True`` returns every applicable step, also those the
+    study's ``steps`` leave out (the producers a listed step may need).
     """
     run = Path(config.out).absolute()
     paths = _paths(config, run)
@@ -218,7 +219,7 @@ def plan_study(config: StudyConfig) -> list[Step]:
             [_file_digest(f) for f in files],
         )
         steps[step_id] = Step(step_id, argv, out, depends, digest, files, writes)
-    return [steps[s] for s in selected]
+    return list(steps.values()) if applicable else [steps[s] for s in selected]
 
 
 def _build(step: str, config: StudyConfig, p: _Paths, selected: Iterable[str]):
