@@ -22,7 +22,7 @@ def available_steps(config) -> list[str]:
 def test_demo_is_the_shipped_study_file_with_its_options(tmp_path):
     config = demo_config(tmp_path / "d", size="small", seed=3)
     assert config.out == tmp_path / "d"
-    assert config.data.simulate == {"size": "demo", "seed": 3, **DEMO_SIZES["small"]["simulate"]}
+    assert config.data.simulate == {"size": "demo", "seed": 3}  # the demo's simulation, reseeded
     assert config.refine.options["seed"] == 3 and config.probe.seed == 3
     assert config.refine.options["max_steps"] == DEMO_SIZES["small"]["refine"]["max_steps"]
     assert config.probe.tasks == DEMO_SIZES["small"]["probe_tasks"]
