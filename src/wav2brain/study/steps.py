@@ -62,10 +62,11 @@ SHARDED = frozenset(
 )
 """Steps that split their stimuli or subjects over ``processes`` (interface D)."""
 
-FRESH_ON_CHANGE = frozenset({"simulate", "refine", "refine:control", "probe_tasks"})
-"""Steps whose command does not key its partial outputs on its options (a simulation, a training
-run, task folders): when their digest changes, their old output folder is removed first.
-The other commands keep per-subject or per-stimulus parts under digests of their inputs."""
+FRESH_ON_CHANGE = frozenset({"simulate", "prepare", "refine", "refine:control", "probe_tasks"})
+"""Steps whose command refuses, or would resume, a folder made with other options (a simulation,
+a prepared folder, a training run, task folders): when their digest changes, their old output
+folder is removed first. The other commands keep per-subject or per-stimulus parts under digests
+of their inputs, so a changed step reuses what still holds."""
 
 RECIPE_STEPS = frozenset({"refine", "refine:control"})
 """Steps whose options are recipe options (``--key value``, booleans as ``true``/``false``)."""
