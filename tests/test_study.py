@@ -199,17 +199,6 @@ def test_bad_values_are_refused_naming_the_field(tmp_path, text, message):
         StudyConfig.from_yaml(write_study(tmp_path, text), check_paths=False)
 
 
-def test_compare_needs_a_local_base_folder(tmp_path):
-    recipe = REPO / "hf_configs" / "refine_sim.yaml"
-    text = "name: t\nout: o\ndata: {{prepared: {tmp}}}\nmodels: {{base: owner/model}}\n"
-    text += f"refine: {{{{recipe: {recipe}}}}}\n"
-    with pytest.raises(FileNotFoundError, match="owner/model is not a local folder"):
-        StudyConfig.from_yaml(write_study(tmp_path, text))
-    # negative control: without compare the same Hub id is accepted
-    text += "steps: {{extract:base: {{}}, refine: {{}}}}\n"
-    assert StudyConfig.from_yaml(write_study(tmp_path, text)).models.base == "owner/model"
-
-
 # --- the plan -----------------------------------------------------------------------------------
 
 
@@ -252,6 +241,10 @@ def test_plan_follows_interface_a(tmp_path):
         f"base={base}",
         "--upstream",
         f"refined={refined}",
+    ]
+    assert steps["compare"].argv[1:3] == [
+        str(run / "refine/stage1/final"),
+        str(run / "refine/final"),
     ]
     assert steps["report"].argv == ["report", str(run)]
     assert set(steps["report"].depends) == set(steps) - {"report"}

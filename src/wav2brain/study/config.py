@@ -323,18 +323,9 @@ class StudyConfig:
 
     def check_paths(self) -> None:
         """Raise FileNotFoundError naming the first input path that does not exist."""
-        from wav2brain.study.steps import study_steps
-
         for where, path in self.input_paths():
             if not path.exists():
                 raise FileNotFoundError(f"{where}: {path} does not exist")
-        base = self.models.base
-        if base is not None and "compare" in study_steps(self) and not Path(base).is_dir():
-            raise FileNotFoundError(
-                f"models.base: {base} is not a local folder, and the compare step "
-                "(wav2brain compare-models) reads local checkpoints: download it first (hf "
-                f"download {base} --local-dir DIR) and name DIR, or leave compare out of steps"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as JSON-ready values (as recorded in study.json)."""

@@ -108,7 +108,7 @@ def demo_config(
     steps = dict(config.steps) if config.steps is not None else None
     models = config.models
     if model is not None:
-        models = dataclasses.replace(models, base=str(local_model(model)))
+        models = dataclasses.replace(models, base=model)
         if steps is not None and steps.pop("check_simulated", None) is not None:
             logger.info(
                 "check_simulated skipped: the base model is %s, while the simulated BOLD is "
@@ -118,18 +118,6 @@ def demo_config(
     return config.replace(
         out=Path(out), data=data, refine=refine, probe=probe, models=models, steps=steps
     )
-
-
-def local_model(model: str) -> Path:
-    """A local folder of ``model``: itself, or the Hub snapshot of a Hub id (downloaded once).
-
-    compare-models reads local checkpoints, so the demo resolves a Hub id before it starts.
-    """
-    if Path(model).is_dir():
-        return Path(model)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(model))
 
 
 def demo_identity(size: str, seed: int, model: str | None) -> dict[str, Any]:

@@ -13,14 +13,17 @@ under the run folder ``RUN`` (interface A of issue 12)::
     refine:control    the same, stories shuffled, no stage 2       RUN/refine_control (simulated)
     extract:refined   wav2brain extract --model REFINED            RUN/features/refined
     anchor:refined    wav2brain anchor ... --compare-with base     RUN/anchoring/refined
-    compare           wav2brain compare-models BASE REFINED        RUN/compare
+    compare           wav2brain compare-models STAGE1 REFINED      RUN/compare
     probe_tasks       wav2brain make-probe-tasks                   RUN/probe_tasks
     probe             wav2brain probe --upstream base=BASE ...     RUN/probe
     check_simulated   wav2brain check-simulated                    RUN/truth (simulated only)
     report            wav2brain report RUN                         RUN/report.html, RUN/report/
 
 ``BASE`` is ``models.base`` or, for simulated data, the simulator's planted model
-(``bids/derivatives/ground_truth/model``); ``REFINED`` is ``RUN/refine/export/backbone``. The
+(``bids/derivatives/ground_truth/model``); ``REFINED`` is ``RUN/refine/export/backbone`` (for
+compare-models, which needs brain-encoding models on both sides, ``STAGE1`` is
+``RUN/refine/stage1/final``, the base backbone with its trained head, and ``REFINED`` is
+``RUN/refine/final``). The
 ground-truth checks apply only when the simulator's own model is the base (with another model the
 simulated BOLD is still driven by the simulator's model, so nothing planted is to be found in the
 other model's units): with ``models.base`` set on simulated data, check_simulated does not apply.
@@ -289,7 +292,10 @@ def _build(step: str, config: StudyConfig, p: _Paths, selected: Iterable[str]):
         return argv, out, ("prepare", "extract:refined", "anchor:base"), ()
     if step == "compare":
         out = run / "compare"
-        argv = ["compare-models", p.base, str(p.refined), "--labels", "base", "refined"]
+        # brain accuracy needs two brain-encoding models: the base backbone with its trained
+        # head (after stage 1, the backbone frozen) against the refined model (after stage 2)
+        stage1, final = run / "refine" / "stage1" / "final", run / "refine" / "final"
+        argv = ["compare-models", str(stage1), str(final), "--labels", "base", "refined"]
         argv += ["--out", str(out), "--dataset", str(p.dataset)]
         argv += ["--split", str(run / "refine" / "splits.json")]
         if p.truth is not None:
