@@ -291,18 +291,13 @@ def _build(step: str, config: StudyConfig, p: _Paths, selected: Iterable[str]):
         argv += ["--out", str(out), "--compare-with", str(anchoring / "base"), *regions]
         return argv, out, ("prepare", "extract:refined", "anchor:base"), ()
     if step == "compare":
-        out = run / "compare"
-        # brain accuracy needs two brain-encoding models: the base backbone with its trained
-        # head (after stage 1, the backbone frozen) against the refined model (after stage 2)
+        # the base backbone with its trained head (stage 1, backbone frozen) against the refined
+        # model: parameter change (Figure 2) and layer weights (Figure 4). Held-out brain accuracy
+        # is the recipe's own (refine/metrics.json): compare-models' --dataset scores every voxel
+        # of the dataset, which the heads of a voxel-selected recipe do not have.
         stage1, final = run / "refine" / "stage1" / "final", run / "refine" / "final"
         argv = ["compare-models", str(stage1), str(final), "--labels", "base", "refined"]
-        argv += ["--out", str(out), "--dataset", str(p.dataset)]
-        argv += ["--split", str(run / "refine" / "splits.json")]
-        if p.truth is not None:
-            argv += ["--atlas", str(p.truth / "clusters.nii.gz")]
-        elif data.atlas is not None:
-            argv += ["--atlas", str(data.atlas)]
-        return argv, out, ("prepare", "refine"), ()
+        return argv + ["--out", str(run / "compare")], run / "compare", ("refine",), ()
     if step == "probe_tasks":
         argv = [
             "make-probe-tasks",
