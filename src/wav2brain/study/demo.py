@@ -46,7 +46,8 @@ DEMO_SIZES: dict[str, dict[str, Any]] = {
 encoding recovery check's timing controls need its 4 subjects and 24 min of scans each (3
 subjects of 3 stories of 150 s heard twice fail them: t 5.2-6.0 against a critical 6.96 at
 2 degrees of freedom; the simulator's ``"test"`` size is shorter still). It halves the head
-steps of refinement, keeps 10 end-to-end steps and probes keyword spotting only.
+steps of refinement, keeps 10 end-to-end steps and probes keyword spotting only
+(tests/test_demo.py runs it in 90 s on 2 cores at load 2-5).
 """
 
 
