@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -n 2 -q tests
 
 demo: install
-	$(BIN)/wav2brain demo --out demo_output
+	$(BIN)/wav2brain demo --out runs/demo
 
 bench: install
 	mkdir -p benchmarks/results
@@ -38,4 +38,4 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks dataset_scripts train.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) runs/demo .pytest_cache

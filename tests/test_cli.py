@@ -24,10 +24,10 @@ def test_unknown_subcommand_exits_with_usage_error(capsys):
 
 
 def test_value_error_becomes_exit_status_2_with_message(tmp_path, capsys):
-    status = main(["demo", "--out", str(tmp_path / "demo"), "--train-steps", "0"])
+    status = main(["demo", "--out", str(tmp_path / "demo"), "--seed", "-1"])
     assert status == 2
     err = capsys.readouterr().err
-    assert "wav2brain demo: error:" in err and "--train-steps" in err
+    assert "wav2brain demo: error:" in err and "--seed" in err
     assert not (tmp_path / "demo").exists()
 
 

@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "probe",
     "check-simulated",
     "report",
+    "run",
     "demo",
 )
 

@@ -1,0 +1,371 @@
+"""The steps of a study: which apply, in what order, what each reads and the command it runs.
+
+Each step is one public subcommand (``wav2brain <command> ...``) writing one folder (or file)
+under the run folder ``RUN`` (interface A of issue 12)::
+
+    simulate          wav2brain simulate --out RUN/bids            (simulated data only)
+    prepare           wav2brain prepare BIDS --out RUN/dataset     (unless data.prepared)
+    extract:base      wav2brain extract DATASET --model BASE       RUN/features/base
+    encode:base       wav2brain encode DATASET --features ...      RUN/encoding/base
+    selectivity:base  wav2brain selectivity --model BASE           RUN/selectivity/base
+    anchor:base       wav2brain anchor DATASET --features ...      RUN/anchoring/base
+    refine            wav2brain train RECIPE --output_dir RUN/refine
+    refine:control    the same, stories shuffled, no stage 2       RUN/refine_control (simulated)
+    extract:refined   wav2brain extract --model REFINED            RUN/features/refined
+    anchor:refined    wav2brain anchor ... --compare-with base     RUN/anchoring/refined
+    compare           wav2brain compare-models STAGE1 REFINED      RUN/compare
+    probe_tasks       wav2brain make-probe-tasks                   RUN/probe_tasks
+    probe             wav2brain probe --upstream base=BASE ...     RUN/probe
+    check_simulated   wav2brain check-simulated                    RUN/truth (simulated only)
+    report            wav2brain report RUN                         RUN/report.html, RUN/report/
+
+``BASE`` is ``models.base`` or, for simulated data, the simulator's planted model
+(``bids/derivatives/ground_truth/model``); ``REFINED`` is ``RUN/refine/export/backbone`` (for
+compare-models, which needs brain-encoding models on both sides, ``STAGE1`` is
+``RUN/refine/stage1/final``, the base backbone with its trained head, and ``REFINED`` is
+``RUN/refine/final``). The
+ground-truth checks apply only when the simulator's own model is the base (with another model the
+simulated BOLD is still driven by the simulator's model, so nothing planted is to be found in the
+other model's units): with ``models.base`` set on simulated data, check_simulated does not apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wav2brain.study.config import StudyConfig
+
+STEP_ORDER: tuple[str, ...] = (
+    "simulate",
+    "prepare",
+    "extract:base",
+    "encode:base",
+    "selectivity:base",
+    "anchor:base",
+    "refine",
+    "refine:control",
+    "extract:refined",
+    "anchor:refined",
+    "compare",
+    "probe_tasks",
+    "probe",
+    "check_simulated",
+    "report",
+)
+"""Every step, in the order a study runs them."""
+
+SHARDED = frozenset(
+    {"extract:base", "encode:base", "selectivity:base", "anchor:base", "extract:refined"}
+    | {"anchor:refined", "probe"}
+)
+"""Steps that split their stimuli or subjects over ``processes`` (interface D)."""
+
+FRESH_ON_CHANGE = frozenset({"simulate", "prepare", "refine", "refine:control", "probe_tasks"})
+"""Steps whose command refuses, or would resume, a folder made with other options (a simulation,
+a prepared folder, a training run, task folders): when their digest changes, their old output
+folder is removed first. The other commands keep per-subject or per-stimulus parts under digests
+of their inputs, so a changed step reuses what still holds."""
+
+RECIPE_STEPS = frozenset({"refine", "refine:control"})
+"""Steps whose options are recipe options (``--key value``, booleans as ``true``/``false``)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One planned step.
+
+    Attributes
+    ----------
+    id : str
+        Step id (:data:`STEP_ORDER`).
+    argv : list of str
+        The subcommand and its arguments (``wav2brain.cli.main(argv)``).
+    out : Path
+        What it writes (absolute).
+    depends : tuple of str
+        Ids of the steps whose outputs it reads.
+    digest : str
+        SHA-256 of its argv (run folder written ``$RUN``), its inputs' digests and the content of
+        the files that configure it (the recipe); set by :func:`plan_study`.
+    writes : tuple of Path
+        Everything it writes (``out``, and the report's folder of figures).
+    """
+
+    id: str
+    argv: list[str]
+    out: Path
+    depends: tuple[str, ...] = ()
+    digest: str = ""
+    config_files: tuple[Path, ...] = field(default=(), repr=False)
+    writes: tuple[Path, ...] = ()
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the step splits its work over processes."""
+        return self.id in SHARDED
+
+
+def applicable_steps(config: StudyConfig) -> tuple[str, ...]:
+    """The steps that apply to a study, in order (what runs when ``steps`` is not given)."""
+    simulated = config.data.simulated
+    refine = config.refine is not None
+    probe = config.probe is not None
+    return tuple(
+        step
+        for step in STEP_ORDER
+        if {
+            "simulate": simulated,
+            "prepare": config.data.prepared is None,
+            "refine": refine,
+            "refine:control": refine and simulated,
+            "extract:refined": refine,
+            "anchor:refined": refine,
+            "compare": refine,
+            "probe_tasks": probe and config.probe.tasks_dir is None,
+            "probe": probe,
+            "check_simulated": simulated and config.models.base is None,
+        }.get(step, True)
+    )
+
+
+def not_applicable_reason(config: StudyConfig, step: str) -> str:
+    """Why ``step`` does not apply to the study (for errors and logs)."""
+    if step in ("simulate", "refine:control", "check_simulated") and not config.data.simulated:
+        return "it needs simulated data (data.simulate)"
+    if step == "check_simulated":
+        return (
+            f"models.base is {config.models.base!r}, not the simulator's model: the simulated BOLD "
+            "is driven by the simulator's model, so its ground truth says nothing about this one"
+        )
+    if step == "prepare":
+        return "data.prepared names a prepared folder"
+    if step == "probe_tasks":
+        return "the probe section is null or names its tasks_dir"
+    if step == "probe":
+        return "the probe section is null"
+    return "the refine section is null"
+
+
+def check_step_ids(config: StudyConfig) -> None:
+    """Refuse an unknown step id, or a listed step that does not apply, in ``config.steps``."""
+    applicable = applicable_steps(config)
+    for step in config.steps or {}:
+        if step not in STEP_ORDER:
+            raise ValueError(
+                f"unknown key {step!r} in section steps (expected step ids: {', '.join(STEP_ORDER)})"
+            )
+        if step not in applicable:
+            raise ValueError(f"steps.{step}: does not apply: {not_applicable_reason(config, step)}")
+
+
+def study_steps(config: StudyConfig) -> tuple[str, ...]:
+    """The steps the study runs: those listed in ``steps`` (in order), else every applicable one."""
+    applicable = applicable_steps(config)
+    if config.steps is None:
+        return applicable
+    return tuple(step for step in applicable if step in config.steps)
+
+
+@dataclass(frozen=True)
+class _Paths:
+    """Where the study's inputs and outputs live."""
+
+    run: Path
+    bids: Path | None
+    dataset: Path
+    truth: Path | None
+    base: str
+    refined: Path
+    tasks_dir: Path | None
+
+
+def _paths(config: StudyConfig, run: Path) -> _Paths:
+    from wav2brain.simulation.files import GROUND_TRUTH_DIR
+
+    bids = run / "bids" if config.data.simulated else config.data.bids
+    truth = bids / GROUND_TRUTH_DIR if config.data.simulated else None
+    dataset = config.data.prepared if config.data.prepared is not None else run / "dataset"
+    base = config.models.base if config.models.base is not None else str(truth / "model")
+    tasks_dir = None
+    if config.probe is not None:
+        tasks_dir = config.probe.tasks_dir or run / "probe_tasks"
+    return _Paths(
+        run, bids, dataset, truth, base, run / "refine" / "export" / "backbone", tasks_dir
+    )
+
+
+def plan_study(config: StudyConfig, *, applicable: bool = False) -> list[Step]:
+    """Every step the study runs, in order, with its argv, inputs and digest.
+
+    Digests are computed for every applicable step (a step not run now still has the digest it
+    would have), so a step's digest changes exactly when its own command, its recipe or any step
+    it depends on changes. ``applicable=True`` returns every applicable step, also those the
+    study's ``steps`` leave out (the producers a listed step may need).
+    """
+    run = Path(config.out).absolute()
+    paths = _paths(config, run)
+    selected = study_steps(config)
+    steps: dict[str, Step] = {}
+    for step_id in applicable_steps(config):
+        argv, out, depends, files = _build(step_id, config, paths, selected)
+        options = (config.steps or {}).get(step_id, {})
+        argv = argv + option_argv(options, recipe=step_id in RECIPE_STEPS)
+        depends = tuple(d for d in depends if d in steps)
+        writes = (out, run / "report") if step_id == "report" else (out,)
+        digest = _digest(
+            [a.replace(str(run), "$RUN") for a in argv],
+            [steps[d].digest for d in depends],
+            [_file_digest(f) for f in files],
+        )
+        steps[step_id] = Step(step_id, argv, out, depends, digest, files, writes)
+    return list(steps.values()) if applicable else [steps[s] for s in selected]
+
+
+def _build(step: str, config: StudyConfig, p: _Paths, selected: Iterable[str]):
+    """argv (without the step's options), out, producing steps read, files that configure it."""
+    data, run = config.data, p.run
+    revision = ["--revision", config.models.revision] if config.models.revision else []
+    features, anchoring = run / "features", run / "anchoring"
+    regions: list[str] = []
+    if data.atlas is not None:
+        regions = ["--atlas", str(data.atlas)]
+        regions += ["--atlas-labels", str(data.atlas_labels)] if data.atlas_labels else []
+    elif p.truth is not None:
+        regions = ["--truth", str(p.truth)]
+    if step == "simulate":
+        argv = ["simulate", "--out", str(p.bids)]
+        for key, value in data.simulate.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        return argv, p.bids, (), ()
+    if step == "prepare":
+        argv = ["prepare", str(p.bids), "--out", str(p.dataset)]
+        mask = data.mask
+        if mask is None and p.truth is not None:
+            mask = p.truth / "brain_mask.nii.gz"
+        argv += ["--mask", str(mask)] if mask is not None else []
+        argv += ["--subjects", *data.subjects] if data.subjects else []
+        argv += ["--tasks", *data.tasks] if data.tasks else []
+        return argv + option_argv(data.prepare), p.dataset, ("simulate",), ()
+    if step.startswith("extract:"):
+        model = p.base if step == "extract:base" else str(p.refined)
+        depends = ("prepare",) if step == "extract:base" else ("prepare", "refine")
+        out = features / step.split(":")[1]
+        argv = ["extract", str(p.dataset), "--model", model, "--out", str(out)]
+        return argv + (revision if step == "extract:base" else []), out, depends, ()
+    if step == "encode:base":
+        out = run / "encoding" / "base"
+        argv = ["encode", str(p.dataset), "--features", str(features / "base"), "--out", str(out)]
+        return argv, out, ("prepare", "extract:base"), ()
+    if step == "selectivity:base":
+        out = run / "selectivity" / "base"
+        argv = ["selectivity", "--dataset", str(p.dataset), "--model", p.base, "--out", str(out)]
+        return argv + revision, out, ("prepare",), ()
+    if step == "anchor:base":
+        out = anchoring / "base"
+        argv = ["anchor", str(p.dataset), "--features", str(features / "base"), "--out", str(out)]
+        depends = ["prepare", "extract:base"]
+        if "selectivity:base" in selected:
+            argv += ["--selectivity", str(run / "selectivity" / "base")]
+            depends.append("selectivity:base")
+        return argv + regions, out, tuple(depends), ()
+    if step in ("refine", "refine:control"):
+        out = run / ("refine" if step == "refine" else "refine_control")
+        argv = ["train", str(config.refine.recipe), "--model_name_or_path", p.base]
+        argv += ["--dataset", str(p.dataset), "--output_dir", str(out)]
+        argv += ["--resume_from_checkpoint", "true"]
+        if p.truth is not None and "voxel_selection" not in config.refine.options:
+            argv += ["--voxel_selection", str(p.truth / "clusters.nii.gz")]
+        options = dict(config.refine.options)
+        if step == "refine:control":
+            options.update(shuffle_train_stories=True, stage2_max_steps=0)
+        argv += option_argv(options, recipe=True)
+        return argv, out, ("simulate", "prepare"), (config.refine.recipe,)
+    if step == "anchor:refined":
+        out = anchoring / "refined"
+        argv = ["anchor", str(p.dataset), "--features", str(features / "refined")]
+        argv += ["--out", str(out), "--compare-with", str(anchoring / "base"), *regions]
+        return argv, out, ("prepare", "extract:refined", "anchor:base"), ()
+    if step == "compare":
+        # the base backbone with its trained head (stage 1, backbone frozen) against the refined
+        # model: parameter change (Figure 2) and layer weights (Figure 4). Held-out brain accuracy
+        # is the recipe's own (refine/metrics.json): compare-models' --dataset scores every voxel
+        # of the dataset, which the heads of a voxel-selected recipe do not have.
+        stage1, final = run / "refine" / "stage1" / "final", run / "refine" / "final"
+        argv = ["compare-models", str(stage1), str(final), "--labels", "base", "refined"]
+        return argv + ["--out", str(run / "compare")], run / "compare", ("refine",), ()
+    if step == "probe_tasks":
+        argv = [
+            "make-probe-tasks",
+            "--out",
+            str(p.tasks_dir),
+            "--tasks",
+            ",".join(config.probe.tasks),
+        ]
+        argv += ["--seed", str(config.probe.seed), "--size", config.probe.size]
+        return argv, p.tasks_dir, (), ()
+    if step == "probe":
+        out = run / "probe"
+        argv = ["probe", "--upstream", f"base={p.base}"]
+        argv += ["--upstream", f"refined={p.refined}"] if config.refine is not None else []
+        argv += ["--tasks", ",".join(config.probe.tasks), "--tasks-dir", str(p.tasks_dir)]
+        return argv + ["--out", str(out)], out, ("probe_tasks", "refine"), ()
+    if step == "check_simulated":
+        out = run / "truth"
+        argv = ["check-simulated", "--truth", str(p.truth), "--dataset", str(p.dataset)]
+        depends = ["simulate", "prepare"]
+        inputs = {
+            "extract:base": ["--features", str(features / "base")],
+            "encode:base": ["--encoding", str(run / "encoding" / "base")],
+            "anchor:base": ["--anchoring", str(anchoring / "base")],
+            "refine": ["--refine", str(run / "refine")],
+            "refine:control": ["--refine-control", str(run / "refine_control")],
+        }
+        for producer, flags in inputs.items():
+            if producer in selected:
+                argv += flags
+                depends.append(producer)
+        return argv + ["--out", str(out)], out, tuple(depends), ()
+    if step == "report":
+        others = tuple(s for s in selected if s != "report")
+        return ["report", str(run)], run / "report.html", others, ()
+    raise ValueError(f"unknown step {step!r}")
+
+
+def option_argv(options: Mapping[str, Any], *, recipe: bool = False) -> list[str]:
+    """Command-line arguments for a mapping of options (see :mod:`wav2brain.study.config`).
+
+    ``true`` is a bare flag (recipe options: the value ``true``); ``false`` is refused outside
+    recipes, where a flag cannot be given a value (use the command's ``no-...`` flag).
+    """
+    argv: list[str] = []
+    for key, value in options.items():
+        flag = f"--{key}"
+        if isinstance(value, bool):
+            if recipe:
+                argv += [flag, str(value).lower()]
+            elif value:
+                argv.append(flag)
+            else:
+                raise ValueError(
+                    f"option {key}: false cannot be given to a flag; leave the option out "
+                    "(or use the command's no- flag)"
+                )
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else f"missing:{path}"

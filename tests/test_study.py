@@ -1,0 +1,464 @@
+"""``wav2brain run``: the study file, its checks, the step plan, resume and dry runs.
+
+The runner's bookkeeping is tested with a stand-in for the step execution (each "command" only
+creates its output folder), so that every case takes milliseconds; tests/test_demo.py runs real
+commands end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from wav2brain.cli import main
+from wav2brain.study import StudyConfig, plan_study, read_record, run_study
+from wav2brain.study import runner as study_runner
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "hf_configs").glob("study_*.yaml"))
+CHEAP_STEPS = ("simulate", "prepare", "extract:base", "encode:base", "selectivity:base")
+CHEAP_STEPS += ("anchor:base",)
+
+
+def write_study(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text.format(tmp=tmp_path, repo=REPO))
+    return path
+
+
+SIM_STUDY = """
+name: t
+out: {tmp}/run
+data:
+  simulate: {{size: test, seed: 0}}
+steps:
+  simulate: {{}}
+  prepare: {{drift-order: 2}}
+  extract:base: {{}}
+  encode:base: {{alphas: [1, 10]}}
+  selectivity:base: {{}}
+  anchor:base: {{}}
+"""
+
+
+@pytest.fixture
+def executed(monkeypatch):
+    """Replace step execution by creating each step's output; return the ids run, in order."""
+    calls: list[str] = []
+
+    def fake(step, processes):
+        calls.append(step.id)
+        step.out.mkdir(parents=True, exist_ok=True)
+        (step.out / "done.txt").write_text(" ".join(step.argv))
+        return 0.01
+
+    monkeypatch.setattr(study_runner, "_execute", fake)
+    return calls
+
+
+def silent(*args) -> None:
+    return None
+
+
+# --- the study file -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_study_file_parses_and_plans(path):
+    config = StudyConfig.from_yaml(path, check_paths=False)
+    steps = plan_study(config)
+    assert steps and steps[-1].id == "report"
+    assert all(step.argv[0] for step in steps)
+    assert config.to_dict()["name"] == config.name
+
+
+def test_shipped_study_files_are_the_three_named():
+    assert [p.name for p in SHIPPED] == [
+        "study_lebel.yaml",
+        "study_narratives.yaml",
+        "study_sim.yaml",
+    ]
+
+
+def test_shipped_simulated_study_checks_its_paths_from_the_repository():
+    config = StudyConfig.from_yaml(REPO / "hf_configs" / "study_sim.yaml", root=REPO)
+    assert config.refine.recipe == REPO / "hf_configs" / "refine_sim.yaml"
+    assert config.data.simulated and config.models.base is None
+
+
+def test_real_study_files_name_their_missing_data_when_paths_are_checked(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    with pytest.raises(FileNotFoundError, match="data/ds002345"):
+        StudyConfig.from_yaml(REPO / "hf_configs" / "study_narratives.yaml")
+    with pytest.raises(FileNotFoundError, match="data/lebel_prepared"):
+        StudyConfig.from_yaml(REPO / "hf_configs" / "study_lebel.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "section"),
+    [
+        (
+            "name: t\nout: o\ndata: {{simulate: {{}}}}\nmodel: {{base: x}}\n",
+            "model",
+            "the top level",
+        ),
+        ("name: t\nout: o\ndata: {{simulate: {{}}, subject: [1]}}\n", "subject", "data"),
+        ("name: t\nout: o\ndata: {{simulate: {{sizes: demo}}}}\n", "sizes", "data.simulate"),
+        ("name: t\nout: o\ndata: {{simulate: {{}}}}\nmodels: {{bas: x}}\n", "bas", "models"),
+        ("name: t\nout: o\ndata: {{simulate: {{}}}}\nprobe: {{task: [ks]}}\n", "task", "probe"),
+        (
+            "name: t\nout: o\ndata: {{simulate: {{}}}}\nrefine: {{recipe: r.yaml, option: {{}}}}\n",
+            "option",
+            "refine",
+        ),
+        ("name: t\nout: o\ndata: {{simulate: {{}}}}\nsteps: {{encode: {{}}}}\n", "encode", "steps"),
+    ],
+)
+def test_unknown_key_is_named_with_its_section(tmp_path, text, key, section):
+    path = write_study(tmp_path, text)
+    with pytest.raises(ValueError, match=f"unknown key '{key}' in section {section}") as error:
+        StudyConfig.from_yaml(path, check_paths=False)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ("bids: {tmp}/no_bids", "no_bids"),
+        ("prepared: {tmp}/no_prepared", "no_prepared"),
+        ("simulate: {{}}, mask: {tmp}/no_mask.nii.gz", "no_mask.nii.gz"),
+        ("simulate: {{}}, prepare: {{exclude: {tmp}/no_exclude.json}}", "no_exclude.json"),
+        ("simulate: {{}}, atlas: {tmp}/no_atlas.nii.gz", "no_atlas.nii.gz"),
+    ],
+)
+def test_missing_path_is_named_at_start_and_parsing_alone_accepts_it(tmp_path, data, named):
+    models = "" if "simulate" in data else "models: {{base: {tmp}}}\n"
+    path = write_study(tmp_path, f"name: t\nout: {{tmp}}/run\ndata: {{{{{data}}}}}\n{models}")
+    with pytest.raises(FileNotFoundError, match=named):
+        StudyConfig.from_yaml(path)
+    assert StudyConfig.from_yaml(path, check_paths=False).name == "t"
+
+
+def test_missing_recipe_and_step_option_path_are_named(tmp_path):
+    path = write_study(
+        tmp_path,
+        "name: t\nout: o\ndata: {{simulate: {{}}}}\nrefine: {{recipe: {tmp}/no_recipe.yaml}}\n",
+    )
+    with pytest.raises(FileNotFoundError, match="refine.recipe: .*no_recipe.yaml"):
+        StudyConfig.from_yaml(path)
+    path = write_study(
+        tmp_path,
+        "name: t\nout: o\ndata: {{simulate: {{}}}}\n"
+        "steps: {{anchor:base: {{atlas: {tmp}/no_atlas.nii.gz}}}}\n",
+    )
+    with pytest.raises(FileNotFoundError, match=r"steps.anchor:base.atlas: .*no_atlas"):
+        StudyConfig.from_yaml(path)
+
+
+def test_missing_study_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.yaml"):
+        StudyConfig.from_yaml(tmp_path / "nothing.yaml")
+    assert main(["run", "--config", str(tmp_path / "nothing.yaml")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: t\nout: o\n", "'data' is required"),
+        ("name: t\nout: o\ndata: {{bids: b, prepared: p}}\n", "exactly one of .*bids, prepared"),
+        ("name: t\nout: o\ndata: {{bids: b}}\n", "models.base is required"),
+        ("name: t\nout: o\ndata: {{simulate: {{}}}}\nprocesses: 0\n", "processes: expected"),
+        (
+            "name: t\nout: o\ndata: {{simulate: {{}}}}\nprobe: {{tasks: []}}\n",
+            "probe.tasks is empty",
+        ),
+        (
+            "name: t\nout: o\ndata: {{bids: b}}\nmodels: {{base: m}}\nsteps: {{simulate: {{}}}}\n",
+            "steps.simulate: does not apply: it needs simulated data",
+        ),
+        (
+            "name: t\nout: o\ndata: {{simulate: {{}}}}\nmodels: {{base: m}}\n"
+            "steps: {{check_simulated: {{}}}}\n",
+            "steps.check_simulated: does not apply: models.base is 'm'",
+        ),
+        (
+            "name: t\nout: o\ndata: {{simulate: {{}}}}\nsteps: {{refine: {{}}}}\n",
+            "steps.refine: does not apply: the refine section is null",
+        ),
+        (
+            "name: t\nout: o\ndata: {{simulate: {{}}}}\nsteps: {{prepare: {{--mask: m}}}}\n",
+            "dashes",
+        ),
+    ],
+)
+def test_bad_values_are_refused_naming_the_field(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        StudyConfig.from_yaml(write_study(tmp_path, text), check_paths=False)
+
+
+# --- the plan -----------------------------------------------------------------------------------
+
+
+def test_plan_follows_interface_a(tmp_path):
+    text = (REPO / "hf_configs" / "study_sim.yaml").read_text()
+    config = StudyConfig.from_dict(
+        {**__import__("yaml").safe_load(text), "out": str(tmp_path / "run")}, root=REPO
+    )
+    steps = {step.id: step for step in plan_study(config)}
+    run = tmp_path / "run"
+    outs = {key: step.out.relative_to(run).as_posix() for key, step in steps.items()}
+    assert outs == {
+        "simulate": "bids",
+        "prepare": "dataset",
+        "extract:base": "features/base",
+        "encode:base": "encoding/base",
+        "selectivity:base": "selectivity/base",
+        "anchor:base": "anchoring/base",
+        "refine": "refine",
+        "refine:control": "refine_control",
+        "extract:refined": "features/refined",
+        "anchor:refined": "anchoring/refined",
+        "compare": "compare",
+        "probe_tasks": "probe_tasks",
+        "probe": "probe",
+        "check_simulated": "truth",
+        "report": "report.html",
+    }
+    base = str(run / "bids" / "derivatives" / "ground_truth" / "model")
+    refined = str(run / "refine" / "export" / "backbone")
+    assert steps["extract:base"].argv[:4] == ["extract", str(run / "dataset"), "--model", base]
+    assert "--truth" in steps["anchor:base"].argv and "--selectivity" in steps["anchor:base"].argv
+    assert steps["anchor:refined"].argv[-4:-2] == ["--compare-with", str(run / "anchoring/base")]
+    control = steps["refine:control"].argv
+    assert control[control.index("--shuffle_train_stories") + 1] == "true"
+    assert control[control.index("--stage2_max_steps") + 1] == "0"
+    assert control.count("--stage2_max_steps") == 1
+    assert steps["probe"].argv[1:5] == [
+        "--upstream",
+        f"base={base}",
+        "--upstream",
+        f"refined={refined}",
+    ]
+    assert steps["compare"].argv[1:3] == [
+        str(run / "refine/stage1/final"),
+        str(run / "refine/final"),
+    ]
+    assert steps["report"].argv == ["report", str(run)]
+    assert set(steps["report"].depends) == set(steps) - {"report"}
+    assert steps["extract:refined"].depends == ("prepare", "refine")
+
+
+def test_digests_ignore_where_the_run_folder_is(tmp_path):
+    path = write_study(tmp_path, SIM_STUDY)
+    here = plan_study(StudyConfig.from_yaml(path))
+    moved = StudyConfig.from_yaml(path).replace(out=tmp_path / "elsewhere")
+    assert [s.digest for s in here] == [s.digest for s in plan_study(moved)]
+
+
+# --- running: order, resume, dry run ------------------------------------------------------------
+
+
+def test_step_out_of_order_names_the_step_that_makes_its_inputs(tmp_path, executed):
+    config = StudyConfig.from_yaml(write_study(tmp_path, SIM_STUDY))
+    with pytest.raises(ValueError, match="step anchor:base reads the output .* of step prepare"):
+        run_study(config, only=["anchor:base"], echo=silent)
+    with pytest.raises(ValueError, match=r"output \(features/base\) of step extract:base"):
+        run_study(config, only=["simulate", "prepare", "anchor:base"], echo=silent)
+    assert executed == [] and not (tmp_path / "run").exists()
+    # negative control: once its producers have run, the same step alone runs
+    run_study(config, only=["simulate", "prepare", "extract:base", "selectivity:base"], echo=silent)
+    executed.clear()
+    run_study(config, only=["anchor:base"], echo=silent)
+    assert executed == ["anchor:base"]
+
+
+def test_unknown_or_foreign_step_in_steps_option(tmp_path, executed):
+    config = StudyConfig.from_yaml(write_study(tmp_path, SIM_STUDY))
+    with pytest.raises(ValueError, match="unknown step 'anchor'"):
+        run_study(config, only=["anchor"], echo=silent)
+    with pytest.raises(ValueError, match="'probe' is not a step of this study"):
+        run_study(config, only=["probe"], echo=silent)
+
+
+def test_rerun_skips_unchanged_steps_and_reruns_a_changed_one_with_its_dependants(
+    tmp_path, executed
+):
+    path = write_study(tmp_path, SIM_STUDY)
+    first = run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == list(CHEAP_STEPS) == first.ran
+    before = read_record(tmp_path / "run")["steps"]
+    assert set(before) == set(CHEAP_STEPS)
+    assert before["encode:base"]["command"][:2] == ["wav2brain", "encode"]
+    assert before["encode:base"]["out"] == "encoding/base"
+
+    executed.clear()
+    second = run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == [] and second.skipped == list(CHEAP_STEPS)
+    assert read_record(tmp_path / "run")["steps"] == before
+
+    # an option of encode changes: encode alone reruns (nothing reads its output)
+    executed.clear()
+    path.write_text(path.read_text().replace("alphas: [1, 10]", "alphas: [1, 10, 100]"))
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == ["encode:base"]
+    after = read_record(tmp_path / "run")["steps"]
+    assert after["encode:base"]["digest"] != before["encode:base"]["digest"]
+    assert {k: v for k, v in after.items() if k != "encode:base"} == {
+        k: v for k, v in before.items() if k != "encode:base"
+    }
+
+    # an option of prepare changes: everything after it that reads the dataset reruns
+    executed.clear()
+    path.write_text(path.read_text().replace("drift-order: 2", "drift-order: 1"))
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == ["prepare", "extract:base", "encode:base", "selectivity:base", "anchor:base"]
+    assert read_record(tmp_path / "run")["steps"]["simulate"] == before["simulate"]
+
+
+def test_a_step_whose_output_is_gone_runs_again(tmp_path, executed):
+    config = StudyConfig.from_yaml(write_study(tmp_path, SIM_STUDY))
+    run_study(config, echo=silent)
+    executed.clear()
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "encoding")
+    run_study(config, echo=silent)
+    assert executed == ["encode:base"]
+
+
+def test_changed_simulation_replaces_its_old_output_but_an_interrupted_one_is_kept(
+    tmp_path, monkeypatch
+):
+    path = write_study(tmp_path, SIM_STUDY)
+    seen = {}
+
+    def fake(step, processes):
+        seen[step.id] = sorted(p.name for p in step.out.iterdir()) if step.out.exists() else None
+        step.out.mkdir(parents=True, exist_ok=True)
+        (step.out / f"made-{step.digest[:6]}").write_text("")
+        return 0.0
+
+    monkeypatch.setattr(study_runner, "_execute", fake)
+    run_study(StudyConfig.from_yaml(path), only=["simulate"], echo=silent)
+    path.write_text(path.read_text().replace("seed: 0", "seed: 1"))
+    run_study(StudyConfig.from_yaml(path), only=["simulate"], echo=silent)
+    assert seen["simulate"] is None  # the other seed's simulation was removed first
+
+    def interrupted(step, processes):
+        step.out.mkdir(parents=True, exist_ok=True)
+        (step.out / "partial").write_text("")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_runner, "_execute", interrupted)
+    path.write_text(path.read_text().replace("seed: 1", "seed: 2"))
+    with pytest.raises(KeyboardInterrupt):
+        run_study(StudyConfig.from_yaml(path), only=["simulate"], echo=silent)
+    monkeypatch.setattr(study_runner, "_execute", fake)
+    run_study(StudyConfig.from_yaml(path), only=["simulate"], echo=silent)
+    assert seen["simulate"] == ["partial"]  # same options: the command resumes its own work
+
+
+def test_failed_step_stops_the_run_and_is_not_recorded(tmp_path, monkeypatch):
+    config = StudyConfig.from_yaml(write_study(tmp_path, SIM_STUDY))
+    monkeypatch.setattr("wav2brain.cli.main", lambda argv: 2)
+    with pytest.raises(
+        RuntimeError, match="step simulate failed .exit status 2.: wav2brain simulate"
+    ):
+        run_study(config, echo=silent)
+    record = read_record(tmp_path / "run")
+    assert record["steps"] == {} and set(record["started"]) == {"simulate"}
+
+
+def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, executed, capsys):
+    path = write_study(tmp_path, SIM_STUDY)
+    assert main(["run", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for step in CHEAP_STEPS:
+        assert f"[{step}] would run: wav2brain " in out
+    assert "--alphas 1 10" in out
+    assert executed == [] and not (tmp_path / "run").exists()
+    run_study(StudyConfig.from_yaml(path), only=["simulate"], echo=silent)
+    assert main(["run", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[simulate] unchanged, skipped" in out and "[prepare] would run" in out
+
+
+def test_run_command_writes_study_json_and_summary(tmp_path, executed, capsys):
+    path = write_study(tmp_path, SIM_STUDY)
+    assert main(["run", "--config", str(path), "--steps", "simulate,prepare"]) == 0
+    assert executed == ["simulate", "prepare"]
+    record = read_record(tmp_path / "run")
+    assert record["format"] == 1 and record["name"] == "t" and record["simulated"] is True
+    assert record["config"]["data"]["simulate"] == {"size": "test", "seed": 0}
+    step = record["steps"]["prepare"]
+    assert set(step) == {"step", "command", "out", "digest", "seconds", "finished"}
+    assert step["step"] == "prepare" and step["finished"].endswith("Z")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [w["step"] for w in summary["written"]] == ["simulate", "prepare"]
+    assert "dataset/done.txt" in summary["written"][1]["paths"]
+    out = capsys.readouterr().out
+    assert "[prepare] running: wav2brain prepare" in out and "summary:" in out
+
+
+def test_bad_step_option_is_refused_by_the_command_parser_before_any_step(tmp_path, executed):
+    text = SIM_STUDY.replace("alphas: [1, 10]", "alphaz: [1, 10]")
+    with pytest.raises(ValueError, match="step encode:base: .*unrecognized arguments: --alphaz"):
+        run_study(StudyConfig.from_yaml(write_study(tmp_path, text)), echo=silent)
+    text = SIM_STUDY.replace("alphas: [1, 10]", "no-maps: false")
+    with pytest.raises(ValueError, match="option no-maps: false cannot be given to a flag"):
+        run_study(StudyConfig.from_yaml(write_study(tmp_path, text)), echo=silent)
+    assert executed == []
+
+
+def test_unknown_recipe_option_is_refused_before_any_step(tmp_path, executed):
+    import yaml
+
+    raw = yaml.safe_load(SIM_STUDY.format(tmp=tmp_path, repo=REPO))
+    raw["refine"] = {"recipe": str(REPO / "hf_configs" / "refine_sim.yaml")}
+    raw["refine"]["options"] = {"max_stepz": 3}
+    raw["steps"]["refine"] = {}
+    with pytest.raises(ValueError, match="step refine: .*max_stepz"):
+        run_study(StudyConfig.from_dict(raw), echo=silent)
+    assert executed == []
+
+
+def test_processes_launch_sharded_steps_through_distributed(tmp_path, monkeypatch, capsys):
+    text = SIM_STUDY + "processes: 2\n"
+    config = StudyConfig.from_yaml(write_study(tmp_path, text))
+    monkeypatch.setitem(sys.modules, "wav2brain.distributed", None)
+    with pytest.raises(ValueError, match="processes: 2 needs wav2brain.distributed"):
+        run_study(config, dry_run=True, echo=silent)
+
+    class Distributed:
+        @staticmethod
+        def launch_command(argv, processes):
+            return ["torchrun", "--nproc_per_node", str(processes), "-m", "wav2brain", *argv]
+
+    monkeypatch.setitem(sys.modules, "wav2brain.distributed", Distributed)
+    lines = []
+    run_study(config, dry_run=True, echo=lines.append)
+    assert "[extract:base] would run: torchrun --nproc_per_node 2 -m wav2brain extract" in lines[2]
+    assert "[prepare] would run: wav2brain prepare" in lines[1]  # not sharded
+
+
+def test_step_whose_input_step_changed_since_it_ran_is_refused_alone(tmp_path, executed):
+    path = write_study(tmp_path, SIM_STUDY)
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    path.write_text(path.read_text().replace("drift-order: 2", "drift-order: 1"))
+    with pytest.raises(ValueError, match="of step prepare, whose command or inputs changed"):
+        run_study(StudyConfig.from_yaml(path), only=["extract:base"], echo=silent)
+    executed.clear()
+    run_study(StudyConfig.from_yaml(path), only=["prepare", "extract:base"], echo=silent)
+    assert executed == ["prepare", "extract:base"]
+
+
+def test_listed_step_whose_producer_the_study_leaves_out_names_it(tmp_path, executed):
+    text = SIM_STUDY.replace("  extract:base: {{}}\n", "")
+    config = StudyConfig.from_yaml(write_study(tmp_path, text))
+    with pytest.raises(
+        ValueError, match="encode:base reads the output .features/base. of step extract:base"
+    ):
+        run_study(config, echo=silent)
