@@ -7,16 +7,30 @@ from pathlib import Path
 
 import pytest
 
-from wav2brain.cli import SUBCOMMAND_MODULES, main
+from wav2brain.cli import main
 from wav2brain.study import plan_study, read_record
 from wav2brain.study.demo import DEMO_SIZES, demo_config, run_demo
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def available_steps(config) -> list[str]:
-    """The demo's steps whose command this checkout has (check-simulated and report land apart)."""
-    return [step.id for step in plan_study(config) if step.argv[0] in SUBCOMMAND_MODULES]
+def all_steps(config) -> list[str]:
+    """The demo's steps, in order."""
+    return [step.id for step in plan_study(config)]
+
+
+def assert_ground_truth_and_report(out: Path, result) -> None:
+    """The SIMULATED ground-truth checks pass at their issues' thresholds; the report is written
+    and shows the same headline numbers as its tables."""
+    truth = json.loads((out / "truth" / "truth.json").read_text())
+    names = {row["name"] for row in truth["checks"]}
+    assert {"encoding.planted_ceiling", "anchoring.recall", "training.stage1_vs_control"} <= names
+    assert result.failed_checks == [], truth["checks"]
+    assert truth["passed"] is True
+    page = (out / "report.html").read_text()
+    assert "SIMULATED" in page and "not run in this study" not in page
+    headline = json.loads((out / "report" / "headline.json").read_text())
+    assert headline and all(f'data-key="{key}"' in page for key in headline)
 
 
 def test_demo_is_the_shipped_study_file_with_its_options(tmp_path):
@@ -78,8 +92,8 @@ def test_reduced_demo_end_to_end_writes_every_listed_file_and_resumes(tmp_path):
     """The ``small`` preset of the demo, every step that this checkout has a command for."""
     out = tmp_path / "demo"
     config = demo_config(out, size="small")
-    steps = available_steps(config)
-    result = run_demo(out, size="small", only=steps, echo=lambda *a: None)
+    steps = all_steps(config)
+    result = run_demo(out, size="small", echo=lambda *a: None)
     assert result.ran == steps
     summary = json.loads((out / "summary.json").read_text())
     assert [item["step"] for item in summary["written"]] == steps
@@ -94,10 +108,8 @@ def test_reduced_demo_end_to_end_writes_every_listed_file_and_resumes(tmp_path):
         "model": None,
     }
     assert (out / "refine" / "export" / "backbone" / "model.safetensors").is_file()
-    # Ground truth (interface B) and report (interface C): asserted here once their commands land:
-    # truth = json.loads((out / "truth" / "truth.json").read_text()); assert truth["passed"]
-    # assert (out / "report.html").is_file()
-    again = run_demo(out, size="small", only=steps, echo=lambda *a: None)
+    assert_ground_truth_and_report(out, result)
+    again = run_demo(out, size="small", echo=lambda *a: None)
     assert again.ran == [] and again.skipped == steps
     assert read_record(out)["steps"] == record["steps"]
 
@@ -105,9 +117,10 @@ def test_reduced_demo_end_to_end_writes_every_listed_file_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_full_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    steps = available_steps(demo_config(out))
-    result = run_demo(out, only=steps, echo=lambda *a: None)
+    steps = all_steps(demo_config(out))
+    result = run_demo(out, echo=lambda *a: None)
     assert result.ran == steps
+    assert_ground_truth_and_report(out, result)
     for item in json.loads((out / "summary.json").read_text())["written"]:
         for path in item["paths"]:
             assert (out / path).exists(), path

@@ -8,7 +8,6 @@ commands end to end.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -372,6 +371,21 @@ def test_failed_step_stops_the_run_and_is_not_recorded(tmp_path, monkeypatch):
     assert record["steps"] == {} and set(record["started"]) == {"simulate"}
 
 
+def test_a_failed_step_is_one_error_line_and_exit_status_1_on_the_command_line(
+    tmp_path, monkeypatch, capsys
+):
+    from wav2brain.cli import main
+
+    def failing(step, processes):
+        raise RuntimeError(f"step {step.id} failed (exit status 2): wav2brain {step.argv[0]}")
+
+    monkeypatch.setattr(study_runner, "_execute", failing)
+    assert main(["run", "--config", str(write_study(tmp_path, SIM_STUDY))]) == 1
+    err = capsys.readouterr().err
+    assert "wav2brain run: error: step simulate failed (exit status 2)" in err
+    assert "Traceback" not in err
+
+
 def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, executed, capsys):
     path = write_study(tmp_path, SIM_STUDY)
     assert main(["run", "--config", str(path), "--dry-run"]) == 0
@@ -425,22 +439,13 @@ def test_unknown_recipe_option_is_refused_before_any_step(tmp_path, executed):
     assert executed == []
 
 
-def test_processes_launch_sharded_steps_through_distributed(tmp_path, monkeypatch, capsys):
+def test_processes_launch_sharded_steps_through_distributed(tmp_path):
     text = SIM_STUDY + "processes: 2\n"
     config = StudyConfig.from_yaml(write_study(tmp_path, text))
-    monkeypatch.setitem(sys.modules, "wav2brain.distributed", None)
-    with pytest.raises(ValueError, match="processes: 2 needs wav2brain.distributed"):
-        run_study(config, dry_run=True, echo=silent)
-
-    class Distributed:
-        @staticmethod
-        def launch_command(argv, processes):
-            return ["torchrun", "--nproc_per_node", str(processes), "-m", "wav2brain", *argv]
-
-    monkeypatch.setitem(sys.modules, "wav2brain.distributed", Distributed)
     lines = []
     run_study(config, dry_run=True, echo=lines.append)
-    assert "[extract:base] would run: torchrun --nproc_per_node 2 -m wav2brain extract" in lines[2]
+    launch = "-m torch.distributed.run --standalone --nproc_per_node 2 -m wav2brain extract"
+    assert launch in lines[2], lines[2]
     assert "[prepare] would run: wav2brain prepare" in lines[1]  # not sharded
 
 

@@ -46,14 +46,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo."""
+    from wav2brain.commands.run import exit_status
     from wav2brain.study.demo import run_demo
 
-    run_demo(
-        args.out,
-        size=args.size,
-        seed=args.seed,
-        model=args.model,
-        only=args.steps,
-        dry_run=args.dry_run,
+    return exit_status(
+        lambda: run_demo(
+            args.out,
+            size=args.size,
+            seed=args.seed,
+            model=args.model,
+            only=args.steps,
+            dry_run=args.dry_run,
+        ),
+        "demo",
     )
-    return 0

@@ -41,5 +41,17 @@ def run(args: argparse.Namespace) -> int:
     from wav2brain.study import StudyConfig, run_study
 
     config = StudyConfig.from_yaml(args.config)
-    run_study(config, only=args.steps, dry_run=args.dry_run)
-    return 0
+    return exit_status(lambda: run_study(config, only=args.steps, dry_run=args.dry_run), "run")
+
+
+def exit_status(start, command: str) -> int:
+    """Run a study (``start()``); 1 when a step failed (its command line printed) or a required
+    SIMULATED ground-truth check failed, else 0."""
+    import sys
+
+    try:
+        result = start()
+    except RuntimeError as error:
+        print(f"wav2brain {command}: error: {error}", file=sys.stderr)
+        return 1
+    return 1 if result.failed_checks else 0

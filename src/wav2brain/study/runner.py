@@ -50,12 +50,22 @@ class StudyResult:
         Step ids run now, and those skipped as unchanged.
     summary : dict
         The content of ``RUN/summary.json`` (empty for a dry run).
+    ground_truth : dict or None
+        ``RUN/truth/truth.json`` when the study's ``check_simulated`` step has run (SIMULATED
+        checks; its ``"passed"`` is the verdict), else None.
     """
 
     run_dir: Path
     ran: list[str]
     skipped: list[str]
     summary: dict[str, Any]
+    ground_truth: dict[str, Any] | None = None
+
+    @property
+    def failed_checks(self) -> list[str]:
+        """Names of the required ground-truth checks that failed (empty when none ran)."""
+        rows = (self.ground_truth or {}).get("checks", [])
+        return [row["name"] for row in rows if row.get("required", True) and not row["passed"]]
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any] | None:
@@ -111,8 +121,6 @@ def run_study(
     for step in chosen:
         _check_inputs(step, chosen, by_id, done, run_dir)
         _check_parses(step)
-        if step.sharded and config.processes > 1:
-            _launch_command(step.argv, config.processes)
     ran, skipped = [], []
     if not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,26 +162,32 @@ def run_study(
         for item in summary["written"]:
             echo(f"  {item['step']:<17} {item['seconds']:>8.1f} s  {run_dir / item['out']}")
         echo(f"  summary: {run_dir / SUMMARY_FILE}")
-    return StudyResult(run_dir, ran, skipped, summary)
+    result = StudyResult(run_dir, ran, skipped, summary, _ground_truth(done, run_dir))
+    if result.ground_truth is not None:
+        verdict = (
+            "passed" if not result.failed_checks else "FAILED: " + ", ".join(result.failed_checks)
+        )
+        echo(f"  SIMULATED ground-truth checks {verdict} ({run_dir / 'truth' / 'truth.json'})")
+    return result
+
+
+def _ground_truth(done: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """The check_simulated step's truth.json, when that step has run."""
+    from wav2brain.reports.ground_truth import TRUTH_FILE
+
+    if "check_simulated" not in done:
+        return None
+    path = run_dir / done["check_simulated"]["out"] / TRUTH_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def launch_argv(step: Step, processes: int) -> list[str]:
     """The command line a step runs as (``wav2brain ...``, or a distributed launch when sharded)."""
+    from wav2brain.distributed import launch_command
+
     if step.sharded and processes > 1:
-        return _launch_command(step.argv, processes)
+        return launch_command(step.argv, processes)
     return ["wav2brain", *step.argv]
-
-
-def _launch_command(argv: Sequence[str], processes: int) -> list[str]:
-    """``wav2brain.distributed.launch_command`` (interface D), imported when a step is sharded."""
-    try:
-        from wav2brain.distributed import launch_command
-    except ImportError as error:
-        raise ValueError(
-            f"processes: {processes} needs wav2brain.distributed, which this installation lacks "
-            f"({error}); use processes: 1"
-        ) from None
-    return list(launch_command(list(argv), processes))
 
 
 def _execute(step: Step, processes: int) -> float:
@@ -182,7 +196,7 @@ def _execute(step: Step, processes: int) -> float:
 
     start = time.perf_counter()
     if step.sharded and processes > 1:
-        status = subprocess.run(_launch_command(step.argv, processes), check=False).returncode
+        status = subprocess.run(launch_argv(step, processes), check=False).returncode
     else:
         status = main(step.argv)
     if status:

@@ -16,7 +16,7 @@ under the run folder ``RUN`` (interface A of issue 12)::
     compare           wav2brain compare-models STAGE1 REFINED      RUN/compare
     probe_tasks       wav2brain make-probe-tasks                   RUN/probe_tasks
     probe             wav2brain probe --upstream base=BASE ...     RUN/probe
-    check_simulated   wav2brain check-simulated                    RUN/truth (simulated only)
+    check_simulated   wav2brain check-simulated --exit-zero        RUN/truth (simulated only)
     report            wav2brain report RUN                         RUN/report.html, RUN/report/
 
 ``BASE`` is ``models.base`` or, for simulated data, the simulator's planted model
@@ -320,7 +320,6 @@ def _build(step: str, config: StudyConfig, p: _Paths, selected: Iterable[str]):
         depends = ["simulate", "prepare"]
         inputs = {
             "extract:base": ["--features", str(features / "base")],
-            "encode:base": ["--encoding", str(run / "encoding" / "base")],
             "anchor:base": ["--anchoring", str(anchoring / "base")],
             "refine": ["--refine", str(run / "refine")],
             "refine:control": ["--refine-control", str(run / "refine_control")],
@@ -329,7 +328,8 @@ def _build(step: str, config: StudyConfig, p: _Paths, selected: Iterable[str]):
             if producer in selected:
                 argv += flags
                 depends.append(producer)
-        return argv + ["--out", str(out)], out, tuple(depends), ()
+        # --exit-zero: failed checks are rendered by the report; run_study reports the verdict
+        return argv + ["--out", str(out), "--exit-zero"], out, tuple(depends), ()
     if step == "report":
         others = tuple(s for s in selected if s != "report")
         return ["report", str(run)], run / "report.html", others, ()
