@@ -661,7 +661,7 @@ def read_recipe_run(folder: str | Path) -> RecipeRun:
 def _selected_columns(run: RecipeRun, simulation: Simulation) -> dict[str, np.ndarray] | None:
     """Columns the run's models were scored on, by subject (``"*"``: every subject; None:
     every voxel). Relative paths in ``run.json`` are read from the current folder."""
-    from wav2brain.training.data import read_voxel_selection
+    from wav2brain.training.data import read_voxel_selection, subject_selection_file
 
     selection = run.data.get("voxel_selection")
     if selection is None:
@@ -673,20 +673,12 @@ def _selected_columns(run: RecipeRun, simulation: Simulation) -> dict[str, np.nd
         )
     if not path.is_dir():
         return {"*": read_voxel_selection(path, simulation.dataset, simulation.n_voxels)}
-    found = {}
-    for subject in run.metrics["stage1"].get("per_subject", {}):
-        files = [
-            path / f"sub-{subject}{suffix}"
-            for suffix in (".txt", ".npy", ".nii.gz", ".nii")
-            if (path / f"sub-{subject}{suffix}").is_file()
-        ]
-        if len(files) != 1:
-            raise FileNotFoundError(
-                f"{run.folder}/run.json: voxel_selection folder {path} holds {len(files)} files "
-                f"for sub-{subject}, expected one"
-            )
-        found[subject] = read_voxel_selection(files[0], simulation.dataset, simulation.n_voxels)
-    return found
+    return {
+        subject: read_voxel_selection(
+            subject_selection_file(path, subject), simulation.dataset, simulation.n_voxels
+        )
+        for subject in run.metrics["stage1"].get("per_subject", {})
+    }
 
 
 def _check_recipe_run(run: RecipeRun, simulation: Simulation, planted: np.ndarray) -> None:

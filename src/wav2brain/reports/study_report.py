@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from wav2brain.reports.page import Headline, Section, absent, escape, figure, key_values, table
+from wav2brain.study.steps import STEP_ORDER
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +47,7 @@ HEADLINE_FILE = "headline.json"
 REPORT_FILE = "report.html"
 NOT_RUN = "not run in this study"
 
-STEP_IDS: tuple[str, ...] = (
-    "simulate",
-    "prepare",
-    "extract:base",
-    "encode:base",
-    "selectivity:base",
-    "anchor:base",
-    "refine",
-    "refine:control",
-    "extract:refined",
-    "anchor:refined",
-    "compare",
-    "probe_tasks",
-    "probe",
-    "check_simulated",
-    "report",
-)
+STEP_IDS = STEP_ORDER
 """Every step a study may record (interface A of issue 12), in the order a study runs them."""
 
 MAX_MAPPED_UNITS = 4

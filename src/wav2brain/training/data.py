@@ -26,6 +26,30 @@ from wav2brain.data.windows import (
 )
 from wav2brain.training.splits import Splits, choose_splits, unit_of
 
+SELECTION_SUFFIXES = (".txt", ".npy", ".nii.gz", ".nii")
+"""File types of a per-subject voxel selection (``sub-<label><suffix>`` in a folder)."""
+
+
+def subject_selection_file(folder: Path, subject: str) -> Path:
+    """The one file of a voxel-selection ``folder`` that holds ``subject``'s selection.
+
+    Raises
+    ------
+    FileNotFoundError
+        None or several of ``sub-<subject>.txt / .npy / .nii.gz / .nii``, naming what was found.
+    """
+    found = [
+        folder / f"sub-{subject}{suffix}"
+        for suffix in SELECTION_SUFFIXES
+        if (folder / f"sub-{subject}{suffix}").is_file()
+    ]
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"voxel_selection folder {folder}: expected one file sub-{subject}.txt / "
+            f".npy / .nii.gz for subject {subject!r}, found {[f.name for f in found]}"
+        )
+    return found[0]
+
 
 def read_voxel_selection(path: str | Path, dataset: str | Path, n_voxels: int) -> np.ndarray:
     """Column indices (sorted, unique) into the BOLD rows selected by ``path``.
@@ -171,17 +195,8 @@ class RecipeData:
             return {s: read_voxel_selection(selection, self.dataset, n) for s, n in counts.items()}
         columns = {}
         for subject, count in counts.items():
-            found = [
-                selection / f"sub-{subject}{suffix}"
-                for suffix in (".txt", ".npy", ".nii.gz", ".nii")
-                if (selection / f"sub-{subject}{suffix}").is_file()
-            ]
-            if len(found) != 1:
-                raise FileNotFoundError(
-                    f"voxel_selection folder {selection}: expected one file sub-{subject}.txt / "
-                    f".npy / .nii.gz for subject {subject!r}, found {[f.name for f in found]}"
-                )
-            columns[subject] = read_voxel_selection(found[0], self.dataset, count)
+            found = subject_selection_file(selection, subject)
+            columns[subject] = read_voxel_selection(found, self.dataset, count)
         return columns
 
     def _substitutes(self, shuffle: bool, split_by: str) -> dict[str, str]:
