@@ -37,18 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from wav2brain.reports.page import Headline, Section, absent, escape, figure, key_values, table
+from wav2brain.study.runner import FORMAT as STUDY_FORMAT
+from wav2brain.study.runner import STUDY_FILE
 from wav2brain.study.steps import STEP_ORDER
 
 logger = logging.getLogger(__name__)
 
-STUDY_FILE = "study.json"
-STUDY_FORMAT = 1
 HEADLINE_FILE = "headline.json"
 REPORT_FILE = "report.html"
 NOT_RUN = "not run in this study"
-
-STEP_IDS = STEP_ORDER
-"""Every step a study may record (interface A of issue 12), in the order a study runs them."""
 
 MAX_MAPPED_UNITS = 4
 """ANs whose maps are shown (the anchoring step's ``mapped_units``, strongest first)."""
@@ -122,10 +119,10 @@ class StudyRun:
                 raise ValueError(
                     f"{path}: field {key!r} must be a {kind.__name__}, got {record.get(key)!r}"
                 )
-        unknown = sorted(set(record["steps"]) - set(STEP_IDS))
+        unknown = sorted(set(record["steps"]) - set(STEP_ORDER))
         if unknown:
             raise ValueError(
-                f"{path}: unknown steps {unknown}; a study records {', '.join(STEP_IDS)}"
+                f"{path}: unknown steps {unknown}; a study records {', '.join(STEP_ORDER)}"
             )
         for step, entry in record["steps"].items():
             if not isinstance(entry, dict) or not isinstance(entry.get("out"), str):
@@ -306,7 +303,7 @@ def overview_section(b: Builder) -> Section:
     import pandas as pd
 
     rows = []
-    for step in STEP_IDS:
+    for step in STEP_ORDER:
         entry = b.run.steps.get(step)
         rows.append(
             {

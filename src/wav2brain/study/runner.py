@@ -162,23 +162,25 @@ def run_study(
         for item in summary["written"]:
             echo(f"  {item['step']:<17} {item['seconds']:>8.1f} s  {run_dir / item['out']}")
         echo(f"  summary: {run_dir / SUMMARY_FILE}")
-    result = StudyResult(run_dir, ran, skipped, summary, _ground_truth(done, run_dir))
-    if result.ground_truth is not None:
+    truth = _truth_file(done, run_dir)
+    ground_truth = json.loads(truth.read_text()) if truth is not None else None
+    result = StudyResult(run_dir, ran, skipped, summary, ground_truth)
+    if ground_truth is not None:
         verdict = (
             "passed" if not result.failed_checks else "FAILED: " + ", ".join(result.failed_checks)
         )
-        echo(f"  SIMULATED ground-truth checks {verdict} ({run_dir / 'truth' / 'truth.json'})")
+        echo(f"  SIMULATED ground-truth checks {verdict} ({truth})")
     return result
 
 
-def _ground_truth(done: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
-    """The check_simulated step's truth.json, when that step has run."""
+def _truth_file(done: dict[str, Any], run_dir: Path) -> Path | None:
+    """The check_simulated step's truth.json, when that step has run and written it."""
     from wav2brain.reports.ground_truth import TRUTH_FILE
 
     if "check_simulated" not in done:
         return None
     path = run_dir / done["check_simulated"]["out"] / TRUTH_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return path if path.is_file() else None
 
 
 def launch_argv(step: Step, processes: int) -> list[str]:
