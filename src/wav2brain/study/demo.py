@@ -1,6 +1,7 @@
 """``wav2brain demo``: the whole study of both papers on a dataset the toolkit simulates itself.
 
-The demo is the shipped study file ``hf_configs/study_sim.yaml`` run by :func:`run_study`, with
+The demo is the shipped study file ``hf_configs/study_sim.yaml`` (package data:
+:data:`STUDY_FILE`) run by :func:`run_study`, with
 the run folder, seed, size and model given on the command line: one place holds the study, the
 demo only chooses among presets of it. The ``"demo"`` size is the file as shipped (4 subjects,
 3 stories of 4 min heard twice, a few hundred refinement steps, five probing tasks); smaller
@@ -30,8 +31,11 @@ from wav2brain.study.runner import StudyResult, read_record, run_study
 
 logger = logging.getLogger(__name__)
 
-STUDY_FILE = Path("hf_configs") / "study_sim.yaml"
-"""The demo's study file, relative to the repository root."""
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "hf_configs"
+"""The study files and recipes shipped inside the package (the repository's ``hf_configs/``
+links here), so a wheel install runs the demo as a checkout does."""
+STUDY_FILE = CONFIG_DIR / "study_sim.yaml"
+"""The demo's study file; its relative paths (the recipe) are read from the package folder."""
 
 DEMO_SIZES: dict[str, dict[str, Any]] = {
     "demo": {},
@@ -49,25 +53,6 @@ subjects of 3 stories of 150 s heard twice fail them: t 5.2-6.0 against a critic
 steps of refinement, keeps 10 end-to-end steps and probes keyword spotting only
 (the whole small demo: 56 s on 2 idle cores).
 """
-
-
-def repository_file(relative: str | Path) -> Path:
-    """A file of the repository this package was installed from (editable install or checkout).
-
-    Raises
-    ------
-    FileNotFoundError
-        The package does not sit in a source checkout holding ``relative``.
-    """
-    root = Path(__file__).resolve().parents[3]
-    path = root / relative
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: wav2brain demo runs the repository's {relative}; install "
-            "wav2brain from a source checkout (pip install -e .) or run `wav2brain run --config` "
-            "on a copy of that file"
-        )
-    return path
 
 
 def demo_config(
@@ -94,8 +79,7 @@ def demo_config(
         raise ValueError(f"--size {size!r}: expected one of {', '.join(DEMO_SIZES)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
-    path = repository_file(STUDY_FILE)
-    config = StudyConfig.from_yaml(path, root=path.parents[1])
+    config = StudyConfig.from_yaml(STUDY_FILE, root=CONFIG_DIR.parent)
     preset = DEMO_SIZES[size]
     data = dataclasses.replace(
         config.data, simulate={**config.data.simulate, **preset.get("simulate", {}), "seed": seed}
