@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from wav2brain.cli import main
 from wav2brain.study import plan_study, read_record
 from wav2brain.study.demo import DEMO_SIZES, demo_config, run_demo
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def all_steps(config) -> list[str]:
@@ -25,12 +24,17 @@ def assert_ground_truth_and_report(out: Path, result) -> None:
     truth = json.loads((out / "truth" / "truth.json").read_text())
     names = {row["name"] for row in truth["checks"]}
     assert {"encoding.planted_ceiling", "anchoring.recall", "training.stage1_vs_control"} <= names
+    assert all(row["required"] for row in truth["checks"] if row["name"].startswith("training."))
     assert result.failed_checks == [], truth["checks"]
     assert truth["passed"] is True
     page = (out / "report.html").read_text()
     assert "SIMULATED" in page and "not run in this study" not in page
     headline = json.loads((out / "report" / "headline.json").read_text())
     assert headline and all(f'data-key="{key}"' in page for key in headline)
+    ceiling = truth["details"]["training"]["architecture_ceiling"]
+    assert headline["truth.training.ceiling"] == pytest.approx(ceiling["mean"])
+    readout = pd.read_parquet(out / "report" / "truth_readout.parquet")
+    assert readout["r"].tolist() == pytest.approx([v["r"] for v in ceiling["regressors"].values()])
 
 
 def test_demo_is_the_shipped_study_file_with_its_options(tmp_path):

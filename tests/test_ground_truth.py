@@ -398,7 +398,8 @@ def _recipe(folder: Path, small, stage1, stage2=None, shuffled=False, **changes)
         "shuffle_train_stories": shuffled,
         **changes,
     }
-    (folder / "run.json").write_text(json.dumps({"model": {}, "data": data, "training": {}}))
+    model = {"model_name_or_path": str(small["truth"] / "model"), "head": "conv"}
+    (folder / "run.json").write_text(json.dumps({"model": model, "data": data, "training": {}}))
     metrics = {"stage1": {"mean": stage1, "per_subject": {"001": {"mean": stage1}}}}
     if stage2 is not None:
         metrics["stage2"] = {"mean": stage2, "per_subject": {"001": {"mean": stage2}}}
@@ -408,10 +409,81 @@ def _recipe(folder: Path, small, stage1, stage2=None, shuffled=False, **changes)
 
 
 @pytest.fixture(scope="module")
-def ceiling(small) -> float:
+def noise_ceiling(small) -> float:
     return float(
         pd.read_csv(small["truth"] / "voxels.tsv", sep="\t")["target_noise_ceiling"].mean()
     )
+
+
+@pytest.fixture(scope="module")
+def readout(small, tmp_path_factory) -> gt.ArchitectureCeiling:
+    """The architecture's ceiling of every crafted recipe record below (same model and splits)."""
+    folder = _recipe(tmp_path_factory.mktemp("readout") / "refine", small, 0.0)
+    simulation = gt.simulation_inputs(small["truth"], small["dataset"])
+    return gt.architecture_ceiling(simulation, gt.read_recipe_run(folder))
+
+
+@pytest.fixture(scope="module")
+def ceiling(readout) -> float:
+    return readout.mean
+
+
+def test_the_architecture_ceiling_lies_between_chance_and_the_planted_signal(
+    small, readout, noise_ceiling
+):
+    assert 0.1 < readout.mean < readout.signal_mean < 1.0
+    assert readout.signal_mean < noise_ceiling + 0.1
+    assert sorted(readout.per_subject) == ["001", "002"]
+    assert readout.n_train > 10 and readout.n_test > 10
+    names = set(pd.read_csv(small["truth"] / "voxels.tsv", sep="\t")["regressor"])
+    assert set(readout.regressors) == names
+    alphas = np.array(gt.TRAIN_READOUT_ALPHAS)
+    for value in readout.regressors.values():
+        assert -1 <= value["r"] <= 1
+        assert np.isclose(alphas, value["alpha"], rtol=1e-6).any()
+    assert max(v["r"] for v in readout.regressors.values()) > 0.5
+
+
+def test_the_architecture_ceiling_falls_when_the_planted_signals_are_out_of_time(
+    small, readout, tmp_path
+):
+    """Negative control: the ground truth's regressors shifted by half a story (the windows no
+    longer hold the audio that drove them) leave the readout near chance."""
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    shutil.copy(small["truth"] / "voxels.tsv", truth / "voxels.tsv")
+    for path in small["truth"].glob("task-*_regressors.tsv"):
+        table = pd.read_csv(path, sep="\t")
+        table = pd.concat(
+            [
+                table[["volume", "time_s"]],
+                table.drop(columns=["volume", "time_s"]).apply(
+                    lambda c: np.roll(c.to_numpy(), len(c) // 2)
+                ),
+            ],
+            axis=1,
+        )
+        table.to_csv(truth / path.name, sep="\t", index=False)
+    real = gt.simulation_inputs(small["truth"], small["dataset"])
+    shifted = gt.Simulation(truth, real.bids, real.dataset, real.n_voxels)
+    folder = _recipe(tmp_path / "refine", small, 0.0)
+    broken = gt.architecture_ceiling(shifted, gt.read_recipe_run(folder))
+    assert broken.mean < 0.5 * readout.mean, (broken.mean, readout.mean)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [("splits", "expected splits.train and splits.test"), ("model", "model.model_name_or_path")],
+)
+def test_the_architecture_ceiling_refuses_incomplete_records(small, tmp_path, change, match):
+    folder = _recipe(tmp_path / "refine", small, 0.0)
+    name = "metrics.json" if change == "splits" else "run.json"
+    record = json.loads((folder / name).read_text())
+    record.pop(change)
+    (folder / name).write_text(json.dumps(record))
+    simulation = gt.simulation_inputs(small["truth"], small["dataset"])
+    with pytest.raises(ValueError, match=match):
+        gt.architecture_ceiling(simulation, gt.read_recipe_run(folder))
 
 
 @pytest.mark.parametrize(
@@ -423,7 +495,9 @@ def ceiling(small) -> float:
         (0.02, None, -0.1, ["training.stage1_vs_ceiling"]),
     ],
 )
-def test_training_thresholds(small, ceiling, tmp_path, stage1, stage2, control, failing):
+def test_training_thresholds(
+    small, ceiling, noise_ceiling, tmp_path, stage1, stage2, control, failing
+):
     base = gt.TRAIN_CEILING_SHARE * ceiling  # the stage-1 threshold
     refine = _recipe(
         tmp_path / "refine",
@@ -439,8 +513,10 @@ def test_training_thresholds(small, ceiling, tmp_path, stage1, stage2, control, 
     assert names[:2] == ["training.stage1_vs_ceiling", "training.stage1_vs_control"]
     assert ("training.stage2_vs_stage1" in names) == (stage2 is not None)
     assert [c.name for c in part.checks if not c.passed] == failing
-    assert part.details["planted_ceiling_mean"] == pytest.approx(ceiling)
+    assert part.details["planted_ceiling_mean"] == pytest.approx(noise_ceiling)
+    assert part.details["architecture_ceiling"]["mean"] == pytest.approx(ceiling)
     assert part.checks[0].threshold == pytest.approx(base)
+    assert all(c.required for c in part.checks)
 
 
 def test_a_shuffled_model_passed_off_as_the_refined_one_fails(small, ceiling, tmp_path):

@@ -12,8 +12,8 @@ holds):
   ``wav2brain anchor`` folder, the share of rejections on noise voxels, and the planted layer
   found per cluster — :func:`anchoring_checks`;
 - training (issue 10): held-out stage-1 r of the refinement recipe on the planted voxels against
-  their ground-truth noise ceilings and a shuffled-stories control, stage 2 against stage 1 —
-  :func:`training_checks`.
+  the ceiling of its architecture (a readout of the same inputs fit to the noise-free planted
+  signals) and a shuffled-stories control, stage 2 against stage 1 — :func:`training_checks`.
 
 :func:`check_simulated` runs the parts whose inputs are given (every input is checked first) and
 writes ``truth.json`` and ``checks.parquet``. Every threshold is a module constant here (or a
@@ -59,15 +59,21 @@ the statistics meet it."""
 ANCHOR_PLANTED_LAYER_MIN = 1.0
 """Issue 9: share of the clusters planted on units of one layer whose voxels' most frequent best
 AN layer is that layer (the test asserts every such cluster)."""
-TRAIN_CEILING_SHARE = 0.3
-"""Issue 10: stage-1 held-out r on the planted voxels should exceed this share of the mean of
-their ground-truth noise ceilings. Met on the recipe tests' simulation (4 stories of 60 s: 0.20),
-not at the demo's size (3 stories of 4 min, 8-mm grid: 0.156 against 0.189 = 0.3 × 0.63 after
-2,000 head steps; 5,000 steps, 12 TRs of history, a 64-channel or a linear head all gave
-0.13-0.156), where the paper's architecture caps it: one softmax-weighted sum of the layers mixes
-the units planted on layer 1 and layer 2 at the same index, which no readout separates, and the
-ceiling is that of the planted units themselves. So the row is a target (``required=False``) and
-reported as met or not; a ceiling of the architecture itself would make it a requirement."""
+TRAIN_CEILING_SHARE = 0.5
+"""Issue 10: stage-1 held-out r on the planted voxels must exceed this share of the
+architecture's ceiling (:func:`architecture_ceiling`), the r that a ridge readout of the same
+frozen inputs reaches when it is fit to the noise-free planted signals. Our choice: half of what
+the architecture can reach from the training stories, a share the shuffled-stories control fails
+too. Measured (seed 0): demo size 0.156 against a ceiling of 0.208 (the control 0.062); the
+recipe tests' simulation 0.202 against 0.274 (the control 0.125, below 0.137). The noise-free
+signals themselves score 0.49 and 0.54, the planted noise ceilings' mean is 0.63: a 9-s window
+and the hidden states cap what any head of the paper's architecture learns (the former
+threshold, 0.3 × the noise ceiling = 0.189, was out of its reach at demo size)."""
+TRAIN_READOUT_ALPHAS: tuple[float, ...] = tuple(10.0**k for k in range(-2, 7))
+"""Ridge penalties of the architecture's ceiling (standardised features), one chosen per planted
+regressor by cross-validation over the training stories. Our choice: a decade apart; the
+readable regressors chose 1e2-1e4 on the simulator, those the inputs do not carry the largest
+(a near-constant readout)."""
 TRAIN_CONTROL_MARGIN = 0.05
 """Issue 10: stage-1 r must exceed the shuffled-stories control's stage-1 r by this much. The
 control is not at chance (r about 0.12 on the simulator): every simulated story opens with a
@@ -703,38 +709,218 @@ def _check_recipe_run(run: RecipeRun, simulation: Simulation, planted: np.ndarra
             )
 
 
-def training_thresholds(ceiling_mean: float, control_stage1: float | None) -> dict[str, float]:
-    """Issue 10's thresholds: ``stage1`` (above ``TRAIN_CEILING_SHARE`` × the planted ceilings'
-    mean) and ``control`` (above the control's stage 1 + ``TRAIN_CONTROL_MARGIN``), when given."""
-    thresholds = {"stage1": TRAIN_CEILING_SHARE * float(ceiling_mean)}
+@dataclass(frozen=True)
+class ArchitectureCeiling:
+    """What the recipe's stage 1 could reach on the planted voxels (SIMULATED).
+
+    Attributes
+    ----------
+    mean : float
+        Held-out r of the readout on the planted voxels, mean over subjects (the recipe's
+        :func:`~wav2brain.training.metrics.brain_scores`, as ``metrics.json`` reports stage 1).
+    per_subject : dict of str to float
+        The same per subject.
+    signal_mean : float
+        The noise-free planted signals themselves scored the same way (a perfect readout): the
+        noise ceiling of the test stories as the recipe scores them.
+    regressors : dict of str to dict
+        Per planted regressor: ``r`` (held-out r of its readout with the noise-free regressor
+        itself) and ``alpha`` (the penalty cross-validation chose).
+    n_train, n_test : int
+        Distinct windows (story × TR) the readout was fit and scored on.
+    """
+
+    mean: float
+    per_subject: dict[str, float]
+    signal_mean: float
+    regressors: dict[str, dict[str, float]]
+    n_train: int
+    n_test: int
+
+
+def architecture_ceiling(
+    simulation: Simulation, run: RecipeRun, work_dir: str | Path | None = None
+) -> ArchitectureCeiling:
+    """The held-out r on the planted voxels that the run's architecture could reach (SIMULATED).
+
+    Stage 1 sees, for each TR, the frozen backbone's TR-pooled hidden states of every layer over
+    the last ``history_trs`` TRs (:mod:`wav2brain.training.cache`). Any linear head on a weighted
+    sum of the layers is a linear function of their concatenation, so a ridge regression of the
+    concatenation on the noise-free planted regressors of the training stories (the simulator's
+    ``task-*_regressors.tsv``, before gain, weight and noise) bounds what such a head can learn
+    from these stories, noise aside; it is fit per regressor (penalty from
+    :data:`TRAIN_READOUT_ALPHAS` by cross-validation over the training stories, over blocks of
+    TRs with one story) and each planted voxel is predicted by its cluster's readout. The
+    predictions are scored against the test stories' BOLD by the recipe's own scoring, so the
+    ceiling and stage 1 are the same statistic. It is lower than the noise ceiling where the
+    window (9 s at the paper's 6 TRs) holds neither the HRF's tail nor the audio context the
+    planted units were computed with (``regressors`` gives the readout's r per planted signal:
+    0.06-0.87 on the simulator): that is the architecture's limit, not the head's.
+
+    The model, its windows and splits are those ``run.json`` and ``metrics.json`` record (the
+    stories of the refined run, never shuffled); the pooled states are cached under
+    ``work_dir`` (default: a temporary folder).
+
+    Raises
+    ------
+    ValueError
+        ``metrics.json`` without the train and test stories, ``run.json`` without the model, or a
+        window past the simulated scan.
+    FileNotFoundError
+        A story without its ground-truth regressors.
+    """
+    import tempfile
+
+    import pandas as pd
+
+    from wav2brain.encoding.estimators import RidgeCV
+    from wav2brain.encoding.runs import read_cleaning
+    from wav2brain.modeling import Wav2Vec2ForBrainEncoding
+    from wav2brain.simulation.signals import column_correlation
+    from wav2brain.training.arguments import DataArguments, ModelArguments
+    from wav2brain.training.cache import build_pooled_cache
+    from wav2brain.training.data import dataset_tr
+    from wav2brain.training.metrics import brain_scores
+    from wav2brain.training.recipe import load_config, recipe_data
+
+    splits = run.metrics.get("splits") or {}
+    if not splits.get("train") or not splits.get("test"):
+        raise ValueError(f"{run.folder}/metrics.json: expected splits.train and splits.test")
+    model_options = run.options.get("model") or {}
+    if not model_options.get("model_name_or_path"):
+        raise ValueError(f"{run.folder}/run.json: expected model.model_name_or_path")
+    model_args = ModelArguments(**model_options)
+    data_args = DataArguments(
+        **{
+            **run.data,
+            "dataset": str(simulation.dataset),
+            "train_units": list(splits["train"]),
+            "validation_units": list(splits.get("validation") or []),
+            "test_units": list(splits["test"]),
+            "shuffle_train_stories": False,
+        }
+    )
+    tr = dataset_tr(simulation.dataset)
+    data = recipe_data(data_args, load_config(model_args, tr, None))
+    config = load_config(model_args, tr, data.subject_voxels)
+    model = Wav2Vec2ForBrainEncoding.from_pretrained(model_args.model_name_or_path, config=config)
+    tasks = data.windows.responses.select_columns(["task"]).to_dict()["task"]
+    voxels = simulation.voxels()
+    names = sorted(set(voxels["regressor"]))
+    column_of = dict(zip(voxels["voxel"], map(names.index, voxels["regressor"]), strict=True))
+    tables = {}
+    for task in sorted(
+        {tasks[item.row] for split in ("train", "test") for item in data.items[split]}
+    ):
+        path = simulation.truth / f"task-{task}_regressors.tsv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: no ground truth for task {task!r}")
+        tables[task] = pd.read_csv(path, sep="\t")[names].to_numpy(np.float64)
+    start = read_cleaning(simulation.dataset).trim_start_trs
+    items = {split: data.items[split] for split in ("train", "test")}
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = build_pooled_cache(
+            model,
+            data,
+            [item for split in items.values() for item in split],
+            Path(work_dir or scratch) / "pooled_states",
+            dtype="float32",
+        )
+        designs = {}
+        for split, chosen in items.items():
+            windows = {}
+            for item in chosen:
+                windows.setdefault((tasks[item.row], item.t), item)
+            states = []
+            for item in windows.values():
+                values, valid = cache.lookup(item)
+                states.append((np.asarray(values) * np.asarray(valid)[None, :, None]).ravel())
+            targets = []
+            for task, t in windows:
+                if start + t >= len(tables[task]):
+                    raise ValueError(
+                        f"task {task!r}: TR {t} (volume {start + t}) is past the "
+                        f"{len(tables[task])} volumes of the simulated scan"
+                    )
+                targets.append(tables[task][start + t])
+            designs[split] = (list(windows), np.stack(states), np.stack(targets))
+    keys, x_train, y_train = designs["train"]
+    groups = np.array([task for task, _ in keys])
+    cv = "groups" if len(set(groups)) > 1 else 5
+    readout = RidgeCV(alphas=TRAIN_READOUT_ALPHAS, cv=cv, standardize=True)
+    readout.fit(x_train, y_train, groups=groups if cv == "groups" else None)
+    test_keys, x_test, y_test = designs["test"]
+    predicted = np.asarray(readout.predict(x_test), dtype=np.float64)
+    row_of = {key: i for i, key in enumerate(test_keys)}
+    test = items["test"]
+    subjects = [data.subject_of(item) for item in test]
+    width = max(data.subject_voxels.values())
+    references = np.zeros((len(test), width))
+    windows = np.zeros((len(test), width), dtype=np.int64)
+    regressors = np.zeros((len(test), width), dtype=np.int64)
+    for i, (item, subject) in enumerate(zip(test, subjects, strict=True)):
+        own = [column_of[int(v)] for v in data.columns[subject]]
+        references[i, : len(own)] = data.labels(item)
+        windows[i] = row_of[(tasks[item.row], item.t)]
+        regressors[i, : len(own)] = own
+
+    def scored(per_window: np.ndarray) -> dict[str, Any]:
+        predictions = per_window[windows, regressors]
+        runs = [item.row for item in test]
+        return brain_scores(predictions, references, subjects, runs, data.subject_voxels)
+
+    scores, signal = scored(predicted), scored(y_test)
+    r = column_correlation(predicted, y_test)
+    return ArchitectureCeiling(
+        mean=float(scores["mean"]),
+        per_subject={s: float(v["mean"]) for s, v in scores["per_subject"].items()},
+        signal_mean=float(signal["mean"]),
+        regressors={
+            name: {"r": float(r[k]), "alpha": float(np.asarray(readout.best_alphas_)[k])}
+            for k, name in enumerate(names)
+        },
+        n_train=len(keys),
+        n_test=len(test_keys),
+    )
+
+
+def training_thresholds(ceiling: float, control_stage1: float | None) -> dict[str, float]:
+    """Issue 10's thresholds: ``stage1`` (above ``TRAIN_CEILING_SHARE`` × the architecture's
+    ceiling) and ``control`` (above the control's stage 1 + ``TRAIN_CONTROL_MARGIN``), when given."""
+    thresholds = {"stage1": TRAIN_CEILING_SHARE * float(ceiling)}
     if control_stage1 is not None:
         thresholds["control"] = float(control_stage1) + TRAIN_CONTROL_MARGIN
     return thresholds
 
 
 def training_rows(
-    stage1: float, stage2: float | None, ceiling_mean: float, control_stage1: float | None
+    stage1: float,
+    stage2: float | None,
+    ceiling: float,
+    control_stage1: float | None,
+    noise_ceiling: float | None = None,
 ) -> tuple[Check, ...]:
     """Issue 10's checks on held-out mean r (over subjects) of the planted voxels.
 
-    ``training.stage1_vs_ceiling`` (a target, ``required=False``: see
-    :data:`TRAIN_CEILING_SHARE`): stage 1 ``>`` :data:`TRAIN_CEILING_SHARE` × the mean
-    ground-truth noise ceiling of the planted voxels; ``training.stage1_vs_control`` (with a
+    ``training.stage1_vs_ceiling``: stage 1 ``>`` :data:`TRAIN_CEILING_SHARE` × ``ceiling``, the
+    architecture's (:func:`architecture_ceiling`); ``training.stage1_vs_control`` (with a
     control): stage 1 ``>`` the shuffled-stories control's stage 1 + :data:`TRAIN_CONTROL_MARGIN`;
     ``training.stage2_vs_stage1`` (when stage 2 ran): stage 2 ``>=`` stage 1 −
-    :data:`TRAIN_STAGE2_TOLERANCE`.
+    :data:`TRAIN_STAGE2_TOLERANCE`. ``noise_ceiling`` (the planted voxels' mean ground-truth noise
+    ceiling) only enters the description.
     """
-    thresholds = training_thresholds(ceiling_mean, control_stage1)
+    thresholds = training_thresholds(ceiling, control_stage1)
+    noise = "" if noise_ceiling is None else f"; their mean noise ceiling {noise_ceiling:.3f}"
     rows = [
         Check(
             "training.stage1_vs_ceiling",
             stage1,
             thresholds["stage1"],
             ">",
-            f"held-out stage-1 r of the planted voxels against {TRAIN_CEILING_SHARE:g} x their "
-            f"mean ground-truth noise ceiling ({ceiling_mean:.3f})",
+            f"held-out stage-1 r of the planted voxels against {TRAIN_CEILING_SHARE:g} x the "
+            f"architecture's ceiling ({ceiling:.3f}: a ridge readout of the same frozen inputs "
+            f"fit to the noise-free planted signals{noise})",
             10,
-            required=False,
         )
     ]
     if control_stage1 is not None:
@@ -764,14 +950,18 @@ def training_rows(
 
 
 def training_checks(
-    simulation: Simulation, refine: str | Path, control: str | Path | None = None
+    simulation: Simulation,
+    refine: str | Path,
+    control: str | Path | None = None,
+    work_dir: str | Path | None = None,
 ) -> PartResult:
     """Issue 10's checks on a refinement run and, optionally, its shuffled-stories control.
 
     Both runs must have trained on ``simulation``'s dataset with the planted voxels as their
     voxel selection (the recipe's ``metrics.json`` then scores exactly them), the control with
     ``--shuffle_train_stories true`` and the refined run without, on the same test stories.
-    See :func:`training_rows` for the rows.
+    See :func:`training_rows` for the rows; the architecture's ceiling is computed from the
+    refined run (:func:`architecture_ceiling`, pooled states cached under ``work_dir``).
 
     Raises
     ------
@@ -803,21 +993,25 @@ def training_checks(
                 f"{refined.folder} and {shuffled.folder} were tested on different stories "
                 f"({tests[0]} and {tests[1]})"
             )
-    ceiling_mean = float(voxels["target_noise_ceiling"].mean())
+    noise_ceiling = float(voxels["target_noise_ceiling"].mean())
+    ceiling = architecture_ceiling(simulation, refined, work_dir)
     stage1, stage2 = refined.stage_mean("stage1"), refined.stage_mean("stage2")
     control_stage1 = None if shuffled is None else shuffled.stage_mean("stage1")
     details = {
         "refine": str(refined.folder),
         "control": None if shuffled is None else str(shuffled.folder),
         "planted_voxels": len(planted),
-        "planted_ceiling_mean": ceiling_mean,
+        "planted_ceiling_mean": noise_ceiling,
+        "architecture_ceiling": asdict(ceiling),
         "stage1": refined.metrics["stage1"],
         "stage2": refined.metrics.get("stage2"),
         "control_stage1": None if shuffled is None else shuffled.metrics["stage1"],
         "test_stories": refined.metrics.get("splits", {}).get("test"),
     }
     return PartResult(
-        "training", training_rows(stage1, stage2, ceiling_mean, control_stage1), details
+        "training",
+        training_rows(stage1, stage2, ceiling.mean, control_stage1, noise_ceiling),
+        details,
     )
 
 
@@ -857,7 +1051,8 @@ def check_simulated(
         Settings of the encoding part.
     work_dir : str or Path, optional
         Cache of the encoding part's sub-TR-shifted features (default ``out/recovery_features``
-        when ``out`` is given, so a rerun reuses them; else a temporary folder).
+        when ``out`` is given, so a rerun reuses them; else a temporary folder). The training
+        part caches its pooled states in ``out/training_readout`` (with ``out``).
 
     Raises
     ------
@@ -881,7 +1076,8 @@ def check_simulated(
     if anchoring is not None:
         parts.append(anchoring_checks(simulation, anchoring))
     if refine is not None:
-        parts.append(training_checks(simulation, refine, refine_control))
+        readout_dir = None if out is None else Path(out) / "training_readout"
+        parts.append(training_checks(simulation, refine, refine_control, readout_dir))
     if features is not None:
         if work_dir is None and out is not None:
             work_dir = Path(out) / "recovery_features"

@@ -1134,7 +1134,42 @@ def truth_section(b: Builder) -> Section:
         "ground truth, at the threshold its issue set.</p>"
     )
     body += key_values(rows) + b.table(frame, "truth_checks.parquet", verdicts=("passed",))
+    training = (record.get("details") or {}).get("training") or {}
+    if isinstance(training.get("architecture_ceiling"), dict):
+        body += _readout_ceiling(b, training, path)
     return Section("truth", title, body)
+
+
+def _readout_ceiling(b: Builder, training: dict, path: Path) -> str:
+    """The training part's ceilings: noise, the noise-free signals as scored, the architecture's."""
+    import pandas as pd
+
+    ceiling = training["architecture_ceiling"]
+    try:
+        regressors = pd.DataFrame(
+            [
+                {"regressor": name, "r": float(v["r"]), "alpha": float(v["alpha"])}
+                for name, v in ceiling["regressors"].items()
+            ]
+        )
+        rows = [
+            ("planted noise ceilings (mean)", b.number("truth.training.noise_ceiling",
+                                                       training["planted_ceiling_mean"])),
+            ("noise-free planted signals, scored as stage 1",
+             b.number("truth.training.signal", ceiling["signal_mean"])),
+            ("architecture's ceiling", b.number("truth.training.ceiling", ceiling["mean"])),
+            ("stage 1", b.number("truth.training.stage1", training["stage1"]["mean"])),
+        ]  # fmt: skip
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: details.training.architecture_ceiling: {error!r}") from None
+    return (
+        "<p>Training ceilings (held-out r on the planted voxels of the test stories). The "
+        "architecture's ceiling is a ridge readout of the frozen TR-pooled hidden states of every "
+        "layer, fit to the noise-free planted signals of the training stories; the table gives "
+        "its r with each planted signal.</p>"
+        + key_values(rows)
+        + b.table(regressors, "truth_readout.parquet")
+    )
 
 
 SECTIONS: tuple[Callable[[Builder], Section], ...] = (

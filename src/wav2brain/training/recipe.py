@@ -98,6 +98,37 @@ def load_config(model_args: ModelArguments, tr: float, subject_voxels: dict[str,
     return Wav2Vec2BrainEncodingConfig.from_pretrained(path, **head)
 
 
+def recipe_data(data_args: DataArguments, config: Any):
+    """The run's :class:`~wav2brain.training.data.RecipeData`: windows of ``config``'s TR,
+    history and normalisation, split and selected as ``data_args`` say."""
+    from wav2brain.data.windows import WindowConfig
+    from wav2brain.training.data import RecipeData
+
+    window_config = WindowConfig(
+        tr=float(config.tr),
+        history_trs=int(config.history_trs),
+        do_normalize=bool(config.do_normalize),
+        lag_trs=data_args.lag_trs,
+        full_windows_only=data_args.full_windows_only,
+    )
+    return RecipeData(
+        data_args.dataset,
+        window_config,
+        dict(
+            split_by=data_args.split_by,
+            train=data_args.train_units,
+            validation=data_args.validation_units,
+            test=data_args.test_units,
+            n_validation=data_args.n_validation,
+            n_test=data_args.n_test,
+            seed=data_args.split_seed,
+        ),
+        subjects=data_args.subjects,
+        voxel_selection=data_args.voxel_selection,
+        shuffle_train_stories=data_args.shuffle_train_stories,
+    )
+
+
 def _aggregation(value: str) -> str | int:
     """``layer_aggregation`` from the command line: a hidden-state index arrives as a string."""
     return int(value) if value.lstrip("-").isdigit() else value
@@ -188,8 +219,7 @@ def run_recipe(
         counts the model's heads do not have, bad split or cache options, an output folder of
         another run (``splits.json``), or one holding checkpoints without a resume asked for.
     """
-    from wav2brain.data.windows import WindowConfig
-    from wav2brain.training.data import RecipeData, dataset_tr
+    from wav2brain.training.data import dataset_tr
 
     output_dir = Path(training_args.output_dir)
     resume = training_args.resume_from_checkpoint
@@ -207,30 +237,7 @@ def run_recipe(
             "responses/ tables, as `wav2brain prepare` writes them)"
         )
     tr = dataset_tr(dataset)
-    base = load_config(model_args, tr, None)
-    window_config = WindowConfig(
-        tr=float(base.tr),
-        history_trs=int(base.history_trs),
-        do_normalize=bool(base.do_normalize),
-        lag_trs=data_args.lag_trs,
-        full_windows_only=data_args.full_windows_only,
-    )
-    data = RecipeData(
-        data_args.dataset,
-        window_config,
-        dict(
-            split_by=data_args.split_by,
-            train=data_args.train_units,
-            validation=data_args.validation_units,
-            test=data_args.test_units,
-            n_validation=data_args.n_validation,
-            n_test=data_args.n_test,
-            seed=data_args.split_seed,
-        ),
-        subjects=data_args.subjects,
-        voxel_selection=data_args.voxel_selection,
-        shuffle_train_stories=data_args.shuffle_train_stories,
-    )
+    data = recipe_data(data_args, load_config(model_args, tr, None))
     config = load_config(model_args, tr, data.subject_voxels)
     if training_args.should_save:
         from wav2brain.training.splits import record_splits
