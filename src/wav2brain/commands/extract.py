@@ -157,16 +157,6 @@ def _load_tables(dataset: Path, wanted: list[str] | None):
     return stimuli, runs
 
 
-def _load_model(name: str, revision: str | None):
-    """The transformers model at ``name`` (AutoModel; wav2vec2-family checks come later)."""
-    from transformers import AutoModel
-
-    path = Path(name)
-    if (name.startswith((".", "/")) or path.exists()) and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"--model {name}: no config.json in that folder")
-    return AutoModel.from_pretrained(name, revision=revision)
-
-
 def _index_rows(stimulus_id: str, entries, out: Path) -> list[dict]:
     """One ``index.parquet`` row per distinct cache entry and layer."""
     rows = []
@@ -254,14 +244,14 @@ def run(args: argparse.Namespace) -> int:
     from wav2brain import distributed
     from wav2brain.data.hf_layout import decode_audio, write_shard
     from wav2brain.features.cache import FeatureCache, model_identity
-    from wav2brain.features.extract import activation_units
+    from wav2brain.features.extract import activation_units, load_model
     from wav2brain.features.pipeline import RunTiming, frame_geometry, stimulus_features
 
     extraction, grid_config = _configs(args)
     stimuli, runs = _load_tables(args.dataset, args.stimuli)
     tables = ("index", "runs")
     previous = {name: _previous_table(args.out / f"{name}.parquet") for name in tables}
-    model = _load_model(args.model, args.revision)
+    model = load_model(args.model, args.revision)
     activation_units(model, extraction)  # model family, tensor and layers, before any work
     extraction = extraction.for_checkpoint(model, args.model, args.revision)
     logger.info(

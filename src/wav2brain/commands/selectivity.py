@@ -60,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
         selectivity,
         stimulus_alignments,
     )
-    from wav2brain.commands.extract import _load_model
     from wav2brain.features.cache import model_identity
-    from wav2brain.features.extract import ExtractionConfig
+    from wav2brain.features.extract import ExtractionConfig, load_model
 
     options = {
         "alpha": args.alpha,
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         **{k: v for k, v in chunking.items() if v is not None},
     )
     stimulus_alignments(args.dataset, args.stimuli)  # refuse missing alignments before the model
-    model = _load_model(args.model, args.revision)
+    model = load_model(args.model, args.revision)
     extraction = extraction.for_checkpoint(model, args.model, args.revision)
     result = selectivity(
         args.dataset,

@@ -213,6 +213,35 @@ class ActivationChunk:
         return {name: value.cpu().numpy() for name, value in self.activations.items()}
 
 
+def checkpoint_path(spec: str, what: str = "--model") -> str:
+    """A Hub id unchanged, or a local checkpoint folder with ``~`` expanded.
+
+    ``spec`` is a folder when it exists or starts with ``.``, ``/`` or ``~``; such a folder must
+    hold ``config.json``. ``what`` names the option in the error.
+
+    Raises
+    ------
+    FileNotFoundError
+        A local folder without ``config.json``.
+    """
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    if not (spec.startswith((".", "/", "~")) or path.exists()):
+        return spec
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{what} {spec}: no config.json in that folder")
+    return str(path)
+
+
+def load_model(spec: str, revision: str | None = None, what: str = "--model") -> Any:
+    """The transformers model at a Hub id or folder (:func:`checkpoint_path`), by ``AutoModel``;
+    whether it is a wav2vec2-family model is checked by its users."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(checkpoint_path(spec, what), revision=revision)
+
+
 def prepare_audio(audio: np.ndarray, sampling_rate: int = MODEL_SAMPLING_RATE) -> np.ndarray:
     """A float32 16 kHz mono waveform ``[samples]`` from any rate and channel count.
 

@@ -203,12 +203,11 @@ def check_upstream(spec: str, revision: str | None = None) -> str:
     """
     if spec == FBANK:
         return FBANK
-    path = Path(spec)
-    if spec.startswith((".", "/", "~")) or path.exists():
-        if not (path.expanduser() / "config.json").is_file():
-            raise FileNotFoundError(f"upstream {spec}: no config.json in that folder")
-        spec = str(path.expanduser())
     from transformers import AutoConfig
+
+    from wav2brain.features.extract import checkpoint_path
+
+    spec = checkpoint_path(spec, "upstream")
 
     try:
         model_type = AutoConfig.from_pretrained(spec, revision=revision).model_type
