@@ -83,7 +83,7 @@ def test_constant_columns_are_skipped_and_counted_never_nan():
 
 def test_lag_autocorrelation_is_the_pooled_estimator_of_the_recovery_check():
     from wav2brain.anchoring.significance import lag_autocorrelation
-    from wav2brain.simulation.recovery import autocorrelation
+    from wav2brain.metrics.autocorrelation import autocorrelation
 
     rng = np.random.default_rng(2)
     values = hrf_smoothed(rng, 300, 7) + 3.0

@@ -7,7 +7,6 @@ import pytest
 
 from wav2brain.encoding.layers import EncodingConfig, encode
 from wav2brain.encoding.noise_ceiling import (
-    autocorrelation,
     ceiling_agreement,
     ceiling_test,
     combine_tests,
@@ -19,6 +18,7 @@ from wav2brain.encoding.noise_ceiling import (
     significant,
     split_half,
 )
+from wav2brain.metrics.autocorrelation import autocorrelation
 
 
 def repeats(n_repeats: int, n_trs: int, noise_sd: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -80,7 +80,7 @@ def test_select_voxels():
             lambda: ceiling_agreement(np.zeros(3), np.zeros(2), np.zeros(3, bool), 100),
             "share one 1-D shape",
         ),
-        (lambda: autocorrelation(np.zeros((10, 2)), 10), "max_lag must be in"),
+        (lambda: effective_samples(np.zeros((10, 2)), np.zeros((10, 2)), 10), "max_lag must be in"),
         (lambda: effective_samples(np.zeros((10, 2)), np.zeros((10, 3))), "share one"),
         (lambda: effective_samples(np.zeros((4, 2)), np.zeros((4, 2))), "at least 5 TRs"),
         (lambda: ceiling_test(np.zeros(3), np.zeros(2)), "share one shape"),
@@ -106,7 +106,7 @@ def ar1(shape, phi: float, seed: int) -> np.ndarray:
 
 def test_autocorrelation_and_effective_samples_of_ar1_noise():
     x = ar1((4000, 50), 0.6, seed=0)
-    rho = autocorrelation(x, 3)
+    rho = autocorrelation([x], 3)[1:]
     np.testing.assert_allclose(rho.mean(1), [0.6, 0.36, 0.216], atol=0.03)
     # Bartlett: n_eff = n (1 - phi^2) / (1 + phi^2) for two independent AR(1) series
     n_eff = effective_samples(x, ar1((4000, 50), 0.6, seed=1), max_lag=40)

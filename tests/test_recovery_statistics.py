@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from wav2brain.simulation.recovery import (
-    RecoveryConfig,
-    autocorrelation,
-    effective_sample_size,
-    normalize_like_bold,
-)
+from wav2brain.metrics.autocorrelation import autocorrelation, effective_sample_size
+from wav2brain.simulation.recovery import RecoveryConfig, normalize_like_bold
 
 
 def _ar1(rng: np.random.Generator, n: int, width: int, phi: float) -> np.ndarray:
@@ -42,6 +38,26 @@ def test_autocorrelation_of_ar1_and_lags_never_cross_runs():
     assert split == pytest.approx(autocorrelation([ramp], 1)[1, 0])
     assert whole < split
     assert autocorrelation([np.ones((10, 1))], 2)[:, 0].tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("runs", "lag", "message"),
+    [
+        ([], 2, "at least one run"),
+        ([np.zeros(10)], 2, "\\[TRs, columns\\] of one width"),
+        ([np.zeros((10, 2)), np.zeros((10, 3))], 2, "\\[TRs, columns\\] of one width"),
+        ([np.zeros((10, 2))], -1, "max_lag must be >= 0"),
+    ],
+)
+def test_autocorrelation_refuses_bad_runs(runs, lag, message):
+    with pytest.raises(ValueError, match=message):
+        autocorrelation(runs, lag)
+
+
+def test_a_constant_column_has_no_autocorrelation_despite_rounding():
+    column = np.full((200, 1), 0.1) + np.tile([0.0, 1e-17], 100)[:, None]  # rounding residue
+    assert np.ptp(column) > 0
+    assert autocorrelation([column], 3)[:, 0].tolist() == [0.0] * 4
 
 
 def test_bartlett_effective_n_of_two_ar1_series():

@@ -58,7 +58,7 @@ def lag_autocorrelation(values, starts: Sequence[int], max_lag: int):
     ``values`` (torch, ``[TRs, columns]``, runs stacked, run ``i`` in rows ``starts[i]:
     starts[i + 1]``) must be centred within each run and of unit norm over all runs, as
     :func:`~wav2brain.anchoring.coupling.standardize` leaves them; lags never cross a run
-    boundary. This is the estimator of :func:`wav2brain.simulation.recovery.autocorrelation`
+    boundary. This is the estimator of :func:`wav2brain.metrics.autocorrelation.autocorrelation`
     (per-run centring, lag sums of all runs over their summed variance) applied to the per-run
     z-scored series, the series whose correlations are tested, computed in float32 on the device
     by FFTs of each run's columns (rows of the transposed block: 0.23 s for 12,304 columns of

@@ -43,6 +43,7 @@ from statistics import NormalDist
 import numpy as np
 
 from wav2brain.encoding.scores import pearson_r
+from wav2brain.metrics.autocorrelation import autocorrelation
 
 CEILING_ALPHA = 0.05
 """Default one-sided level of :func:`ceiling_test` (per voxel)."""
@@ -126,26 +127,6 @@ def loso_ceiling(responses) -> tuple[np.ndarray, np.ndarray]:
     return per_subject, per_subject.mean(0)
 
 
-def autocorrelation(values, max_lag: int) -> np.ndarray:
-    """Sample autocorrelation of each column at lags 1..``max_lag``: float64 [max_lag, n_columns].
-
-    The biased estimator (sums divided by ``n``, as in Bartlett's formula); constant columns
-    give 0.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"values must be [TRs, columns], got shape {x.shape}")
-    n = x.shape[0]
-    if not 1 <= max_lag < n:
-        raise ValueError(f"max_lag must be in [1, {n}) TRs, got {max_lag}")
-    x = x - x.mean(0)
-    size = 1 << int(np.ceil(np.log2(2 * n)))
-    spectrum = np.fft.rfft(x, n=size, axis=0)
-    acov = np.fft.irfft(spectrum * spectrum.conj(), n=size, axis=0)[: max_lag + 1]
-    variance = acov[0]
-    return np.divide(acov[1:], variance, out=np.zeros_like(acov[1:]), where=variance > 1e-12 * n)
-
-
 def default_max_lag(n_trs: int) -> int:
     """Lags (TRs) summed by :func:`effective_samples`: ``n_trs // 4`` (at least 1).
 
@@ -176,6 +157,8 @@ def paired_correlation(x, y, max_lag: int | None = None) -> tuple[np.ndarray, np
     if n < 5:
         raise ValueError(f"need at least 5 TRs for an effective sample size, got {n}")
     lag = default_max_lag(n) if max_lag is None else max_lag
+    if not 1 <= lag < n:
+        raise ValueError(f"max_lag must be in [1, {n}) TRs, got {lag}")
     r, inflation = np.empty(x.shape[1]), np.empty(x.shape[1])
     for first in range(0, x.shape[1], COLUMN_BLOCK):  # bounds the FFT temporaries
         block = slice(first, first + COLUMN_BLOCK)
@@ -183,7 +166,7 @@ def paired_correlation(x, y, max_lag: int | None = None) -> tuple[np.ndarray, np
         b = y[:, block] - y[:, block].mean(0, dtype=np.float64)
         scale = np.sqrt((a * a).sum(0) * (b * b).sum(0))
         r[block] = np.divide((a * b).sum(0), scale, out=np.zeros(scale.shape), where=scale > 0)
-        products = autocorrelation(a, lag) * autocorrelation(b, lag)
+        products = autocorrelation([a], lag)[1:] * autocorrelation([b], lag)[1:]
         inflation[block] = 1 + 2 * products.sum(0)
     return r, np.clip(n / np.maximum(inflation, 1e-12), 4.0, float(n))
 

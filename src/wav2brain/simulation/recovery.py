@@ -24,7 +24,7 @@ ridge code.
    features), i.e. what the pipeline scores when its extraction, TR grid and alignment lose
    nothing. A voxel agrees when its ceiling lies inside the two-sided ``1 - level`` Fisher-z
    confidence interval of its r, ``atanh r +- z / sqrt(n_eff - 3)``, where ``n_eff`` is the
-   effective number of held-out TRs (:func:`effective_sample_size`, Bartlett's formula from the
+   effective number of held-out TRs (:func:`~wav2brain.metrics.autocorrelation.effective_sample_size`, Bartlett's formula from the
    lag autocorrelations of the prediction and the BOLD). The test passes unless significantly
    more than ``level`` of the planted voxels disagree (one-sided binomial test at
    ``decision_level``). r and its ceiling share the BOLD's noise and the ridge's estimation loss
@@ -78,6 +78,8 @@ from typing import Any
 
 import numpy as np
 
+from wav2brain.metrics.autocorrelation import effective_sample_size
+
 SIMULATED = "SIMULATED"
 """Label carried by every result of this module."""
 
@@ -106,7 +108,7 @@ class RecoveryConfig:
         Folds over the training stories that choose each voxel's alpha (lowered to the number of
         training stories; one training story: contiguous blocks of its TRs).
     max_lag_s : float
-        Longest lag (s) in Bartlett's sum (:func:`effective_sample_size`); 30 s covers the
+        Longest lag (s) in Bartlett's sum (:func:`~wav2brain.metrics.autocorrelation.effective_sample_size`); 30 s covers the
         haemodynamic response and the AR noise, while longer lags, whose sample autocorrelations
         are mostly noise, would only add variance. Capped at a quarter of the shortest run.
     n_permutations : int
@@ -295,59 +297,6 @@ class RecoveryResult:
         return json.dumps(self.to_dict(), indent=indent)
 
 
-def autocorrelation(runs: Sequence[np.ndarray], max_lag: int) -> np.ndarray:
-    """Lag autocorrelation of each column, pooled over runs: float64 [max_lag + 1, n_columns].
-
-    Each run is centred on its own mean and lags never cross a run boundary; the lag-k sums of
-    products of all runs are divided by their summed variances (the biased estimator, so that
-    long lags with few pairs weigh less). Row 0 is 1 (0 for a constant column).
-    """
-    if not runs:
-        raise ValueError("autocorrelation needs at least one run")
-    width = runs[0].shape[1]
-    total = np.zeros((max_lag + 1, width))
-    for run in runs:
-        x = np.asarray(run, dtype=np.float64)
-        x = x - x.mean(0)
-        n = len(x)
-        size = 1 << int(2 * n - 1).bit_length()
-        spectrum = np.fft.rfft(x, size, axis=0)
-        lags = np.fft.irfft(spectrum * np.conj(spectrum), size, axis=0)[: max_lag + 1]
-        lags[n:] = 0.0  # lags beyond the run have no pairs
-        total += lags
-    variance = total[0]
-    return np.divide(total, variance, out=np.zeros_like(total), where=variance > 0)
-
-
-def effective_sample_size(
-    x_runs: Sequence[np.ndarray], y_runs: Sequence[np.ndarray], max_lag: int
-) -> np.ndarray:
-    """Bartlett's effective number of samples behind ``corr(x, y)`` per column [n_columns].
-
-    ``n_eff = n / (1 + 2 sum_{k=1..max_lag} rho_x(k) rho_y(k))``, with ``n`` the total rows and
-    ``rho`` the pooled within-run autocorrelations (:func:`autocorrelation`): the variance of a
-    correlation between two autocorrelated series is about ``1 / n_eff`` (Bartlett 1935; Pyper and
-    Peterman 1998). Clipped to ``[4, n]``, so ``1 / sqrt(n_eff - 3)`` stays defined.
-
-    Parameters
-    ----------
-    x_runs, y_runs : sequence of arrays [n_trs_of_run, n_columns]
-        The two series, run by run (same shapes).
-    max_lag : int
-        Longest lag (TRs) in the sum.
-    """
-    if len(x_runs) != len(y_runs) or any(
-        np.shape(x) != np.shape(y) for x, y in zip(x_runs, y_runs, strict=True)
-    ):
-        raise ValueError("x and y must hold the same runs with the same shapes")
-    n = sum(len(x) for x in x_runs)
-    if max_lag < 1:
-        return np.full(np.shape(x_runs[0])[1], float(n))
-    products = autocorrelation(x_runs, max_lag)[1:] * autocorrelation(y_runs, max_lag)[1:]
-    n_eff = n / (1.0 + 2.0 * products.sum(0))
-    return np.clip(n_eff, 4.0, float(n))
-
-
 def held_out_predictions(
     X: np.ndarray, Y: np.ndarray, groups: np.ndarray, alphas: Sequence[float], inner_cv: int
 ) -> np.ndarray:
@@ -527,23 +476,6 @@ def _stream(dataset: Path, table: str):
     return load_dataset(str(dataset), table, split="train", streaming=True)
 
 
-def _cleaning(dataset: Path):
-    """The dataset's :class:`~wav2brain.data.fmri.CleaningConfig`, from prepare's manifest."""
-    from wav2brain.data.fmri import CleaningConfig
-    from wav2brain.data.prepare import MANIFEST_NAME
-
-    path = dataset / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected a folder written by wav2brain prepare")
-    settings = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
-    if "cleaning" not in settings:
-        raise ValueError(f"{path}: no cleaning settings (settings.cleaning)")
-    cleaning = dict(settings["cleaning"])
-    if cleaning.get("confound_columns") is not None:
-        cleaning["confound_columns"] = tuple(cleaning["confound_columns"])
-    return CleaningConfig(**cleaning)
-
-
 def _key_columns(table, keys: Sequence[str]):
     """``keys`` columns of ``table`` as strings, missing values as ''."""
     return table[list(keys)].astype(object).where(table[list(keys)].notna(), "").astype(str)
@@ -608,10 +540,11 @@ def _read_runs(dataset: Path, table, truth: Path, planted: _Truth) -> list[_Run]
     import pandas as pd
 
     from wav2brain.data.fmri import drift_confounds, drift_order
+    from wav2brain.encoding.runs import read_cleaning
     from wav2brain.features.pipeline import RunTiming
     from wav2brain.simulation.configuration import PlantedUnit
 
-    cleaning = _cleaning(dataset)
+    cleaning = read_cleaning(dataset)
     start = cleaning.trim_start_trs
     layers = sorted(set(planted.planted_layers.tolist()))
     tables = {

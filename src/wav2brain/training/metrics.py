@@ -2,7 +2,7 @@
 
 :func:`brain_scores` slices each subject's own voxels out of padded predictions, computes
 Bartlett's effective sample size per voxel from the within-run autocorrelations of prediction and
-measurement (:func:`wav2brain.simulation.recovery.effective_sample_size`, lags up to
+measurement (:func:`wav2brain.metrics.autocorrelation.effective_sample_size`, lags up to
 :data:`MAX_LAG_TRS`), and summarises with :func:`wav2brain.metrics.voxelwise_scores`.
 """
 
@@ -44,7 +44,7 @@ def brain_scores(
     voxel_counts : mapping subject -> int
         Each subject's own voxels (the first columns).
     """
-    from wav2brain.simulation.recovery import effective_sample_size
+    from wav2brain.metrics.autocorrelation import effective_sample_size
 
     predictions = np.array(predictions, dtype=np.float64)
     references = np.array(references, dtype=np.float64)
