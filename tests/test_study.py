@@ -163,6 +163,22 @@ def test_missing_study_file_is_named(tmp_path):
     assert main(["run", "--config", str(tmp_path / "nothing.yaml")]) == 2
 
 
+def test_a_study_file_that_is_not_a_yaml_file_is_named(tmp_path, capsys):
+    with pytest.raises(ValueError, match="is not a regular file"):
+        StudyConfig.from_yaml(tmp_path)
+    assert main(["run", "--config", "/dev/null"]) == 2
+    assert "study file /dev/null is not a regular file" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: t\nsteps: [unclosed\n")
+    with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+        StudyConfig.from_yaml(broken)
+    assert main(["run", "--config", str(broken)]) == 2
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="binary.yaml is not valid YAML"):
+        StudyConfig.from_yaml(binary)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

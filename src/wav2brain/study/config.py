@@ -217,14 +217,13 @@ class StudyConfig:
         FileNotFoundError
             The file, or (with ``check_paths``) a path it names, does not exist.
         ValueError
-            An unknown key (named with its section), a missing or ill-typed value.
+            Not a regular file or not YAML; an unknown key (named with its section), a missing
+            or ill-typed value.
         """
-        import yaml
+        from wav2brain.yamlfile import read_yaml
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"study file {path} does not exist")
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path, "study file")
         if not isinstance(raw, Mapping):
             raise ValueError(f"study file {path}: expected a mapping of sections, got {raw!r}")
         try:

@@ -191,14 +191,13 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     FileNotFoundError
         No such file.
     ValueError
-        Not a mapping, or a key that is not an option (named, with the file).
+        Not a YAML file (:func:`~wav2brain.yamlfile.read_yaml`), not a mapping, or a key that is
+        not an option (named, with the file).
     """
-    import yaml
+    from wav2brain.yamlfile import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} not found")
-    options = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    options = read_yaml(path, "recipe") or {}
     if not isinstance(options, dict):
         raise ValueError(
             f"{path}: a recipe is a mapping of option: value, got {type(options).__name__}"

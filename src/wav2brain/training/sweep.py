@@ -26,25 +26,19 @@ SWEEP_KEYS = {"recipe", "option", "values", "output_dir"}
 
 def is_sweep(path: str | Path) -> bool:
     """Whether a YAML file is a sweep (it has ``option`` and ``values``) rather than a recipe."""
-    import yaml
+    from wav2brain.yamlfile import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} not found")
-    content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    content = read_yaml(path, "recipe")
     return isinstance(content, dict) and {"option", "values"} <= set(content)
 
 
 def read_sweep(path: str | Path) -> dict[str, Any]:
     """The sweep YAML, checked: its keys, a recipe option, a non-empty list of values."""
-    import yaml
-
     from wav2brain.training.arguments import recipe_keys
+    from wav2brain.yamlfile import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep {path} not found")
-    sweep = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    sweep = read_yaml(path, "sweep") or {}
     if not isinstance(sweep, dict) or set(sweep) != SWEEP_KEYS:
         found = sorted(sweep) if isinstance(sweep, dict) else type(sweep).__name__
         raise ValueError(f"{path}: a sweep has exactly the keys {sorted(SWEEP_KEYS)}, got {found}")
