@@ -376,3 +376,41 @@ def test_history_sweep_runs_each_value_and_writes_the_curve(study, tmp_path):
     sweep.write_text("recipe: r.yaml\noption: no_such_option\nvalues: [1]\noutput_dir: o\n")
     with pytest.raises(ValueError, match="no_such_option"):
         read_sweep(sweep)
+
+
+def test_compare_models_on_the_run_scores_what_its_metrics_say(study, full_run, tmp_path):
+    """compare-models --recipe-run scores the run's test stories on its voxel selection: the mean
+    held-out r of stage1/final and final are the run's own stage-1 and stage-2 scores."""
+    import pandas as pd
+
+    from wav2brain.cli import main
+    from wav2brain.reports.compare import CompareConfig, compare_models
+
+    out, scores = full_run
+    models = [str(out / "stage1" / "final"), str(out / "final"), "--labels", "base", "refined"]
+    cmp = tmp_path / "cmp"
+    assert main(["compare-models", *models, "--recipe-run", str(out), "--out", str(cmp)]) == 0
+    headline = json.loads((cmp / "compare.json").read_text())["headline"]
+    # stage 1 was scored on float16 cached states, compare-models runs the audio end to end
+    assert headline["mean_r"]["base"] == pytest.approx(scores["stage1"]["mean"], abs=2e-3)
+    assert headline["mean_r"]["refined"] == pytest.approx(scores["stage2"]["mean"], abs=1e-5)
+    truth = study / "bids" / GROUND_TRUTH_DIR
+    planted = sorted(pd.read_csv(truth / "voxels.tsv", sep="\t")["voxel"])
+    voxels = pd.read_parquet(cmp / "voxel_scores.parquet")
+    assert sorted(voxels.loc[voxels["subject"] == "001", "voxel"]) == planted
+    assert (cmp / "maps" / "sub-001_delta.nii.gz").is_file()
+    # negative controls: another selection than the heads', and --recipe-run with --dataset
+    other = ["--dataset", str(study / "dataset"), "--test-stories", TEST_STORY]
+    brain = ["--voxel-selection", str(truth / "brain_mask.nii.gz")]
+    config = CompareConfig(
+        labels=("base", "refined"),
+        dataset=study / "dataset",
+        test_stories=(TEST_STORY,),
+        voxel_selection=truth / "brain_mask.nii.gz",
+    )
+    with pytest.raises(ValueError, match="selected voxels, 53 in the model's head"):
+        compare_models(models[0], models[1], tmp_path / "bad", config)
+    assert main(["compare-models", *models, *other, *brain, "--out", str(tmp_path / "b2")]) == 2
+    both = ["--recipe-run", str(out), "--dataset", str(study / "dataset")]
+    assert main(["compare-models", *models, *both, "--out", str(tmp_path / "b3")]) == 2
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "b3").exists()

@@ -34,6 +34,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="relative change counted as a change (default 1e-3, i.e. 0.1 %%)",
     )
     parser.add_argument("--dataset", type=Path, help="prepared dataset for brain accuracy")
+    parser.add_argument(
+        "--voxel-selection",
+        type=Path,
+        help="the voxels the heads predict (the recipe's voxel_selection: ROI image, index file "
+        "or folder of sub-<label> files)",
+    )
+    parser.add_argument(
+        "--recipe-run",
+        type=Path,
+        help="a `wav2brain train` output folder: score on its dataset, held-out stories and "
+        "voxel selection (instead of --dataset, --test-stories / --split, --voxel-selection)",
+    )
     stories = parser.add_mutually_exclusive_group()
     stories.add_argument("--test-stories", nargs="+", help="held-out stimulus ids")
     stories.add_argument(
@@ -91,14 +103,23 @@ def atlas_names_from_args(args: argparse.Namespace) -> dict[int, str] | None:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`~wav2brain.reports.compare.CompareConfig` of the arguments (validated)."""
-    from wav2brain.reports.compare import CompareConfig
+    from wav2brain.reports.compare import CompareConfig, recipe_run_scoring
 
     defaults = CompareConfig()
+    scoring = {
+        "dataset": args.dataset,
+        "test_stories": held_out_stories(args),
+        "voxel_selection": args.voxel_selection,
+    }
+    if args.recipe_run is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in scoring.items() if v]
+        if given:
+            raise ValueError(f"--recipe-run sets {', '.join(given)}: give one or the other")
+        scoring = recipe_run_scoring(args.recipe_run)
     return CompareConfig(
         labels=tuple(args.labels),
         threshold=defaults.threshold if args.threshold is None else args.threshold,
-        dataset=args.dataset,
-        test_stories=held_out_stories(args),
+        **scoring,
         atlas=args.atlas,
         atlas_names=atlas_names_from_args(args),
         sweep=args.sweep,

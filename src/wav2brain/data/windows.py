@@ -350,6 +350,7 @@ class BrainWindows(Dataset):
         model: Any,
         *,
         load_kwargs: Mapping[str, Any] | None = None,
+        selected: Mapping[str, int] | None = None,
         **options: Any,
     ) -> BrainWindows:
         """Windows of a prepared folder cut for ``model``: its TR, history and audio scaling.
@@ -364,6 +365,9 @@ class BrainWindows(Dataset):
             ``subject_voxels``, or ``num_voxels`` for a single head) come from ``model.config``.
         load_kwargs : mapping, optional
             Passed to ``datasets.load_dataset`` (``cache_dir``, ...).
+        selected : mapping subject -> int, optional
+            Voxels each subject's head predicts when the model was trained on a voxel selection
+            (the caller slices the labels); default each subject's whole BOLD.
         **options
             The other :class:`WindowConfig` fields (``lag_trs``, ``full_windows_only``, ...).
 
@@ -392,14 +396,18 @@ class BrainWindows(Dataset):
         heads = getattr(config, "subject_voxels", None)
         if heads is None:
             heads = {subject: config.num_voxels for subject in windows.subject_voxels}
+        counts = dict(windows.subject_voxels)
+        if selected is not None:
+            counts = {subject: int(selected[subject]) for subject in counts}
         wrong = {
             subject: (count, heads[subject])
-            for subject, count in windows.subject_voxels.items()
+            for subject, count in counts.items()
             if heads[subject] != count
         }
         if wrong:
+            what = "selected voxels" if selected is not None else "voxels in the data"
             shown = ", ".join(
-                f"subject {s!r}: {data} voxels in the data, {head} in the model's head"
+                f"subject {s!r}: {data} {what}, {head} in the model's head"
                 for s, (data, head) in wrong.items()
             )
             raise ValueError(f"{folder}: voxel counts differ from the model's heads: {shown}")

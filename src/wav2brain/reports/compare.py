@@ -402,10 +402,18 @@ def _equal_length_batches(windows, indices, batch_size: int) -> list[np.ndarray]
     return batches
 
 
-def predict_windows(model, windows, indices, subjects: Sequence[str], batch_size: int = 8):
+def predict_windows(
+    model,
+    windows,
+    indices,
+    subjects: Sequence[str],
+    batch_size: int = 8,
+    columns: Mapping[str, np.ndarray] | None = None,
+):
     """Predictions and labels of the windows ``indices`` grouped by subject (float32 [n, V]).
 
-    Rows of a subject follow the order of ``indices``.
+    Rows of a subject follow the order of ``indices``; with ``columns`` (subject -> the selected
+    columns its head predicts) the labels are those columns.
     """
     import torch
 
@@ -417,6 +425,11 @@ def predict_windows(model, windows, indices, subjects: Sequence[str], batch_size
     with torch.no_grad():
         for positions in _equal_length_batches(windows, indices, batch_size):
             items = [windows[int(indices[p])] for p in positions]
+            if columns is not None:
+                items = [
+                    {**item, "labels": np.asarray(item["labels"])[columns[subjects[int(p)]]]}
+                    for p, item in zip(positions, items, strict=True)
+                ]
             batch = collate(items)
             subject_ids = batch.get("subject_ids")
             output = model(
@@ -426,8 +439,8 @@ def predict_windows(model, windows, indices, subjects: Sequence[str], batch_size
             ).predictions
             output = output.float().cpu().numpy()
             for row, (position, item) in enumerate(zip(positions, items, strict=True)):
-                width = len(item["labels"])
-                outputs[int(position)] = (output[row, :width], np.asarray(item["labels"]))
+                label = np.asarray(item["labels"])
+                outputs[int(position)] = (output[row, : len(label)], label)
     predictions: dict[str, list] = {}
     labels: dict[str, list] = {}
     for position in range(len(indices)):
@@ -449,6 +462,7 @@ def brain_accuracy(
     roi_names: Mapping[int, str] | None = None,
     batch_size: int = 8,
     cache_dir: str | os.PathLike | None = None,
+    voxel_selection: str | os.PathLike | None = None,
 ):
     """Per-voxel held-out Pearson r of each model, per subject, and ROI means (Figure 3b).
 
@@ -470,11 +484,16 @@ def brain_accuracy(
         Windows per forward pass.
     cache_dir : path, optional
         ``datasets`` cache for the prepared tables (default: the datasets cache).
+    voxel_selection : path, optional
+        The voxels the models' heads predict, as the recipe's ``voxel_selection`` (one file or a
+        folder of ``sub-<label>`` files: :func:`wav2brain.training.data.selected_columns`);
+        default every voxel.
 
     Returns
     -------
     voxels : pandas.DataFrame
-        ``subject``, ``voxel``, ``roi``, then ``r_<name>`` per model (r over the held-out TRs).
+        ``subject``, ``voxel`` (the column of the subject's BOLD), ``roi``, then ``r_<name>`` per
+        model (r over the held-out TRs).
     rois : pandas.DataFrame
         ``subject``, ``roi``, ``roi_name``, ``n_voxels``, then ``r_<name>`` (mean over the ROI).
     """
@@ -488,11 +507,20 @@ def brain_accuracy(
         raise ValueError("test_stories is empty: name the held-out stories to score on")
     names = list(models)
     frames = []
+    load_kwargs = {"cache_dir": str(cache_dir)} if cache_dir else None
+    columns = None
+    if voxel_selection is not None:
+        from wav2brain.training.data import selected_columns
+
+        counts = BrainWindows.from_folder(dataset, **(load_kwargs or {})).subject_voxels
+        columns = selected_columns(voxel_selection, dataset, counts)
     for name, model in models.items():
-        load_kwargs = {"cache_dir": str(cache_dir)} if cache_dir else None
-        windows = BrainWindows.for_model(dataset, model, load_kwargs=load_kwargs)
+        selected = None if columns is None else {s: len(c) for s, c in columns.items()}
+        windows = BrainWindows.for_model(dataset, model, load_kwargs=load_kwargs, selected=selected)
         indices, subjects = _held_out_windows(windows, test_stories)
-        predictions, labels = predict_windows(model, windows, indices, subjects, batch_size)
+        predictions, labels = predict_windows(
+            model, windows, indices, subjects, batch_size, columns
+        )
         for subject, prediction in predictions.items():
             if len(prediction) < 3:
                 raise ValueError(
@@ -500,11 +528,8 @@ def brain_accuracy(
                     f"{list(test_stories)}: need at least 3 TRs to correlate"
                 )
             r = pearson_r(labels[subject].astype(np.float64), prediction.astype(np.float64))
-            frames.append(
-                pd.DataFrame(
-                    {"subject": subject, "voxel": np.arange(r.size), "model": name, "r": r}
-                )
-            )
+            voxel = np.arange(r.size) if columns is None else columns[subject]
+            frames.append(pd.DataFrame({"subject": subject, "voxel": voxel, "model": name, "r": r}))
     long = pd.concat(frames, ignore_index=True)
     voxels = long.pivot_table(index=["subject", "voxel"], columns="model", values="r").reset_index()
     voxels.columns.name = None
@@ -515,20 +540,22 @@ def brain_accuracy(
         if roi_labels is None or subject not in roi_labels:
             continue
         labels_ = np.asarray(roi_labels[subject])
-        if labels_.shape != (len(part),):
+        n_data = len(part) if columns is None else counts[subject]
+        if labels_.shape != (n_data,):
             raise ValueError(
                 f"roi labels of subject {subject!r} have shape {labels_.shape}; its data has "
-                f"{len(part)} voxels"
+                f"{n_data} voxels"
             )
-        voxels.loc[part.index, "roi"] = labels_[part["voxel"].to_numpy()]
+        scored = labels_[part["voxel"].to_numpy()]
+        voxels.loc[part.index, "roi"] = scored
         scores = part[[f"r_{n}" for n in names]].to_numpy().T
-        rois, means = roi_mean_scores(scores, labels_[part["voxel"].to_numpy()])
+        rois, means = roi_mean_scores(scores, scored)
         for j, roi in enumerate(rois):
             row = {
                 "subject": subject,
                 "roi": int(roi),
                 "roi_name": (roi_names or {}).get(int(roi), str(int(roi))),
-                "n_voxels": int((labels_ == roi).sum()),
+                "n_voxels": int((scored == roi).sum()),
             }
             row.update({f"r_{n}": float(means[i, j]) for i, n in enumerate(names)})
             roi_rows.append(row)
@@ -660,6 +687,9 @@ class CompareConfig:
         Windows per forward pass in brain accuracy.
     cache_dir : path, optional
         ``datasets`` cache for the dataset's tables.
+    voxel_selection : path, optional
+        The voxels the heads predict when the models were trained on a selection (the recipe's
+        ``voxel_selection``); needs ``dataset``.
     maps : bool
         Write brain maps (r of each model and their difference) where the dataset has masks.
     """
@@ -674,6 +704,7 @@ class CompareConfig:
     sweep_metric: str | None = None
     batch_size: int = 8
     cache_dir: Path | None = None
+    voxel_selection: Path | None = None
     maps: bool = True
 
     def __post_init__(self) -> None:
@@ -691,8 +722,45 @@ class CompareConfig:
             )
         if self.atlas is not None and self.dataset is None:
             raise ValueError("atlas is used only with a dataset and test stories")
+        if self.voxel_selection is not None and self.dataset is None:
+            raise ValueError("voxel_selection is used only with a dataset and test stories")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+def recipe_run_scoring(folder: str | os.PathLike) -> dict[str, Any]:
+    """What a ``wav2brain train`` output folder scored on: ``dataset``, ``test_stories`` (its
+    ``splits.json``) and ``voxel_selection`` (None: every voxel), as :class:`CompareConfig`
+    fields. Relative paths in ``run.json`` are read from the current folder, as the run did.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``run.json`` or ``splits.json`` in ``folder``.
+    ValueError
+        A run split by run rather than by story, or without a dataset or test split.
+    """
+    from wav2brain.training.splits import SPLITS_FILE
+
+    folder = Path(folder)
+    paths = {name: folder / name for name in ("run.json", SPLITS_FILE)}
+    if missing := [name for name, path in paths.items() if not path.is_file()]:
+        raise FileNotFoundError(f"{folder} lacks {missing}: not a `wav2brain train` output folder")
+    data = json.loads(paths["run.json"].read_text(encoding="utf-8")).get("data") or {}
+    splits = json.loads(paths[SPLITS_FILE].read_text(encoding="utf-8"))
+    if splits.get("split_by", "stimulus") != "stimulus":
+        raise ValueError(
+            f"{paths[SPLITS_FILE]}: split by {splits.get('split_by')!r}; brain accuracy holds out "
+            "whole stories (give --dataset and --test-stories yourself)"
+        )
+    if not data.get("dataset") or not splits.get("test"):
+        raise ValueError(f"{folder}: run.json names no dataset or splits.json no test stories")
+    selection = data.get("voxel_selection")
+    return {
+        "dataset": Path(data["dataset"]),
+        "test_stories": tuple(splits["test"]),
+        "voxel_selection": None if selection is None else Path(selection),
+    }
 
 
 def _subject_masks(dataset: Path) -> dict[str, tuple[str, Path | None, int]]:
@@ -758,6 +826,7 @@ def compare_models(
         ("dataset", config.dataset),
         ("atlas", config.atlas),
         ("sweep", config.sweep),
+        ("voxel selection", config.voxel_selection),
     ):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{what} {path} does not exist")
@@ -842,6 +911,7 @@ def _brain_outputs(models, config: CompareConfig, out: Path, headline: dict) -> 
         roi_names=config.atlas_names,
         batch_size=config.batch_size,
         cache_dir=config.cache_dir,
+        voxel_selection=config.voxel_selection,
     )
     names = list(models)
     written = {"voxel_scores": _write_table(voxels, out / "voxel_scores.parquet")}
@@ -857,7 +927,10 @@ def _brain_outputs(models, config: CompareConfig, out: Path, headline: dict) -> 
             space, mask, n_voxels = masks[subject]
             if map_target(space, mask, n_voxels) is not None:
                 continue
-            values = {f"r-{n}": part[f"r_{n}"].to_numpy() for n in names}
+            values = {}
+            for n in names:  # voxels outside a voxel selection show 0
+                values[f"r-{n}"] = np.zeros(n_voxels)
+                values[f"r-{n}"][part["voxel"].to_numpy()] = part[f"r_{n}"].to_numpy()
             values["delta"] = values[f"r-{names[1]}"] - values[f"r-{names[0]}"]
             for key, array in values.items():
                 stem = out / "maps" / f"sub-{subject}_{key}"

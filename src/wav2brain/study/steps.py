@@ -292,12 +292,13 @@ def _build(step: str, config: StudyConfig, p: _Paths, selected: Iterable[str]):
         return argv, out, ("prepare", "extract:refined", "anchor:base"), ()
     if step == "compare":
         # the base backbone with its trained head (stage 1, backbone frozen) against the refined
-        # model: parameter change (Figure 2) and layer weights (Figure 4). Held-out brain accuracy
-        # is the recipe's own (refine/metrics.json): compare-models' --dataset scores every voxel
-        # of the dataset, which the heads of a voxel-selected recipe do not have.
-        stage1, final = run / "refine" / "stage1" / "final", run / "refine" / "final"
+        # model: parameter change (Figure 2), layer weights (Figure 4) and held-out accuracy per
+        # voxel (Figure 3b) on the recipe's test stories and voxel selection (--recipe-run)
+        refine = run / "refine"
+        stage1, final = refine / "stage1" / "final", refine / "final"
         argv = ["compare-models", str(stage1), str(final), "--labels", "base", "refined"]
-        return argv + ["--out", str(run / "compare")], run / "compare", ("refine",), ()
+        argv += ["--recipe-run", str(refine), "--out", str(run / "compare")]
+        return argv, run / "compare", ("prepare", "refine"), ()
     if step == "probe_tasks":
         argv = [
             "make-probe-tasks",

@@ -108,6 +108,26 @@ def read_voxel_selection(path: str | Path, dataset: str | Path, n_voxels: int) -
     return columns
 
 
+def selected_columns(
+    voxel_selection: str | Path | None, dataset: str | Path, counts: Mapping[str, int]
+) -> dict[str, np.ndarray]:
+    """Each subject's selected columns of its BOLD (sorted, unique), or all of them (None).
+
+    ``voxel_selection`` is one file for every subject (:func:`read_voxel_selection`) or a folder
+    of ``sub-<label>`` files (:func:`subject_selection_file`); ``counts`` gives each subject's
+    column count.
+    """
+    if voxel_selection is None:
+        return {s: np.arange(n) for s, n in counts.items()}
+    selection = Path(voxel_selection)
+    if not selection.is_dir():
+        return {s: read_voxel_selection(selection, dataset, n) for s, n in counts.items()}
+    return {
+        subject: read_voxel_selection(subject_selection_file(selection, subject), dataset, count)
+        for subject, count in counts.items()
+    }
+
+
 @dataclass(frozen=True)
 class WindowItem:
     """One training example: response ``row``, TR ``t`` and the audio it is paired with."""
@@ -188,16 +208,7 @@ class RecipeData:
 
     def _columns(self, voxel_selection: str | Path | None) -> dict[str, np.ndarray]:
         counts = {s: self.windows.subject_voxels[s] for s in self.subjects}
-        if voxel_selection is None:
-            return {s: np.arange(n) for s, n in counts.items()}
-        selection = Path(voxel_selection)
-        if not selection.is_dir():
-            return {s: read_voxel_selection(selection, self.dataset, n) for s, n in counts.items()}
-        columns = {}
-        for subject, count in counts.items():
-            found = subject_selection_file(selection, subject)
-            columns[subject] = read_voxel_selection(found, self.dataset, count)
-        return columns
+        return selected_columns(voxel_selection, self.dataset, counts)
 
     def _substitutes(self, shuffle: bool, split_by: str) -> dict[str, str]:
         if not shuffle:
