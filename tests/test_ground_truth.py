@@ -360,12 +360,20 @@ def test_truncated_top_voxel_lists_are_refused(small, tmp_path):
         gt.check_simulated(small["truth"], small["dataset"], anchoring=folder)
 
 
-@pytest.mark.parametrize("tamper", ["subject", "voxels", "tensor", "units", "unfinished"])
+@pytest.mark.parametrize(
+    "tamper", ["dataset", "subject", "voxels", "tensor", "units", "unfinished"]
+)
 def test_an_anchoring_of_another_dataset_or_model_is_refused(small, tmp_path, tamper):
     folder = _anchoring_copy(small, tmp_path)
     units = pd.read_parquet(folder / "units.parquet")
     voxels = pd.read_parquet(folder / "voxels.parquet")
-    if tamper == "subject":
+    if tamper == "dataset":
+        summary = json.loads((folder / "summary.json").read_text())
+        assert Path(summary["dataset"]) == small["dataset"].resolve()
+        summary["dataset"] = "/elsewhere/dataset"
+        (folder / "summary.json").write_text(json.dumps(summary))
+        match, error = "anchored the dataset /elsewhere/dataset, not ", ValueError
+    elif tamper == "subject":
         units.loc[units["subject"] == "002", "subject"] = "007"
         match, error = "anchors subjects \\['007'\\]", ValueError
     elif tamper == "voxels":

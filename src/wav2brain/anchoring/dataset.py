@@ -625,14 +625,14 @@ def _merge_subjects(context, stems: Mapping[str, Path], parcellations, timecours
         for name, stage in zip(family.names, getattr(family, "stages", ()) or (), strict=False)
     }
     finished = finish(context, units, regions, tables["voxels"])
-    write_text_atomic(
-        json.dumps(
-            {"subjects": summaries, "skipped": skipped, **finished["summary"]},
-            indent=2,
-            default=str,
-        ),
-        out / "summary.json",
-    )
+    record = {
+        "dataset": str(Path(context.dataset).resolve()),
+        "config": asdict(context.config),
+        "subjects": summaries,
+        "skipped": skipped,
+        **finished["summary"],
+    }
+    write_text_atomic(json.dumps(record, indent=2, default=str), out / "summary.json")
     return {**paths, **{name: finished["paths"][name] for name in ("group", "profile", "maps")}}
 
 

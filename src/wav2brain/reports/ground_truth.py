@@ -518,8 +518,9 @@ def anchoring_checks(simulation: Simulation, folder: str | Path) -> PartResult:
     Raises
     ------
     FileNotFoundError, ValueError
-        A missing or unfinished folder; an anchoring of another dataset (subjects the dataset
-        lacks, another voxel count, planted units or layers absent from the tables); several
+        A missing or unfinished folder; an anchoring of another dataset (its ``summary.json``
+        names another, or subjects the dataset lacks, another voxel count, planted units or
+        layers absent from the tables); several
         tensors in one folder; truncated top-voxel lists (:func:`rejected_pairs`).
     """
     from wav2brain.encoding.dataset import layer_number
@@ -531,6 +532,11 @@ def anchoring_checks(simulation: Simulation, folder: str | Path) -> PartResult:
     if len(tensors) != 1:
         raise ValueError(f"{folder}: expected the ANs of one tensor, found {tensors}")
     tensor = tensors[0]
+    anchored = summary.get("dataset")
+    if anchored is not None and Path(anchored) != simulation.dataset.resolve():
+        raise ValueError(
+            f"{folder} anchored the dataset {anchored}, not {simulation.dataset.resolve()}"
+        )
     records = read_responses(simulation.dataset)
     counts = {r.subject: r.n_voxels for r in records}
     if extra := sorted(set(units["subject"]) - set(counts)):
