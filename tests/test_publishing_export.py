@@ -139,6 +139,32 @@ def test_lora_is_merged_on_a_copy(tiny_kwargs, tmp_path):
     assert json.loads(paths["manifest"].read_text())["merge_max_abs_difference"] < 1e-5
 
 
+def test_lora_injected_by_add_lora_is_merged_on_a_copy(tiny_kwargs, tmp_path):
+    """The recipe's own LoRA (adapters injected into the backbone, no PeftModel) exports merged;
+    kept apart it is refused, before anything is written."""
+    from wav2brain.training.lora import add_lora, has_lora
+
+    model = add_lora(
+        brain_model(tiny_kwargs), rank=4, alpha=8.0, dropout=0.0, target_modules=LORA_TARGETS
+    )
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    before = predict(model)
+    assert not torch.allclose(before, predict(brain_model(tiny_kwargs)))  # the adapters act
+    with pytest.raises(ValueError, match="injected by add_lora"):
+        export_run(model, tmp_path / "apart", feature_extractor=None, merge_lora=False)
+    assert not (tmp_path / "apart").exists() or not any((tmp_path / "apart").iterdir())
+    paths = export_run(model, tmp_path / "merged", feature_extractor=None)
+    assert has_lora(model)  # the caller's model keeps its adapters
+    reloaded = Wav2Vec2ForBrainEncoding.from_pretrained(paths["model"])
+    assert not any("lora" in name for name in reloaded.state_dict())
+    torch.testing.assert_close(predict(reloaded), before, rtol=1e-5, atol=1e-6)
+    assert json.loads(paths["manifest"].read_text())["merge_max_abs_difference"] < 1e-5
+
+
 def test_lora_kept_apart(tiny_kwargs, tmp_path):
     from peft import PeftModel
 

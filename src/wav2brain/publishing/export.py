@@ -60,13 +60,28 @@ class ExportVerificationError(RuntimeError):
     """An exported folder does not reload to the model that was exported."""
 
 
-def _unwrap(model):
-    """``(brain model, peft model or None)``; for a LoRA model the brain model is a merged copy."""
+def _unwrap(model, keep_adapter: bool):
+    """``(brain model, LoRA model or None)``; for a LoRA model the brain model is a merged copy
+    (checked against the LoRA model by :func:`verify_merge`).
+
+    LoRA comes as a peft ``PeftModel`` or as adapters injected into a brain model's backbone
+    (:func:`wav2brain.training.lora.add_lora`); only the former can be kept apart
+    (``keep_adapter``), since only it saves a peft adapter folder.
+    """
     from peft import PeftModel
 
     from wav2brain.modeling import Wav2Vec2ForBrainEncoding
+    from wav2brain.training.lora import has_lora, merge_lora
 
     peft_model = None
+    if isinstance(model, Wav2Vec2ForBrainEncoding) and has_lora(model):
+        if keep_adapter:
+            raise ValueError(
+                "merge_lora=False keeps the adapters apart as a peft adapter folder, which only a "
+                "peft PeftModel saves; this model has adapters injected by add_lora: export it "
+                "merged (merge_lora=True)"
+            )
+        return merge_lora(copy.deepcopy(model)), model
     if isinstance(model, PeftModel):
         peft_model = model
         base = model.get_base_model()
@@ -259,8 +274,9 @@ def export_run(
     Parameters
     ----------
     model : Wav2Vec2ForBrainEncoding or peft.PeftModel
-        The trained model (a LoRA model is merged on a copy; the argument is not modified, except
-        that it is put in eval mode during the checks and then back). Under DDP or FSDP pass
+        The trained model (a LoRA model, a ``PeftModel`` or adapters injected by
+        :func:`~wav2brain.training.lora.add_lora`, is merged on a copy; the argument is not
+        modified, except that it is put in eval mode during the checks and then back). Under DDP or FSDP pass
         ``accelerator.unwrap_model(model)`` (with full weights gathered) and call this on the main
         process only.
     out_dir : str or os.PathLike
@@ -286,14 +302,15 @@ def export_run(
     Raises
     ------
     ValueError
-        For a model of another class, an extractor that disagrees with the config, or a bad card,
-        before anything is written.
+        For a model of another class, an extractor that disagrees with the config, a bad card,
+        or ``merge_lora=False`` for adapters injected by ``add_lora``, before anything is
+        written.
     ExportVerificationError
         When a reloaded folder does not reproduce the model (nothing is renamed into place then).
     """
     from .card import build_model_card, check_card, write_model_card
 
-    merged, peft_model = _unwrap(model)
+    merged, peft_model = _unwrap(model, keep_adapter=not merge_lora)
     check_card(card, merged.config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
