@@ -54,7 +54,7 @@ from wav2brain.probing.checks import (
     label_strings,
     where,
 )
-from wav2brain.probing.downstream import DownstreamConfig
+from wav2brain.probing.downstream import DownstreamConfig, VerificationConfig
 from wav2brain.probing.features import (
     FbankConfig,
     ProbeFeatureCache,
@@ -208,7 +208,7 @@ def task_from_splits(
     target_column: str | None = None,
     trials: Any = None,
     source: str | None = None,
-    max_validation_trials: int = 20_000,
+    max_validation_trials: int = VerificationConfig.max_validation_trials,
 ) -> ProbeTask:
     """Check datasets and build a :class:`ProbeTask` (no audio is decoded).
 
@@ -223,6 +223,11 @@ def task_from_splits(
         ``train``, ``validation`` and ``test`` ``datasets.Dataset`` objects (a ``DatasetDict``).
     trials
         Verification: a DataFrame or Parquet path of test trials.
+    source
+        Folder or description of where the task came from (default "in memory").
+    max_validation_trials
+        Verification: at most this many validation trials, a fixed subset (default
+        ``VerificationConfig.max_validation_trials``).
 
     Raises
     ------
