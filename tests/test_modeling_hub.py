@@ -15,6 +15,7 @@ from transformers import (
     Wav2Vec2ForPreTraining,
     Wav2Vec2Model,
 )
+from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2PreTrainedModel
 
 from wav2brain import Wav2Vec2BrainEncodingConfig, Wav2Vec2ForBrainEncoding
 
@@ -76,6 +77,42 @@ def test_start_from_a_plain_checkpoint(plain_checkpoint):
     ):
         torch.testing.assert_close(ours, theirs)
     assert model(values).predictions.shape == (2, 5085)
+
+
+def test_a_plain_checkpoint_loads_with_one_info_line_not_warnings(plain_checkpoint, caplog):
+    """The new head is expected from a plain checkpoint: no warning, one info line; a missing
+    backbone weight (negative control) is still a warning naming it."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    path, _ = plain_checkpoint
+    with caplog.at_level(logging.INFO):
+        model, info = Wav2Vec2ForBrainEncoding.from_pretrained(
+            path, num_voxels=3, output_loading_info=True
+        )
+    assert isinstance(model, Wav2Vec2ForBrainEncoding) and "layer_weight_logits" in str(info)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [], [r.getMessage()[:200] for r in warnings]
+    notes = [
+        r.getMessage() for r in caplog.records if "plain wav2vec2 checkpoint" in r.getMessage()
+    ]
+    assert len(notes) == 1 and "head and layer weights are new" in notes[0]
+    caplog.clear()  # transformers' own loading warns here, and the log capture sees it
+    with caplog.at_level(logging.INFO):
+        Wav2Vec2PreTrainedModel.from_pretrained.__func__(
+            Wav2Vec2ForBrainEncoding, path, num_voxels=3
+        )
+    assert any("LOAD REPORT" in r.getMessage() for r in caplog.records if r.levelno >= 30)
+    weights = load_file(str(path / "model.safetensors"))
+    dropped = next(k for k in weights if k.endswith("encoder.layers.0.attention.q_proj.weight"))
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(path / "model.safetensors"),
+              metadata={"format": "pt"})  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        Wav2Vec2ForBrainEncoding.from_pretrained(path, num_voxels=3)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("backbone weights are not in the checkpoint" in m and "q_proj" in m for m in warned)
 
 
 def test_plain_checkpoint_keeps_explicit_backbone_settings(plain_checkpoint):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,34 @@ FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
 
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision")
 """``from_pretrained`` keywords that locate a checkpoint's files (passed on to read its extractor)."""
+
+PLAIN_CHECKPOINT_WARNING = "You are using a model of type `"
+"""Start of transformers' warning that a config of another model type (a plain wav2vec2
+checkpoint, which this model is built from by design) instantiates this one."""
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records whose message contains one of ``fragments``."""
+
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+@contextmanager
+def dropped_messages(logger_name: str, *fragments: str) -> Iterator[None]:
+    """Within the block, records of ``logger_name`` containing a fragment are not emitted."""
+    target = logging.getLogger(logger_name)
+    dropper = _DropMessages(fragments)
+    target.addFilter(dropper)
+    try:
+        yield
+    finally:
+        target.removeFilter(dropper)
 
 
 def checkpoint_do_normalize(
@@ -284,15 +315,21 @@ class Wav2Vec2BrainEncodingConfig(Wav2Vec2Config):
         return self.history_trs * self.tr * self.sampling_rate
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """transformers' ``from_pretrained``, without its warning for a plain wav2vec2 config:
+        building this config from one is what :meth:`from_dict` is for."""
+        with dropped_messages("transformers.configuration_utils", PLAIN_CHECKPOINT_WARNING):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
         """Build the config from a dict, converting a plain ``wav2vec2`` config when needed.
 
         Keyword arguments that are fields of this config are applied before validation (so
         ``from_pretrained(plain_checkpoint, num_voxels=5085)`` works). A dict of another model type
         (a plain wav2vec2 checkpoint) gets :data:`BRAIN_BACKBONE_OVERRIDES` unless those are given
-        (and, through :meth:`get_config_dict`, the checkpoint's ``do_normalize``);
-        transformers then logs that a ``wav2vec2`` checkpoint instantiates this model type, which is
-        expected: the checkpoint holds the backbone, and only the head is initialised.
+        (and, through :meth:`get_config_dict`, the checkpoint's ``do_normalize``): the checkpoint
+        holds the backbone, and only the head is initialised.
         """
         config_dict = dict(config_dict)
         if config_dict.get("model_type", cls.model_type) != cls.model_type:

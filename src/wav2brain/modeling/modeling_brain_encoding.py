@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -20,11 +21,22 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_brain_encoding import Wav2Vec2BrainEncodingConfig
+from .configuration_brain_encoding import (
+    HUB_KWARGS,
+    PLAIN_CHECKPOINT_WARNING,
+    Wav2Vec2BrainEncodingConfig,
+    dropped_messages,
+)
 from .heads import BrainEncodingHead
 from .losses import encoding_loss, voxel_mask
 from .outputs import BrainEncodingOutput
 from .tr_pooling import receptive_field, tr_bin_weights
+
+logger = logging.getLogger(__name__)
+
+NEW_PARAMETERS = ("head.", "layer_weight_logits", "l2_sp_reference.")
+"""Parameters a plain wav2vec2 checkpoint cannot hold: the brain-encoding head, the layer
+weights and the L2-SP reference (prefixes of their names)."""
 
 
 def _buffer_name(parameter_name: str) -> str:
@@ -85,6 +97,55 @@ class Wav2Vec2ForBrainEncoding(Wav2Vec2PreTrainedModel):
         self.head = BrainEncodingHead(config)
         self.l2_sp_reference: nn.Module | None = None
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' ``from_pretrained``; from a plain wav2vec2 checkpoint, one info line.
+
+        A plain checkpoint holds the backbone only, so the head and layer weights are new by
+        design: instead of transformers' warnings (another model type, a load report of missing
+        and unused keys) one info line names what was initialised and how many checkpoint
+        tensors went unused (a pretraining quantizer, a CTC head); a missing *backbone* weight
+        stays a warning, naming the tensors. A brain-encoding checkpoint loads unchanged.
+        """
+        from transformers import PretrainedConfig
+
+        hub_kwargs = {key: kwargs[key] for key in (*HUB_KWARGS, "subfolder") if key in kwargs}
+        try:
+            source, _ = PretrainedConfig.get_config_dict(
+                pretrained_model_name_or_path, **hub_kwargs
+            )
+        except (OSError, ValueError):  # transformers' own error follows
+            source = {}
+        if source.get("model_type", cls.config_class.model_type) == cls.config_class.model_type:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        wanted = kwargs.pop("output_loading_info", False)
+        with (
+            dropped_messages("transformers.configuration_utils", PLAIN_CHECKPOINT_WARNING),
+            dropped_messages("transformers.modeling_utils", "LOAD REPORT"),
+        ):
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        missing = sorted(info["missing_keys"])
+        backbone = [key for key in missing if not key.startswith(NEW_PARAMETERS)]
+        if backbone:
+            logger.warning(
+                "%s: %d backbone weights are not in the checkpoint and were initialised at "
+                "random: %s",
+                pretrained_model_name_or_path,
+                len(backbone),
+                backbone[:8],
+            )
+        logger.info(
+            "%s is a plain %s checkpoint: the brain-encoding head and layer weights are new "
+            "(%d tensors); %d checkpoint tensors are not used",
+            pretrained_model_name_or_path,
+            source.get("model_type"),
+            len(missing) - len(backbone),
+            len(info["unexpected_keys"]),
+        )
+        return (model, info) if wanted else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

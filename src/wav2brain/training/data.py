@@ -325,7 +325,7 @@ class RecipeCollator:
                 ]
             ),
             "valid_bins": torch.stack(
-                [torch.as_tensor(np.asarray(i["valid_bins"])) for i in items]
+                [torch.tensor(np.asarray(i["valid_bins"])) for i in items]  # copied: memory-mapped
             ),
             "labels": labels,
             "subject_ids": torch.tensor([i["subject_ids"] for i in items], dtype=torch.long),
