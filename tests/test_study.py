@@ -192,7 +192,7 @@ def test_a_study_file_that_is_not_a_yaml_file_is_named(tmp_path, capsys):
         ),
         (
             "name: t\nout: o\ndata: {{bids: b}}\nmodels: {{base: m}}\nsteps: {{simulate: {{}}}}\n",
-            "steps.simulate: does not apply: it needs simulated data",
+            "steps.simulate: does not apply: it needs data.simulate",
         ),
         (
             "name: t\nout: o\ndata: {{simulate: {{}}}}\nmodels: {{base: m}}\n"
@@ -376,6 +376,45 @@ def test_changed_simulation_replaces_its_old_output_but_an_interrupted_one_is_ke
     assert seen["simulate"] == ["partial"]  # same options: the command resumes its own work
 
 
+def test_a_step_interrupted_with_new_options_is_not_taken_as_done_with_the_old_ones(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C during a changed step that had already removed its old output, then the old
+    options again: the step runs (from scratch), it is not skipped as unchanged."""
+    path = write_study(tmp_path, SIM_STUDY)
+    runs = []
+
+    def fake(step, processes):
+        runs.append(step.id)
+        step.out.mkdir(parents=True, exist_ok=True)
+        (step.out / f"made-{step.digest[:6]}").write_text("")
+        return 0.0
+
+    monkeypatch.setattr(study_runner, "_execute", fake)
+    run_study(StudyConfig.from_yaml(path), only=["simulate"], echo=silent)
+    old = read_record(tmp_path / "run")["steps"]["simulate"]["digest"]
+
+    def interrupted(step, processes):
+        step.out.mkdir(parents=True, exist_ok=True)
+        (step.out / "partial-of-seed-5").write_text("")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_runner, "_execute", interrupted)
+    original = path.read_text()
+    path.write_text(original.replace("seed: 0", "seed: 5"))
+    with pytest.raises(KeyboardInterrupt):
+        run_study(StudyConfig.from_yaml(path), only=["simulate"], echo=silent)
+    record = read_record(tmp_path / "run")
+    assert "simulate" not in record["steps"] and record["started"]["simulate"] != old
+    monkeypatch.setattr(study_runner, "_execute", fake)
+    path.write_text(original)
+    runs.clear()
+    result = run_study(StudyConfig.from_yaml(path), only=["simulate"], echo=silent)
+    assert runs == ["simulate"] and result.skipped == []
+    made = sorted(p.name for p in (tmp_path / "run" / "bids").iterdir())
+    assert made == [f"made-{old[:6]}"]  # the interrupted run's partial output was removed
+
+
 def test_failed_step_stops_the_run_and_is_not_recorded(tmp_path, monkeypatch):
     config = StudyConfig.from_yaml(write_study(tmp_path, SIM_STUDY))
     monkeypatch.setattr("wav2brain.cli.main", lambda argv: 2)
@@ -483,3 +522,80 @@ def test_listed_step_whose_producer_the_study_leaves_out_names_it(tmp_path, exec
         ValueError, match="encode:base reads the output .features/base. of step extract:base"
     ):
         run_study(config, echo=silent)
+
+
+# --- user-trial cases: another study's folder, empty file, relative paths, recipe inputs, a
+# simulated dataset given as a BIDS root ----------------------------------------------------------
+
+
+def test_a_run_folder_of_another_study_is_refused(tmp_path, executed):
+    run_study(StudyConfig.from_yaml(write_study(tmp_path, SIM_STUDY)), echo=silent)
+    other = write_study(tmp_path, SIM_STUDY.replace("name: t", "name: copied"))
+    executed.clear()
+    with pytest.raises(ValueError, match="holds the runs of study 't' .*not of 'copied'"):
+        run_study(StudyConfig.from_yaml(other), echo=silent)
+    assert executed == [] and read_record(tmp_path / "run")["name"] == "t"
+
+
+def test_an_empty_study_file_and_a_relative_missing_path_are_named(tmp_path, monkeypatch):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ValueError, match="empty.yaml is empty"):
+        StudyConfig.from_yaml(empty)
+    monkeypatch.chdir(tmp_path)
+    text = "name: t\nout: run\ndata: {bids: nowhere}\nmodels: {base: m}\nrefine: null\n"
+    (tmp_path / "rel.yaml").write_text(text + "probe: null\n")
+    with pytest.raises(FileNotFoundError, match=f"nowhere does not exist .relative to {tmp_path}"):
+        StudyConfig.from_yaml(tmp_path / "rel.yaml")
+
+
+def test_the_recipes_own_voxel_selection_is_checked_at_start(tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("voxel_selection: rois/missing_roi.nii.gz\nmax_steps: 5\n")
+    text = (
+        f"name: t\nout: {tmp_path}/run\ndata: {{bids: {bids}}}\nmodels: {{base: {bids}}}\n"
+        f"refine: {{recipe: {recipe}}}\nprobe: null\n"
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(
+        FileNotFoundError,
+        match="recipe.yaml: voxel_selection: rois/missing_roi.nii.gz does not exist",
+    ):
+        StudyConfig.from_yaml(path)
+    (tmp_path / "roi.nii.gz").write_text("")
+    path.write_text(text.replace(f"{{recipe: {recipe}}}", f"{{recipe: {recipe}, options: "
+                                 f"{{voxel_selection: {tmp_path / 'roi.nii.gz'}}}}}"))  # fmt: skip
+    StudyConfig.from_yaml(path)  # the study's own option replaces the recipe's
+
+
+def test_a_simulated_dataset_given_as_a_bids_root_keeps_its_ground_truth(tmp_path, executed):
+    """A simulation laid out anew (data.bids) is still SIMULATED: the truth mask, regions and
+    voxel selection, the shuffled control and check_simulated apply, and study.json says so."""
+    from wav2brain.simulation import GROUND_TRUTH_DIR
+
+    bids = tmp_path / "elsewhere"
+    truth = bids / GROUND_TRUTH_DIR
+    truth.mkdir(parents=True)
+    (truth / "simulation.json").write_text("{}")
+    text = (
+        f"name: t\nout: {tmp_path}/run\ndata: {{bids: {bids}}}\n"
+        f"refine: {{recipe: {REPO}/hf_configs/refine_sim.yaml}}\nprobe: null\n"
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    steps = {s.id: s for s in plan_study(StudyConfig.from_yaml(path))}
+    assert "simulate" not in steps and {"refine:control", "check_simulated"} <= set(steps)
+    assert str(truth / "brain_mask.nii.gz") in steps["prepare"].argv
+    assert str(truth / "clusters.nii.gz") in steps["refine"].argv
+    assert steps["extract:base"].argv[steps["extract:base"].argv.index("--model") + 1] == str(
+        truth / "model"
+    )
+    run_study(StudyConfig.from_yaml(path), only=["prepare"], echo=silent)
+    assert read_record(tmp_path / "run")["simulated"] is True
+    # negative control: without the simulator's record the data are real and need a model
+    (truth / "simulation.json").unlink()
+    with pytest.raises(ValueError, match="models.base is required unless the data are simulated"):
+        StudyConfig.from_yaml(path)

@@ -45,3 +45,31 @@ def test_the_train_command_says_it_in_one_line(files, capsys):
     assert main(["train", str(files["broken"])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not valid YAML at line 3" in err[0]
+
+
+def test_labels_with_a_leading_zero_stay_as_written(tmp_path):
+    """PyYAML alone reads 010 as 8 (octal) and 001 as 1: a study would prepare the wrong
+    subject (negative control: yaml.safe_load)."""
+    import yaml
+
+    text = "subjects: [001, 010, 7, 0, 0.5, -012, x]\nmax_steps: 300\nlr: 1.0e-2\n"
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    assert yaml.safe_load(text)["subjects"][:2] == [1, 8]
+    read = read_yaml(path, "study file")
+    assert read["subjects"] == ["001", "010", 7, 0, 0.5, "-012", "x"]
+    assert read["max_steps"] == 300 and read["lr"] == 0.01
+
+
+def test_a_study_keeps_zero_padded_subject_labels(tmp_path):
+    from wav2brain.study import StudyConfig, plan_study
+
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        f"name: s\nout: {tmp_path / 'run'}\ndata: {{bids: {bids}, subjects: [001, 010]}}\n"
+        "models: {base: facebook/wav2vec2-base}\nrefine: null\nprobe: null\n"
+    )
+    prepare = next(s for s in plan_study(StudyConfig.from_yaml(path)) if s.id == "prepare")
+    assert prepare.argv[prepare.argv.index("--subjects") + 1 :][:2] == ["001", "010"]

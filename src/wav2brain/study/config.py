@@ -51,6 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+RECIPE_INPUT_OPTIONS = ("voxel_selection",)
+"""Recipe options naming input files that a study leaves to the recipe (checked at start)."""
+
 PATH_OPTIONS = frozenset(
     {
         "mask",
@@ -110,6 +113,26 @@ class DataConfig:
     def simulated(self) -> bool:
         """Whether the study simulates its data."""
         return self.simulate is not None
+
+    def ground_truth(self, out: Path) -> Path | None:
+        """The simulator's ground-truth folder of the study's data, or None for real data.
+
+        ``OUT/bids/derivatives/ground_truth`` when the study simulates; else that of the BIDS
+        root (or of the BIDS root a prepared folder was made from) when it holds one: a
+        simulated dataset laid out anew or prepared elsewhere is still SIMULATED, and its
+        ground truth still applies.
+        """
+        from wav2brain.simulation.files import GROUND_TRUTH_DIR
+
+        if self.simulate is not None:
+            return Path(out) / "bids" / GROUND_TRUTH_DIR
+        root = self.bids
+        if self.prepared is not None:
+            from wav2brain.data.prepare import prepared_bids_root
+
+            root = prepared_bids_root(self.prepared) if self.prepared.is_dir() else None
+        truth = None if root is None else Path(root) / GROUND_TRUTH_DIR
+        return truth if truth is not None and (truth / "simulation.json").is_file() else None
 
 
 @dataclass(frozen=True)
@@ -224,6 +247,8 @@ class StudyConfig:
 
         path = Path(path)
         raw = read_yaml(path, "study file")
+        if raw is None:
+            raise ValueError(f"study file {path} is empty: expected a mapping of sections")
         if not isinstance(raw, Mapping):
             raise ValueError(f"study file {path}: expected a mapping of sections, got {raw!r}")
         try:
@@ -252,8 +277,11 @@ class StudyConfig:
             base=_optional_str(models.get("base"), "models.base"),
             revision=_optional_str(models.get("revision"), "models.revision"),
         )
-        if models.base is None and not data.simulated:
-            raise ValueError("models.base is required unless data.simulate is given")
+        if models.base is None and data.ground_truth(_path(raw["out"], base)) is None:
+            raise ValueError(
+                "models.base is required unless the data are simulated (data.simulate, or a "
+                "BIDS root or prepared folder holding the simulator's ground truth)"
+            )
         refine = None
         if raw.get("refine") is not None:
             section = raw["refine"]
@@ -311,6 +339,7 @@ class StudyConfig:
         if self.refine is not None:
             named.append(("refine.recipe", self.refine.recipe))
             named += _option_paths(self.refine.options, "refine.options")
+            named += self._recipe_paths()
         if self.probe is not None:
             named.append(("probe.tasks_dir", self.probe.tasks_dir))
         named += _option_paths(self.data.prepare, "data.prepare")
@@ -320,11 +349,30 @@ class StudyConfig:
             named.append(("models.base", Path(self.models.base)))
         return [(where, path) for where, path in named if path is not None]
 
+    def _recipe_paths(self) -> list[tuple[str, Path]]:
+        """Input paths of the recipe file that the study does not set itself (the voxel
+        selection of real data), as ``train`` reads them: relative to the current folder."""
+        from wav2brain.training.arguments import read_recipe
+
+        recipe = self.refine.recipe
+        if not recipe.is_file():
+            return []  # named as missing by refine.recipe
+        options = read_recipe(recipe)
+        ours = {"model_name_or_path", "dataset", "output_dir", *self.refine.options}
+        if self.data.ground_truth(self.out) is not None:
+            ours.add("voxel_selection")  # the planted clusters (wav2brain.study.steps)
+        return [
+            (f"refine.recipe {recipe}: {key}", Path(str(options[key])).expanduser())
+            for key in RECIPE_INPUT_OPTIONS
+            if options.get(key) is not None and key not in ours
+        ]
+
     def check_paths(self) -> None:
         """Raise FileNotFoundError naming the first input path that does not exist."""
         for where, path in self.input_paths():
             if not path.exists():
-                raise FileNotFoundError(f"{where}: {path} does not exist")
+                relative = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+                raise FileNotFoundError(f"{where}: {path} does not exist{relative}")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as JSON-ready values (as recorded in study.json)."""

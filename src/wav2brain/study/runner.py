@@ -7,9 +7,11 @@
      "started": {STEP_ID: digest}}
 
 ``started`` holds the digest of a step when it began, so that an interrupted step is told apart
-from a changed one. On a re-run a step is skipped when its digest (:func:`plan_study`) equals the
-recorded one and its output exists; a changed step runs again, and so does every step that
-depends on it (their digests contain its digest). A step listed in ``steps`` whose inputs come
+from a changed one; a step's ``steps`` entry is removed when it starts and written when it ends,
+so a step interrupted after it began replacing its output is never taken as done. On a re-run a
+step is skipped when its digest (:func:`plan_study`) equals the recorded one and its output
+exists; a changed step runs again, and so does every step that depends on it (their digests
+contain its digest). A step listed in ``steps`` whose inputs come
 from a step that neither runs now nor ran before is refused before anything runs, naming that
 step. At the end ``RUN/summary.json`` lists what each step wrote.
 """
@@ -106,7 +108,8 @@ def run_study(
     Raises
     ------
     ValueError
-        Before any step: an unknown step in ``only`` or one the study does not run, a step whose
+        Before any step: a run folder of another study (its ``name``), an unknown step in
+        ``only`` or one the study does not run, a step whose
         inputs no step makes (naming the step that makes them), a command's options that its
         parser refuses.
     RuntimeError
@@ -117,6 +120,11 @@ def run_study(
     by_id = {step.id: step for step in plan_study(config, applicable=True)}
     chosen = _chosen(steps, only)
     record = read_record(run_dir) or _new_record(config)
+    if record["name"] != config.name:
+        raise ValueError(
+            f"{run_dir} holds the runs of study {record['name']!r} ({STUDY_FILE}), not of "
+            f"{config.name!r}: give this study another out, or remove that folder"
+        )
     done = record["steps"]
     for step in chosen:
         _check_inputs(step, chosen, by_id, done, run_dir)
@@ -138,6 +146,7 @@ def run_study(
             ran.append(step.id)
             continue
         _clear_stale(step, record, run_dir)
+        done.pop(step.id, None)  # its output is being replaced: an interrupted run is not done
         record["started"][step.id] = step.digest
         _write(record, run_dir)
         echo(f"[{step.id}] running: {_shell(launch_argv(step, config.processes))}")
@@ -310,7 +319,7 @@ def _new_record(config: StudyConfig) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "name": config.name,
-        "simulated": config.data.simulated,
+        "simulated": config.data.ground_truth(Path(config.out).absolute()) is not None,
         "config": config.to_dict(),
         "steps": {},
         "started": {},

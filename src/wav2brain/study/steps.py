@@ -113,6 +113,7 @@ class Step:
 def applicable_steps(config: StudyConfig) -> tuple[str, ...]:
     """The steps that apply to a study, in order (what runs when ``steps`` is not given)."""
     simulated = config.data.simulated
+    truth = config.data.ground_truth(Path(config.out).absolute()) is not None
     refine = config.refine is not None
     probe = config.probe is not None
     return tuple(
@@ -122,21 +123,27 @@ def applicable_steps(config: StudyConfig) -> tuple[str, ...]:
             "simulate": simulated,
             "prepare": config.data.prepared is None,
             "refine": refine,
-            "refine:control": refine and simulated,
+            "refine:control": refine and truth,
             "extract:refined": refine,
             "anchor:refined": refine,
             "compare": refine,
             "probe_tasks": probe and config.probe.tasks_dir is None,
             "probe": probe,
-            "check_simulated": simulated and config.models.base is None,
+            "check_simulated": truth and config.models.base is None,
         }.get(step, True)
     )
 
 
 def not_applicable_reason(config: StudyConfig, step: str) -> str:
     """Why ``step`` does not apply to the study (for errors and logs)."""
-    if step in ("simulate", "refine:control", "check_simulated") and not config.data.simulated:
-        return "it needs simulated data (data.simulate)"
+    if step == "simulate" and not config.data.simulated:
+        return "it needs data.simulate"
+    truth = config.data.ground_truth(Path(config.out).absolute())
+    if step in ("refine:control", "check_simulated") and truth is None:
+        return (
+            "it needs simulated data (data.simulate, or a BIDS root or prepared folder holding "
+            "the simulator's ground truth)"
+        )
     if step == "check_simulated":
         return (
             f"models.base is {config.models.base!r}, not the simulator's model: the simulated BOLD "
@@ -185,10 +192,9 @@ class _Paths:
 
 
 def _paths(config: StudyConfig, run: Path) -> _Paths:
-    from wav2brain.simulation.files import GROUND_TRUTH_DIR
 
     bids = run / "bids" if config.data.simulated else config.data.bids
-    truth = bids / GROUND_TRUTH_DIR if config.data.simulated else None
+    truth = config.data.ground_truth(run)
     dataset = config.data.prepared if config.data.prepared is not None else run / "dataset"
     base = config.models.base if config.models.base is not None else str(truth / "model")
     tasks_dir = None
