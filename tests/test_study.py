@@ -599,3 +599,35 @@ def test_a_simulated_dataset_given_as_a_bids_root_keeps_its_ground_truth(tmp_pat
     (truth / "simulation.json").unlink()
     with pytest.raises(ValueError, match="models.base is required unless the data are simulated"):
         StudyConfig.from_yaml(path)
+
+
+def test_edited_input_data_rerun_the_steps_that_read_them(tmp_path, executed):
+    """A BIDS root, mask or model folder read from outside the run: an edited, added or removed
+    file reruns the step that reads it (and its dependants); untouched inputs are skipped."""
+    import os
+
+    bids, model = tmp_path / "bids", tmp_path / "model"
+    (bids / "sub-01" / "func").mkdir(parents=True)
+    events = bids / "sub-01" / "func" / "sub-01_task-a_events.tsv"
+    events.write_text("onset\tduration\n8\t100\n")
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    text = (
+        f"name: t\nout: {tmp_path}/run\ndata: {{bids: {bids}}}\nmodels: {{base: {model}}}\n"
+        "refine: null\nprobe: null\nsteps: {prepare: {}, extract:base: {}, encode:base: {}}\n"
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    executed.clear()
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == []  # nothing changed: nothing reruns
+    events.write_text("onset\tduration\n9\t100\n")
+    stat = events.stat()
+    os.utime(events, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, later mtime
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == ["prepare", "extract:base", "encode:base"]
+    executed.clear()
+    (model / "model.safetensors").write_text("weights")  # the model folder changed
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == ["extract:base", "encode:base"]

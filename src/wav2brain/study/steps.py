@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,24 +210,31 @@ def plan_study(config: StudyConfig, *, applicable: bool = False) -> list[Step]:
     """Every step the study runs, in order, with its argv, inputs and digest.
 
     Digests are computed for every applicable step (a step not run now still has the digest it
-    would have), so a step's digest changes exactly when its own command, its recipe or any step
-    it depends on changes. ``applicable=True`` returns every applicable step, also those the
+    would have), so a step's digest changes exactly when its own command, its recipe, what it
+    reads from outside the run folder (:func:`external_inputs`: a BIDS root, a mask, a model
+    folder, each by :func:`tree_fingerprint`) or any step it depends on changes. ``applicable=True`` returns every applicable step, also those the
     study's ``steps`` leave out (the producers a listed step may need).
     """
     run = Path(config.out).absolute()
     paths = _paths(config, run)
     selected = study_steps(config)
     steps: dict[str, Step] = {}
+    fingerprints: dict[Path, str] = {}
     for step_id in applicable_steps(config):
         argv, out, depends, files = _build(step_id, config, paths, selected)
         options = (config.steps or {}).get(step_id, {})
         argv = argv + option_argv(options, recipe=step_id in RECIPE_STEPS)
         depends = tuple(d for d in depends if d in steps)
         writes = (out, run / "report") if step_id == "report" else (out,)
+        external = [p for p in external_inputs(argv, run) if p not in map(Path, files)]
+        for path in external:
+            if path not in fingerprints:
+                fingerprints[path] = tree_fingerprint(path)
         digest = _digest(
             [a.replace(str(run), "$RUN") for a in argv],
             [steps[d].digest for d in depends],
             [_file_digest(f) for f in files],
+            [[str(path), fingerprints[path]] for path in external],
         )
         steps[step_id] = Step(step_id, argv, out, depends, digest, files, writes)
     return list(steps.values()) if applicable else [steps[s] for s in selected]
@@ -367,6 +375,51 @@ def option_argv(options: Mapping[str, Any], *, recipe: bool = False) -> list[str
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def external_inputs(argv: Iterable[str], run: Path) -> list[Path]:
+    """The existing files and folders a command line names outside the run folder, sorted.
+
+    Every argument is a candidate (``name=path`` arguments by their path; relative paths from
+    the current folder, as the commands read them); what lies in the run folder is made by the
+    study's own steps and enters a digest through theirs.
+    """
+    found = set()
+    for token in argv:
+        if token.startswith("-"):
+            continue
+        candidate = token.split("=", 1)[1] if "=" in token else token
+        if not candidate:
+            continue
+        path = Path(candidate).expanduser().absolute()
+        if path == run or run in path.parents or not path.exists():
+            continue
+        found.add(path)
+    return sorted(found)
+
+
+def tree_fingerprint(path: Path) -> str:
+    """SHA-256 of a file's size and modification time, or of every file's under a folder
+    (relative path, size, modification time in ns; symbolic links followed): an edited,
+    added or removed file changes it, without reading any data. Our choice: metadata, not
+    content, so that a BIDS root of thousands of NIfTI files costs one ``stat`` per file; a
+    copy that refreshes modification times counts as a change (the step reruns)."""
+    digest = hashlib.sha256()
+    if path.is_file():
+        stat = path.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()
+    for folder, subfolders, names in os.walk(path, followlinks=True):
+        subfolders.sort()
+        for name in sorted(names):
+            file = Path(folder) / name
+            try:
+                stat = file.stat()
+            except FileNotFoundError:  # a dangling link
+                continue
+            relative = file.relative_to(path).as_posix()
+            digest.update(f"{relative}\0{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _digest(*parts: Any) -> str:
