@@ -638,24 +638,14 @@ def _merge_subjects(context, stems: Mapping[str, Path], parcellations, timecours
 
 def _save_matrices(matrices: Mapping[str, np.ndarray], folder: Path, subject: str) -> list[Path]:
     """Each layer's full r matrix [ANs, voxels] as float16 safetensors (atomic)."""
-    import os
-
-    from safetensors.numpy import save_file
-
-    from wav2brain.atomic import partial_path
+    from wav2brain.atomic import save_safetensors_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for layer, values in matrices.items():
         path = folder / f"sub-{subject}_{layer}.safetensors"
-        temporary = partial_path(path)
-        save_file(
-            {"r": values.astype(np.float16)},
-            str(temporary),
-            metadata={"subject": subject, "layer": layer, "rows": "ANs", "columns": "voxels"},
-        )
-        os.replace(temporary, path)
-        written.append(path)
+        metadata = {"subject": subject, "layer": layer, "rows": "ANs", "columns": "voxels"}
+        written.append(save_safetensors_atomic({"r": values.astype(np.float16)}, path, metadata))
     return written
 
 

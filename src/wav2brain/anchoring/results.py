@@ -10,7 +10,6 @@ held): it reads only the chosen ANs' layers and is cached per subject in ``parts
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from wav2brain.anchoring.dataset import (
     parse_unit,
     write_frame,
 )
+from wav2brain.atomic import save_safetensors_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +133,9 @@ def chosen_units(units, config: AnchorConfig) -> list[tuple[str, int]]:
 
 def unit_rows(subject: str, chosen, context: Finishing) -> np.ndarray:
     """r [chosen ANs, voxels] of one subject, computed once per digest (cached in parts)."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     from wav2brain.anchoring.coupling import couple
-    from wav2brain.atomic import partial_path
     from wav2brain.encoding.runs import SubjectData
 
     key = inputs_digest({"subject": context.digests[subject], "units": [list(u) for u in chosen]})
@@ -156,9 +155,7 @@ def unit_rows(subject: str, chosen, context: Finishing) -> np.ndarray:
         )
         rows[wanted] = coupling.r
     data.release()
-    temporary = partial_path(path)
-    save_file({"r": rows}, str(temporary))
-    os.replace(temporary, path)
+    save_safetensors_atomic({"r": rows}, path)
     return rows
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from wav2brain.atomic import PARTIAL_SUFFIX
+from wav2brain.atomic import PARTIAL_SUFFIX, save_safetensors_atomic
 from wav2brain.features.resample import TRGrid
 
 logger = logging.getLogger(__name__)
@@ -299,7 +299,6 @@ class FeatureCache:
         self, key: FeatureKey, grid: TRGrid, features: Mapping[str, np.ndarray]
     ) -> CachedFeatures:
         """Write ``features`` (``{layer: [grid.n_rows, units]}``) atomically and open the entry."""
-        from safetensors.numpy import save_file
 
         tensors = {}
         for name, value in features.items():
@@ -321,11 +320,7 @@ class FeatureCache:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-        try:
-            save_file(tensors, str(tmp), metadata={METADATA_FIELD: json.dumps(record)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        save_safetensors_atomic(tensors, path, {METADATA_FIELD: json.dumps(record)}, tmp)
         return open_entry(path, key)
 
     def get_or_compute(

@@ -47,7 +47,6 @@ configuration and the orchestration.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from wav2brain.atomic import replace_directory
 from wav2brain.simulation.configuration import SimulationConfig
 from wav2brain.simulation.files import (
     GROUND_TRUTH_DIR,
@@ -164,17 +164,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-def _commit(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``, replacing ``out`` only now."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
-
-
 def simulate_dataset(
     out: str | Path, config: SimulationConfig | None = None, *, overwrite: bool = False
 ) -> Path:
@@ -212,7 +201,7 @@ def simulate_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         _write_dataset(tmp, config)
-        _commit(tmp, out)
+        replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

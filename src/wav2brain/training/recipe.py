@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wav2brain.atomic import write_text_atomic
+from wav2brain.atomic import save_safetensors_atomic, share_as_umask, write_text_atomic
 from wav2brain.training.arguments import BrainTrainingArguments, DataArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -136,9 +136,7 @@ def _aggregation(value: str) -> str | int:
 
 def _l2_sp_reference(model: Any, output_dir: Path, should_save: bool) -> None:
     """Fix the L2-SP reference: read the run's file, or take the loaded weights and save them."""
-    from safetensors.torch import load_file, save_file
-
-    from wav2brain.atomic import partial_path
+    from safetensors.torch import load_file
 
     path = output_dir / L2_SP_FILE
     model.set_l2_sp_reference()
@@ -151,10 +149,8 @@ def _l2_sp_reference(model: Any, output_dir: Path, should_save: bool) -> None:
             buffers[name].copy_(value)
         return
     if should_save:
-        tmp = partial_path(path)
         buffers = model.l2_sp_reference.named_buffers()  # non-persistent: not in state_dict()
-        save_file({k: v.contiguous() for k, v in buffers}, str(tmp))
-        tmp.replace(path)
+        save_safetensors_atomic({k: v.contiguous() for k, v in buffers}, path)
 
 
 def _stage_arguments(args: BrainTrainingArguments, stage: int, output_dir: Path):
@@ -389,6 +385,7 @@ class _RecipeRun:
             )
             if self.args.export:
                 self._export(model, scores)
+            share_as_umask(self.output_dir)  # the Trainer's safetensors files are owner-only
         return scores
 
     def card(self, model, scores: dict[str, Any]) -> dict[str, Any]:
