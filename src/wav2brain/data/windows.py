@@ -271,6 +271,12 @@ class BrainWindows(Dataset):
         end = int(self._window_end(row, np.array([t]))[0])
         return max(end - self.window_samples(self._row_tr[row]), 0), end
 
+    def window_key(self, index: int) -> tuple[str, int, int]:
+        """``(stimulus_id, start, end)``: the audio item ``index`` holds. Items of equal keys
+        have the same input (every subject who heard a story at that TR)."""
+        row, _ = self.locate(index)
+        return (self._row_stimulus[row], *self.window_bounds(index))
+
     def _build_index(self, n_trs: list[int]) -> np.ndarray:
         """[items, 2] int64 array of (response row, TR) pairs, following the validity rule."""
         pieces = []

@@ -386,15 +386,14 @@ def _held_out_windows(windows, stories: Sequence[str]) -> tuple[np.ndarray, list
     return indices, [str(meta["subject"][rows[i]]) for i in indices]
 
 
-def _equal_length_batches(windows, indices, batch_size: int) -> list[np.ndarray]:
-    """Positions into ``indices`` batched so that each batch holds windows of one length.
+def _equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Positions into ``lengths`` batched so that each batch holds windows of one length.
 
     No batch is padded, so every prediction equals the window's prediction alone (a group-norm
     front end, wav2vec2-base's, would otherwise normalise over the padding). Windows keep their
     order within a length.
     """
-    bounds = [windows.window_bounds(int(i)) for i in indices]
-    lengths = np.array([end - start for start, end in bounds])
+    lengths = np.asarray(lengths)
     batches = []
     for length in np.unique(lengths):
         positions = np.flatnonzero(lengths == length)
@@ -412,41 +411,57 @@ def predict_windows(
 ):
     """Predictions and labels of the windows ``indices`` grouped by subject (float32 [n, V]).
 
-    Rows of a subject follow the order of ``indices``; with ``columns`` (subject -> the selected
-    columns its head predicts) the labels are those columns.
+    The backbone runs once per distinct audio window (every subject who heard a story shares
+    its windows), in unpadded batches of one length; each window's TR-pooled states then go
+    through the head of each subject who heard it (``forward(pooled_hidden_states=...)``, the
+    path stage 1 trains on). Rows of a subject follow the order of ``indices``; with
+    ``columns`` (subject -> the selected columns its head predicts) the labels are those columns.
     """
     import torch
 
-    from wav2brain.data.windows import BrainWindowCollator
-
-    collate = BrainWindowCollator(label_width=model.config.num_voxels)
-    outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    keys = [windows.window_key(int(index)) for index in indices]
+    first = {key: position for position, key in reversed(list(enumerate(keys)))}
+    distinct = list(first)
+    pooled: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
     model.eval()
     with torch.no_grad():
-        for positions in _equal_length_batches(windows, indices, batch_size):
-            items = [windows[int(indices[p])] for p in positions]
-            if columns is not None:
-                items = [
-                    {**item, "labels": np.asarray(item["labels"])[columns[subjects[int(p)]]]}
-                    for p, item in zip(positions, items, strict=True)
-                ]
-            batch = collate(items)
-            subject_ids = batch.get("subject_ids")
-            output = model(
-                batch["input_values"].to(model.device, model.dtype),
-                attention_mask=batch["attention_mask"].to(model.device),
-                subject_ids=None if subject_ids is None else subject_ids.to(model.device),
-            ).predictions
-            output = output.float().cpu().numpy()
-            for row, (position, item) in enumerate(zip(positions, items, strict=True)):
-                label = np.asarray(item["labels"])
-                outputs[int(position)] = (output[row, : len(label)], label)
-    predictions: dict[str, list] = {}
-    labels: dict[str, list] = {}
-    for position in range(len(indices)):
-        prediction, label = outputs[position]
-        predictions.setdefault(subjects[position], []).append(prediction)
-        labels.setdefault(subjects[position], []).append(label)
+        for batch in _equal_length_batches([end - start for _, start, end in distinct], batch_size):
+            chosen = [distinct[k] for k in batch]
+            audio = np.stack([windows[int(indices[first[key]])]["input_values"] for key in chosen])
+            audio = torch.as_tensor(audio).to(model.device, model.dtype)
+            hidden = model.wav2vec2(audio, output_hidden_states=True, return_dict=True)
+            lengths = torch.full((len(chosen),), audio.shape[1], device=model.device)
+            states, bins = model.pool_hidden_states(hidden.hidden_states, lengths)
+            for k, key in enumerate(chosen):
+                pooled[key] = (states[:, k], bins[k])
+        ids = windows.subject_to_id
+        predictions: dict[str, list] = {}
+        labels: dict[str, list] = {}
+        for begin in range(0, len(keys), batch_size):
+            positions = range(begin, min(begin + batch_size, len(keys)))
+            subject_ids = None
+            if ids is not None:
+                subject_ids = torch.tensor(
+                    [ids[subjects[p]] for p in positions], device=model.device
+                )
+            output = (
+                model(
+                    pooled_hidden_states=torch.stack([pooled[keys[p]][0] for p in positions]),
+                    valid_bins=torch.stack([pooled[keys[p]][1] for p in positions]),
+                    subject_ids=subject_ids,
+                )
+                .predictions.float()
+                .cpu()
+                .numpy()
+            )
+            for row, position in enumerate(positions):
+                subject = subjects[position]
+                bold_row, t = windows.locate(int(indices[position]))
+                label = np.asarray(windows.bold(bold_row)[t], dtype=np.float32)
+                if columns is not None:
+                    label = label[columns[subject]]
+                predictions.setdefault(subject, []).append(output[row, : len(label)])
+                labels.setdefault(subject, []).append(label)
     return (
         {s: np.stack(v) for s, v in predictions.items()},
         {s: np.stack(v) for s, v in labels.items()},
