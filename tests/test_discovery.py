@@ -567,3 +567,17 @@ def test_lebel_converter_prepares_each_repeat_as_a_run(lebel, tmp_path):
     assert set(rows["stimulus_id"]) == {"wheretheressmoke"}
     for row in rows:
         np.testing.assert_allclose(row["bold"], data[int(row["run"]) - 1], rtol=1e-6)
+
+
+def test_an_alignment_beside_its_stimulus_is_found_after_the_usual_places(tmp_path):
+    audio = tmp_path / "stimuli" / "audio"
+    audio.mkdir(parents=True)
+    wav = audio / "story01_audio.wav"
+    wav.write_bytes(b"")
+    assert find_alignment(tmp_path, wav) is None
+    (audio / "story02_align.json").write_text("{}")  # another story's: not this one
+    assert find_alignment(tmp_path, wav) is None
+    (audio / "story01_align.json").write_text("{}")
+    assert find_alignment(tmp_path, wav) == audio / "story01_align.json"
+    (tmp_path / "stimuli" / "story01_align.json").write_text("{}")  # a usual place wins
+    assert find_alignment(tmp_path, wav) == tmp_path / "stimuli" / "story01_align.json"

@@ -843,6 +843,8 @@ ALIGNMENT_PLACES = (
     ("stimuli/alignments", "<id>.TextGrid"),
 )
 """Where :func:`find_alignment` looks, in order: (folder under the root, file pattern)."""
+BESIDE_STIMULUS = ("<id>_align.json", "<id>/align.json", "<id>.TextGrid")
+"""Patterns :func:`find_alignment` tries next to the stimulus file itself, after the places."""
 
 
 def find_alignment(root: Path, stimulus_path: Path) -> Path | None:
@@ -851,7 +853,9 @@ def find_alignment(root: Path, stimulus_path: Path) -> Path | None:
     Places (:data:`ALIGNMENT_PLACES`, first hit wins): ``stimuli/gentle/<id>/align.json``
     (Narratives, full dataset; also what :mod:`wav2brain.simulation` writes),
     ``stimuli/<id>_align.json``, ``stimuli/<id>.json``, ``derivative[s]/TextGrids/<id>.TextGrid``
-    (LeBel), ``stimuli/[TextGrids/|alignments/]<id>.TextGrid``. ``<id>`` is the stimulus file's
+    (LeBel), ``stimuli/[TextGrids/|alignments/]<id>.TextGrid``, then beside the stimulus file
+    (:data:`BESIDE_STIMULUS`: ``stimuli/audio/x.wav`` finds ``stimuli/audio/x_align.json``).
+    ``<id>`` is the stimulus file's
     own stem or its id (without ``_audio``), in any of its common spellings: case, ``-`` and
     ``_`` are ignored, so ``book_section-1.wav`` finds ``book_section1.TextGrid``,
     ``book_section_1.TextGrid`` or ``Book-Section-1.TextGrid``. An exact name wins over a
@@ -866,7 +870,8 @@ def find_alignment(root: Path, stimulus_path: Path) -> Path | None:
     root, stimulus_path = Path(root), Path(stimulus_path)
     names = {stimulus_path.name.split(".", 1)[0], stimulus_id(stimulus_path)}
     wanted = {_spelling(name) for name in names}
-    for folder, pattern in ALIGNMENT_PLACES:
+    beside = [(stimulus_path.parent, pattern) for pattern in BESIDE_STIMULUS]
+    for folder, pattern in [*ALIGNMENT_PLACES, *beside]:
         base = root / folder
         if not base.is_dir():
             continue
@@ -898,7 +903,11 @@ def alignment_search_text(root: Path, stimulus_path: Path) -> str:
     places = ", ".join(
         f"{folder}/{pattern.replace('<id>', sid)}" for folder, pattern in ALIGNMENT_PLACES
     )
-    return f"{places} under {root} (any spelling of {sid!r})"
+    beside = ", ".join(pattern.replace("<id>", sid) for pattern in BESIDE_STIMULUS)
+    return (
+        f"{places} under {root}, and {beside} beside {Path(stimulus_path).name} "
+        f"(any spelling of {sid!r})"
+    )
 
 
 def _spelling(name: str) -> str:
