@@ -9,6 +9,7 @@ is an underscore in its module's (``compare-models``: ``commands/compare_models.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
@@ -33,13 +34,22 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with every subcommand registered."""
+    """Return the top-level parser with every subcommand registered.
+
+    No parser takes an abbreviated option (``--alpha`` is refused, not read as ``--alphas``).
+    """
     parser = argparse.ArgumentParser(
         prog="wav2brain",
         description="Link self-supervised speech models to the human brain.",
+        allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False),
+    )
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(f"wav2brain.commands.{name.replace('-', '_')}")
         module.add_parser(subparsers)

@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wav2brain.training.sweep import run_sweep
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--sweep", type=Path)
     known, rest = pre.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
