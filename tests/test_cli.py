@@ -73,6 +73,47 @@ def test_train_takes_recipe_options_by_their_full_names_only(recipe, capsys):
         assert main(["train", str(path), option, "5"]) == 2
         assert f"error: unrecognized arguments: {option} 5" in capsys.readouterr().err
     assert len(runs) == 1  # refused before the run
+    assert main(["train", str(path), "--max_step", "5"]) == 2
+    assert capsys.readouterr().err.startswith("wav2brain train: error: ")  # as other commands
+
+
+def interrupted(*args):
+    raise KeyboardInterrupt
+
+
+def status_after_ctrl_c(run, *args) -> int:
+    """``run(*args)``'s status, failing the test (not ending pytest) if Ctrl-C escapes it."""
+    try:
+        return run(*args)
+    except KeyboardInterrupt:
+        pytest.fail(f"KeyboardInterrupt escaped {run.__module__}.main")
+
+
+def test_ctrl_c_in_a_command_prints_one_line_and_exits_130(monkeypatch, capsys):
+    from wav2brain.commands import encode
+
+    monkeypatch.setattr(encode, "run", interrupted)
+    assert status_after_ctrl_c(main, ENCODE) == 130
+    assert capsys.readouterr().err == "wav2brain encode: interrupted\n"
+
+    def failing(args):  # negative control: another exception is not taken for an interruption
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(encode, "run", failing)
+    with pytest.raises(RuntimeError, match="bug"):
+        main(ENCODE)
+
+
+def test_ctrl_c_in_training_prints_one_line_and_exits_130(recipe, monkeypatch, capsys):
+    from wav2brain.training import cli as training_cli
+    from wav2brain.training import recipe as recipe_module
+
+    path, _ = recipe
+    monkeypatch.setattr(recipe_module, "run_recipe", interrupted)
+    assert status_after_ctrl_c(main, ["train", str(path)]) == 130
+    assert capsys.readouterr().err == "wav2brain train: interrupted\n"
+    assert status_after_ctrl_c(training_cli.main, ["--config", str(path)]) == 130  # train.py
+    assert capsys.readouterr().err == "train: interrupted\n"
 
 
 HEAVY = ("torch", "transformers", "datasets", "nilearn", "sklearn")

@@ -32,6 +32,9 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "demo",
 )
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C: 128 + SIGINT, as the shell reports a process SIGINT ended."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered.
@@ -57,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the process exit status."""
+    """Run the command line; return the process exit status.
+
+    Bad input (``ValueError``, ``FileNotFoundError``, ``ConnectionError``) prints one line
+    ``wav2brain <command>: error: ...`` and returns 2; Ctrl-C (``KeyboardInterrupt``) prints
+    ``wav2brain <command>: interrupted`` and returns 130, the shell's status for SIGINT.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -70,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("wav2brain").debug("traceback of the error below", exc_info=True)
         print(f"wav2brain {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"wav2brain {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     return int(result or 0)
 
 
