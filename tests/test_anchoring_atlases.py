@@ -354,6 +354,35 @@ def test_simulated_parcellation_bad_folders(truth, tmp_path):
         simulated_parcellation(folder, folder / "brain_mask.nii.gz")
 
 
+def test_the_simulators_clusters_table_is_an_atlas_labels_table(truth):
+    from wav2brain.simulation import SimulationConfig
+
+    dataset, folder = truth
+    names = {k + 1: c.name for k, c in enumerate(SimulationConfig().clusters)}
+    assert read_labels(folder / "clusters.tsv") == names  # an integer label, then name, ...
+    mask = folder / "brain_mask.nii.gz"
+    atlas = parcellation_from_atlas(folder / "clusters.nii.gz", folder / "clusters.tsv", mask)
+    assert atlas.names == simulated_parcellation(dataset, mask).names
+
+
+def test_a_label_column_is_the_index_only_when_it_holds_integers_beside_a_name(tmp_path):
+    def table(file, **columns):
+        pd.DataFrame(columns).to_csv(tmp_path / file, sep="\t", index=False)
+        return tmp_path / file
+
+    assert read_labels(table("region.tsv", label=[4], region=["r"])) == {4: "r"}
+    assert read_labels(table("index.tsv", index=[3], label=[7], name=["n"])) == {3: "n"}
+    assert read_labels(table("named.tsv", index=[3], label=["x"])) == {3: "x"}  # label: names
+    for bad, columns in (
+        ("names.tsv", {"label": ["x"], "name": ["y"]}),  # names in label: no index
+        ("alone.tsv", {"label": [1], "feature": ["f"]}),  # an index, but no name column
+        ("halves.tsv", {"label": [1.5], "name": ["y"]}),  # not integers
+    ):
+        header = ", ".join(repr(c) for c in columns)
+        with pytest.raises(ValueError, match=rf"{bad}: a labels table needs .*it has \[{header}\]"):
+            read_labels(table(bad, **columns))
+
+
 def test_labels_table_beside_the_atlas(tmp_path):
     atlas = tmp_path / "atlas_dseg.nii.gz"
     nib.save(halves_atlas(), atlas)

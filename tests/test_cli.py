@@ -38,6 +38,84 @@ def test_missing_bids_root_is_named(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
+ENCODE = ["encode", "d", "--features", "f", "--out", "o"]
+
+
+def test_no_parser_takes_an_abbreviated_option(capsys):
+    parser = build_parser()
+    (subcommands,) = (action.choices for action in parser._subparsers._group_actions)
+    assert not parser.allow_abbrev and not any(p.allow_abbrev for p in subcommands.values())
+    assert parser.parse_args(["--verbose", *ENCODE, "--alphas", "1"]).alphas == [1.0]
+    for argv, word in (([*ENCODE, "--alpha", "1"], "--alpha 1"), (["--verb", *ENCODE], "--verb")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert f"unrecognized arguments: {word}" in capsys.readouterr().err
+
+
+@pytest.fixture
+def recipe(tmp_path, monkeypatch):
+    """A recipe YAML, and the recipe runner replaced by one that records its training options."""
+    from wav2brain.training import recipe as recipe_module
+
+    runs = []
+    monkeypatch.setattr(recipe_module, "run_recipe", lambda *args: runs.append(args[2]) or {})
+    path = tmp_path / "r.yaml"
+    path.write_text(f"model_name_or_path: m\ndataset: d\noutput_dir: {tmp_path / 'o'}\n")
+    return path, runs
+
+
+def test_train_takes_recipe_options_by_their_full_names_only(recipe, capsys):
+    path, runs = recipe
+    assert main(["train", str(path), "--max_steps", "5"]) == 0
+    assert [training.max_steps for training in runs] == [5]
+    for option in ("--max_step", "--swe"):  # neither --max_steps nor train.py's --sweep
+        assert main(["train", str(path), option, "5"]) == 2
+        assert f"error: unrecognized arguments: {option} 5" in capsys.readouterr().err
+    assert len(runs) == 1  # refused before the run
+    assert main(["train", str(path), "--max_step", "5"]) == 2
+    assert capsys.readouterr().err.startswith("wav2brain train: error: ")  # as other commands
+
+
+def interrupted(*args):
+    raise KeyboardInterrupt
+
+
+def status_after_ctrl_c(run, *args) -> int:
+    """``run(*args)``'s status, failing the test (not ending pytest) if Ctrl-C escapes it."""
+    try:
+        return run(*args)
+    except KeyboardInterrupt:
+        pytest.fail(f"KeyboardInterrupt escaped {run.__module__}.main")
+
+
+def test_ctrl_c_in_a_command_prints_one_line_and_exits_130(monkeypatch, capsys):
+    from wav2brain.commands import encode
+
+    monkeypatch.setattr(encode, "run", interrupted)
+    assert status_after_ctrl_c(main, ENCODE) == 130
+    assert capsys.readouterr().err == "wav2brain encode: interrupted\n"
+
+    def failing(args):  # negative control: another exception is not taken for an interruption
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(encode, "run", failing)
+    with pytest.raises(RuntimeError, match="bug"):
+        main(ENCODE)
+
+
+def test_ctrl_c_in_training_prints_one_line_and_exits_130(recipe, monkeypatch, capsys):
+    from wav2brain.training import cli as training_cli
+    from wav2brain.training import recipe as recipe_module
+
+    path, _ = recipe
+    monkeypatch.setattr(recipe_module, "run_recipe", interrupted)
+    assert status_after_ctrl_c(main, ["train", str(path)]) == 130
+    assert capsys.readouterr().err == "wav2brain train: interrupted\n"
+    assert status_after_ctrl_c(training_cli.main, ["--config", str(path)]) == 130  # train.py
+    assert capsys.readouterr().err == "train: interrupted\n"
+
+
 HEAVY = ("torch", "transformers", "datasets", "nilearn", "sklearn")
 """Libraries the command line must not import before it runs a command (each costs seconds)."""
 

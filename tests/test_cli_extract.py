@@ -218,6 +218,82 @@ def test_missing_dataset_or_model_is_named(dataset, tmp_path):
         main([str(dataset), "--model", str(tmp_path), "--out", str(tmp_path / "o")])
 
 
+NO_CHECKPOINT = [  # --model (and options), the error and its message; {cwd} is the test's folder
+    (
+        ["./nope/model"],
+        FileNotFoundError,
+        "--model ./nope/model does not exist (relative to {cwd})",
+    ),
+    (["~nobody-here/m"], FileNotFoundError, "--model ~nobody-here/m does not exist"),
+    (
+        ["nope/model/dir"],
+        ValueError,
+        "--model nope/model/dir: not a folder here (relative to {cwd}) and not a Hub id owner/name",
+    ),
+    (
+        ["someone/tiny"],  # offline (conftest): the Hub cannot be reached
+        FileNotFoundError,
+        "--model someone/tiny is not a folder here, and the Hub could not be reached or has no "
+        "such model (OSError: ",
+    ),
+    (["someone/tiny", "--revision", "v1"], FileNotFoundError, "such model at revision v1 ("),
+]
+
+
+@pytest.mark.parametrize("model, error, message", NO_CHECKPOINT)
+def test_a_model_spec_that_names_no_checkpoint_fails_in_one_line_before_model_work(
+    dataset, tmp_path, monkeypatch, passes, capsys, model, error, message
+):
+    import re
+
+    from huggingface_hub import constants
+
+    from wav2brain.cli import main as wav2brain
+
+    assert constants.HF_HUB_OFFLINE  # no test reaches the Hub
+    monkeypatch.chdir(tmp_path)
+    argv = [str(dataset), "--model", *model, "--out", str(tmp_path / "o")]
+    with pytest.raises(error, match=re.escape(message.format(cwd=tmp_path))) as raised:
+        main(argv)
+    assert "\n" not in str(raised.value)
+    capsys.readouterr()
+    assert wav2brain(["extract", *argv]) == 2
+    err = "\n" + capsys.readouterr().err  # the last line (after the datasets progress bars)
+    assert err.endswith(f"\nwav2brain extract: error: {raised.value}\n")
+    assert passes == [] and not (tmp_path / "o").exists()
+
+
+def test_a_folder_that_is_no_loadable_checkpoint_is_named(dataset, model_dir, tmp_path):
+    argv = [str(dataset), "--out", str(tmp_path / "o"), "--model"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileNotFoundError, match="file is not a checkpoint folder: no config.json"):
+        main([*argv, str(tmp_path / "file")])
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_bytes((model_dir / "config.json").read_bytes())
+    with pytest.raises(FileNotFoundError, match="config-only: cannot load it \\(OSError: "):
+        main([*argv, str(config_only)])
+
+
+def test_folders_here_or_under_home_and_hub_ids_are_model_specs(model_dir, monkeypatch):
+    from wav2brain.features.extract import checkpoint_path
+
+    monkeypatch.chdir(model_dir.parent)
+    monkeypatch.setenv("HOME", str(model_dir.parent))
+    name = model_dir.name
+    assert checkpoint_path(f"./{name}") == checkpoint_path(name) == name
+    assert checkpoint_path(f"~/{name}") == str(model_dir)
+    assert checkpoint_path("someone/tiny") == "someone/tiny"  # for the Hub, unchanged
+    assert checkpoint_path("tiny") == "tiny"
+
+
+def test_a_model_folder_under_home_is_extracted(dataset, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(model_dir.parent))
+    out = tmp_path / "o"
+    assert main([str(dataset), "--model", f"~/{model_dir.name}", "--out", str(out)]) == 0
+    assert (out / "index.parquet").is_file()
+
+
 def test_runs_with_bad_timing_are_named_before_model_work(dataset, model_dir, tmp_path, passes):
     import shutil
 

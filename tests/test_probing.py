@@ -96,10 +96,15 @@ def test_non_wav2vec2_upstream_is_refused_naming_model_type(tmp_path):
     )
     with pytest.raises(ValueError, match="model_type 'bert'"):
         check_upstream(str(tmp_path / "bert"))
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="upstream .*empty is not a checkpoint folder"):
+        check_upstream(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="upstream .*missing does not exist"):
         check_upstream(str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="nobody/no-model: cannot read its config"):
-        check_upstream("nobody/no-model")  # the tests run offline
+    with pytest.raises(ValueError, match="upstream no/such/model: not a folder here .* not a Hub"):
+        check_upstream("no/such/model")
+    with pytest.raises(FileNotFoundError, match="upstream nobody/no-model is not a folder here"):
+        check_upstream("nobody/no-model")  # the tests run offline: the Hub cannot be reached
 
 
 def test_upstream_kinds_are_accepted(model_dir, tiny_kwargs, tmp_path):

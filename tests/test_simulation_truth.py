@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from wav2brain.anchoring.atlases import read_labels
 from wav2brain.simulation import GROUND_TRUTH_DIR, SimulationConfig, simulate_dataset
 from wav2brain.simulation.truth import PAIR_COLUMNS, planted_pairs
 
@@ -50,6 +51,7 @@ def test_planted_voxel_index_is_the_brain_mask_order(dataset):
     labels = nib.load(truth / "clusters.nii.gz").get_fdata()[mask]
     names = pd.read_csv(truth / "clusters.tsv", sep="\t").set_index("label")["name"]
     assert (names.loc[labels[pairs["voxel"]].astype(int)].to_numpy() == pairs["cluster"]).all()
+    assert read_labels(truth / "clusters.tsv") == names.to_dict()  # usable as --atlas-labels
 
 
 def test_two_unit_clusters_follow_the_normalised_sum(dataset):

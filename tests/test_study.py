@@ -494,6 +494,21 @@ def test_unknown_recipe_option_is_refused_before_any_step(tmp_path, executed):
     assert executed == []
 
 
+def test_an_abbreviated_step_or_recipe_option_is_refused_before_any_step(tmp_path, executed):
+    import yaml
+
+    text = SIM_STUDY.replace("alphas: [1, 10]", "alpha: [1, 10]")  # not read as --alphas
+    with pytest.raises(ValueError, match="step encode:base: .*unrecognized arguments: --alpha 1"):
+        run_study(StudyConfig.from_yaml(write_study(tmp_path, text)), echo=silent)
+    raw = yaml.safe_load(SIM_STUDY.format(tmp=tmp_path, repo=REPO))
+    raw["refine"] = {"recipe": str(REPO / "hf_configs" / "refine_sim.yaml")}
+    raw["refine"]["options"] = {"max_step": 3}  # not read as max_steps
+    raw["steps"]["refine"] = {}
+    with pytest.raises(ValueError, match="step refine: .*unrecognized arguments: --max_step 3"):
+        run_study(StudyConfig.from_dict(raw), echo=silent)
+    assert executed == []
+
+
 def test_processes_launch_sharded_steps_through_distributed(tmp_path):
     text = SIM_STUDY + "processes: 2\n"
     config = StudyConfig.from_yaml(write_study(tmp_path, text))

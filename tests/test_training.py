@@ -69,6 +69,15 @@ def test_unknown_command_line_option_fails_naming_it():
         parse_recipe_args(["--model_name_or_path", "m", "--dataset", "d", "--no_such_option", "1"])
 
 
+def test_recipe_options_are_taken_by_their_full_names_only(tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", "model_name_or_path: m\ndataset: d\n")
+    assert parse_recipe_args(["--config", str(recipe), "--max_steps", "5"])[2].max_steps == 5
+    with pytest.raises(ValueError, match="unrecognized arguments: --max_step 5: expected"):
+        parse_recipe_args(["--config", str(recipe), "--max_step", "5"])
+    with pytest.raises(ValueError, match=f"unrecognized arguments: --conf {recipe}"):
+        parse_recipe_args(["--conf", str(recipe)])  # not read as --config either
+
+
 def test_missing_required_options_fail():
     with pytest.raises(ValueError, match="dataset"):
         parse_recipe_args(["--model_name_or_path", "m"])

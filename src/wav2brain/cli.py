@@ -9,6 +9,7 @@ is an underscore in its module's (``compare-models``: ``commands/compare_models.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
@@ -31,15 +32,27 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "demo",
 )
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C: 128 + SIGINT, as the shell reports a process SIGINT ended."""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with every subcommand registered."""
+    """Return the top-level parser with every subcommand registered.
+
+    No parser takes an abbreviated option (``--alpha`` is refused, not read as ``--alphas``).
+    """
     parser = argparse.ArgumentParser(
         prog="wav2brain",
         description="Link self-supervised speech models to the human brain.",
+        allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False),
+    )
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(f"wav2brain.commands.{name.replace('-', '_')}")
         module.add_parser(subparsers)
@@ -47,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the process exit status."""
+    """Run the command line; return the process exit status.
+
+    Bad input (``ValueError``, ``FileNotFoundError``, ``ConnectionError``) prints one line
+    ``wav2brain <command>: error: ...`` and returns 2; Ctrl-C (``KeyboardInterrupt``) prints
+    ``wav2brain <command>: interrupted`` and returns 130, the shell's status for SIGINT.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -60,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("wav2brain").debug("traceback of the error below", exc_info=True)
         print(f"wav2brain {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"wav2brain {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     return int(result or 0)
 
 

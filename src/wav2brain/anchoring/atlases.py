@@ -43,7 +43,9 @@ BACKGROUND_NAMES = frozenset({"background", "unknown", "???", "0", ""})
 INDEX_COLUMNS = ("index", "value", "label_value", "id")
 NAME_COLUMNS = ("name", "label", "region", "roi")
 """Columns read from a labels table (``.tsv`` / ``.csv``), first match wins: the BIDS ``dseg.tsv``
-and nilearn look-up-table convention is ``index`` and ``name``."""
+and nilearn look-up-table convention is ``index`` and ``name``. Without an index column, an integer
+``label`` column next to another name column is the index (the simulator's ``clusters.tsv``:
+``label``, ``name``, ...)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,9 +239,10 @@ def read_labels(labels, source: str = "labels") -> dict[int, str]:
     labels : mapping, sequence of str, or path
         ``{value: name}``; a sequence of names for values 1, 2, ... (or 0, 1, ... when the first
         name is a background name such as ``"Background"``, as nilearn's atlases list them); a
-        ``.tsv`` / ``.csv`` table with an index column (``index``, ``value``...) and a name column
-        (``name``, ``label``...), BIDS ``dseg.tsv`` style; or a text file with one name per line
-        (read as a sequence). For a 4-D atlas, values are the volumes' positions + 1.
+        ``.tsv`` / ``.csv`` table with an index column (``index``, ``value``..., else an integer
+        ``label`` column) and a name column (``name``, ``label``...; :data:`NAME_COLUMNS`), BIDS
+        ``dseg.tsv`` style; or a text file with one name per line (read as a sequence). For a
+        4-D atlas, values are the volumes' positions + 1.
     source : str
         Named in errors.
     """
@@ -277,11 +280,16 @@ def _read_table(path: Path) -> dict[int, str]:
     table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
     columns = {c.lower().strip(): c for c in table.columns}
     index = next((columns[c] for c in INDEX_COLUMNS if c in columns), None)
-    name = next((columns[c] for c in NAME_COLUMNS if c in columns and columns[c] != index), None)
+    names = [columns[c] for c in NAME_COLUMNS if c in columns]
+    integer_label = "label" in columns and pd.api.types.is_integer_dtype(table[columns["label"]])
+    if index is None and integer_label and len(names) > 1:  # another name column is there
+        index = columns["label"]
+    name = next((c for c in names if c != index), None)
     if index is None or name is None:
         raise ValueError(
-            f"{path}: a labels table needs an index column (one of {INDEX_COLUMNS}) and a name "
-            f"column (one of {NAME_COLUMNS}); it has {list(table.columns)}"
+            f"{path}: a labels table needs an index column (one of {INDEX_COLUMNS}, else an "
+            f"integer 'label' column next to another name column) and a name column (one of "
+            f"{NAME_COLUMNS}); it has {list(table.columns)}"
         )
     out = {}
     for row, (value, label) in enumerate(zip(table[index], table[name], strict=True)):

@@ -31,4 +31,4 @@ def run(args: argparse.Namespace) -> int:
     from wav2brain.training.sweep import is_sweep
 
     flag = "--sweep" if is_sweep(args.recipe) else "--config"
-    return main([flag, str(args.recipe), *args.recipe_args])
+    return main([flag, str(args.recipe), *args.recipe_args], prog="wav2brain train")

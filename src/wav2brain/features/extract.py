@@ -53,7 +53,7 @@ restored and the hooks removed when the iterator is exhausted or closed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -177,12 +177,12 @@ class ExtractionConfig:
 
         A brain-encoding checkpoint carries ``do_normalize`` in its config; a plain wav2vec2 one
         in its ``preprocessor_config.json`` (False when it has none), read when ``normalize`` is
-        not given.
+        not given. ``name`` is read as :func:`checkpoint_path` reads it (``~`` expanded).
         """
         from wav2brain.modeling import checkpoint_do_normalize
 
         if self.normalize is None and not hasattr(model.config, "do_normalize"):
-            normalize = bool(checkpoint_do_normalize(name, revision=revision))
+            normalize = bool(checkpoint_do_normalize(checkpoint_path(name), revision=revision))
             return replace(self, normalize=normalize).for_model(model)
         return self.for_model(model)
 
@@ -217,29 +217,72 @@ def checkpoint_path(spec: str, what: str = "--model") -> str:
     """A Hub id unchanged, or a local checkpoint folder with ``~`` expanded.
 
     ``spec`` is a folder when it exists or starts with ``.``, ``/`` or ``~``; such a folder must
-    hold ``config.json``. ``what`` names the option in the error.
+    exist and hold ``config.json``. Anything else must have the form of a Hub id, ``name`` or
+    ``owner/name`` (:func:`~wav2brain.publishing.hub.is_repo_id`). ``what`` names the option in
+    the error.
 
     Raises
     ------
     FileNotFoundError
-        A local folder without ``config.json``.
+        A local path that does not exist, or is not a folder with ``config.json``.
+    ValueError
+        Neither an existing folder nor of the form of a Hub id (``nope/model/dir``).
     """
     from pathlib import Path
 
-    path = Path(spec).expanduser()
-    if not (spec.startswith((".", "/", "~")) or path.exists()):
-        return spec
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{what} {spec}: no config.json in that folder")
-    return str(path)
+    from wav2brain.publishing.hub import is_repo_id
+
+    try:
+        path = Path(spec).expanduser()
+    except RuntimeError:  # ~user of no user here
+        raise FileNotFoundError(f"{what} {spec} does not exist (no home folder for it)") from None
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{what} {spec} is not a checkpoint folder: no config.json")
+        return str(path)
+    here = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    if spec.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{what} {spec} does not exist{here}")
+    if not is_repo_id(spec):
+        raise ValueError(f"{what} {spec}: not a folder here{here} and not a Hub id owner/name")
+    return spec
+
+
+def from_checkpoint(
+    load: Callable[..., Any], spec: str, revision: str | None = None, what: str = "--model"
+) -> Any:
+    """``load(checkpoint, revision=revision)`` (a ``from_pretrained``) of :func:`checkpoint_path`.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``load`` failed (``OSError``), in one line naming ``spec``: for a Hub id, that the Hub
+        could not be reached (offline, no network) or has no such model (or revision).
+    """
+    from pathlib import Path
+
+    from wav2brain.publishing.hub import error_line
+
+    checkpoint = checkpoint_path(spec, what)
+    try:
+        return load(checkpoint, revision=revision)
+    except OSError as error:
+        reason = error_line(error)
+        if Path(checkpoint).is_dir():
+            raise FileNotFoundError(f"{what} {spec}: cannot load it ({reason})") from error
+        at = f" at revision {revision}" if revision else ""
+        raise FileNotFoundError(
+            f"{what} {spec} is not a folder here, and the Hub could not be reached or has no "
+            f"such model{at} ({reason})"
+        ) from error
 
 
 def load_model(spec: str, revision: str | None = None, what: str = "--model") -> Any:
-    """The transformers model at a Hub id or folder (:func:`checkpoint_path`), by ``AutoModel``;
+    """The transformers model at a Hub id or folder (:func:`from_checkpoint`), by ``AutoModel``;
     whether it is a wav2vec2-family model is checked by its users."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(checkpoint_path(spec, what), revision=revision)
+    return from_checkpoint(AutoModel.from_pretrained, spec, revision, what)
 
 
 def prepare_audio(audio: np.ndarray, sampling_rate: int = MODEL_SAMPLING_RATE) -> np.ndarray:

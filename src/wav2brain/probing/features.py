@@ -197,22 +197,19 @@ def check_upstream(spec: str, revision: str | None = None) -> str:
     Raises
     ------
     FileNotFoundError
-        For a local path without ``config.json``, or a Hub id whose config cannot be read.
+        For a local path that does not exist or has no ``config.json``, or a Hub id whose config
+        cannot be read (:func:`~wav2brain.features.extract.from_checkpoint`).
     ValueError
-        Naming the ``model_type`` when it is not in :data:`UPSTREAM_MODEL_TYPES`.
+        Naming the ``model_type`` when it is not in :data:`UPSTREAM_MODEL_TYPES`, or for a
+        ``spec`` that is neither a folder nor a Hub id.
     """
     if spec == FBANK:
         return FBANK
     from transformers import AutoConfig
 
-    from wav2brain.features.extract import checkpoint_path
+    from wav2brain.features.extract import from_checkpoint
 
-    spec = checkpoint_path(spec, "upstream")
-
-    try:
-        model_type = AutoConfig.from_pretrained(spec, revision=revision).model_type
-    except OSError as error:  # not on the Hub, offline, no such revision
-        raise FileNotFoundError(f"upstream {spec}: cannot read its config ({error})") from error
+    model_type = from_checkpoint(AutoConfig.from_pretrained, spec, revision, "upstream").model_type
     if model_type not in UPSTREAM_MODEL_TYPES:
         raise ValueError(
             f"upstream {spec} has model_type {model_type!r}, not a wav2vec2-family model: expected "
@@ -241,12 +238,11 @@ class TransformersUpstream:
         self, spec: str, revision: str | None = None, extraction: ExtractionConfig | None = None
     ) -> None:
         check_upstream(spec, revision)
-        from transformers import AutoModel
-
+        from wav2brain.features.extract import load_model
         from wav2brain.features.taps import resolve_backbone
 
         self.name = spec
-        self.model = AutoModel.from_pretrained(spec, revision=revision)
+        self.model = load_model(spec, revision, "upstream")
         self.model.requires_grad_(False)
         backbone = resolve_backbone(self.model)
         n_layers = len(backbone.encoder.layers)

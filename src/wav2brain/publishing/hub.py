@@ -32,8 +32,13 @@ def full_model_repo_id(hub_model_id: str) -> str:
     return hub_model_id + FULL_MODEL_SUFFIX
 
 
+def is_repo_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hub repository id, ``name`` or ``owner/name``."""
+    return isinstance(text, str) and bool(REPO_ID.match(text)) and ".." not in text
+
+
 def _check_repo_id(hub_model_id: str) -> None:
-    if not isinstance(hub_model_id, str) or not REPO_ID.match(hub_model_id) or ".." in hub_model_id:
+    if not is_repo_id(hub_model_id):
         raise ValueError(
             f"hub_model_id={hub_model_id!r} is not a Hub repository id: expected 'name' or "
             "'owner/name' (letters, digits, '-', '_', '.')"
@@ -118,7 +123,7 @@ def push_export(
             pushed = f" (already pushed: {', '.join(commits)})" if commits else ""
             raise HubPushError(
                 f"could not push the {what} to {repo_id} at {constants.ENDPOINT}: "
-                f"{_reason(error)}. The export is complete on disk ({local}){pushed}; push it "
+                f"{error_line(error)}. The export is complete on disk ({local}){pushed}; push it "
                 f"later with push_export('{Path(folder).parent}', '{hub_model_id}')"
             ) from None
         commits[repo_id] = str(info.commit_url)
@@ -166,6 +171,7 @@ def _http_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _reason(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
+    """``Type: first line of the message`` of an exception (library messages run to several)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return f"{type(error).__name__}: {text}"

@@ -178,6 +178,13 @@ class BrainTrainingArguments(TrainingArguments):
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, BrainTrainingArguments)
 
 
+EXPECTED_OPTIONS = (
+    "options of ModelArguments, DataArguments or BrainTrainingArguments, by their full names "
+    "(see `python train.py --help`)"
+)
+"""What an unknown recipe key or option is told to be instead."""
+
+
 def recipe_keys() -> set[str]:
     """Every option name a recipe may set."""
     return {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
@@ -204,10 +211,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         )
     unknown = sorted(set(options) - recipe_keys())
     if unknown:
-        raise ValueError(
-            f"{path}: unknown recipe key(s) {unknown}: expected options of ModelArguments, "
-            "DataArguments or BrainTrainingArguments (see `python train.py --help`)"
-        )
+        raise ValueError(f"{path}: unknown recipe key(s) {unknown}: expected {EXPECTED_OPTIONS}")
     return options
 
 
@@ -217,13 +221,14 @@ def parse_recipe_args(
     """Parse ``[--config recipe.yaml] [--option value ...]`` into the three dataclasses.
 
     The YAML's values become the parser's defaults, so the command line wins; an option no
-    dataclass has fails (argparse names it), as does a YAML key (:func:`read_recipe`).
+    dataclass has fails naming it, as does a YAML key (:func:`read_recipe`). Options are taken
+    by their full names only (``--max_step`` is refused, not read as ``--max_steps``).
 
     Raises
     ------
     ValueError
-        Unknown keys, or a required option (``model_name_or_path``, ``dataset``, ``output_dir``)
-        given nowhere.
+        Unknown keys or options, or a required option (``model_name_or_path``, ``dataset``,
+        ``output_dir``) given nowhere.
     """
     import argparse
     import sys
@@ -231,15 +236,19 @@ def parse_recipe_args(
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", type=Path)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
     parser.add_argument("--config", type=Path, help="recipe YAML (hf_configs/*.yaml)")
     if known.config is not None:
         parser.set_defaults(**read_recipe(known.config))
-    outputs = parser.parse_args_into_dataclasses(args=rest)
-    model_args, data_args, training_args = outputs[:3]
+    *outputs, unknown = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    if unknown:
+        raise ValueError(
+            f"unrecognized arguments: {' '.join(unknown)}: expected {EXPECTED_OPTIONS}"
+        )
+    model_args, data_args, training_args = outputs[:3]  # then the namespace of --config
     missing = [
         name
         for name, value in (
