@@ -565,12 +565,14 @@ def test_an_empty_study_file_and_a_relative_missing_path_are_named(tmp_path, mon
 
 
 def test_the_recipes_own_voxel_selection_is_checked_at_start(tmp_path):
-    bids = tmp_path / "bids"
+    bids, model = tmp_path / "bids", tmp_path / "model"
     bids.mkdir()
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("voxel_selection: rois/missing_roi.nii.gz\nmax_steps: 5\n")
     text = (
-        f"name: t\nout: {tmp_path}/run\ndata: {{bids: {bids}}}\nmodels: {{base: {bids}}}\n"
+        f"name: t\nout: {tmp_path}/run\ndata: {{bids: {bids}}}\nmodels: {{base: {model}}}\n"
         f"refine: {{recipe: {recipe}}}\nprobe: null\n"
     )
     path = tmp_path / "study.yaml"
@@ -646,3 +648,26 @@ def test_edited_input_data_rerun_the_steps_that_read_them(tmp_path, executed):
     (model / "model.safetensors").write_text("weights")  # the model folder changed
     run_study(StudyConfig.from_yaml(path), echo=silent)
     assert executed == ["extract:base", "encode:base"]
+
+
+@pytest.mark.parametrize(
+    ("base", "error", "match"),
+    [
+        ("bids2/derivatives/ground_truth/model", ValueError, "not a folder here .* not a Hub id"),
+        ("./no_model", FileNotFoundError, "models.base ./no_model does not exist"),
+        ("{tmp}", FileNotFoundError, "is not a checkpoint folder: no config.json"),
+    ],
+)
+def test_a_model_that_is_neither_a_checkpoint_folder_nor_a_hub_id_is_named_at_start(
+    tmp_path, base, error, match
+):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    base = base.replace("{tmp}", str(tmp_path))
+    text = f"name: t\nout: {tmp_path}/run\ndata: {{bids: {bids}}}\nmodels: {{base: {base}}}\n"
+    path = tmp_path / "study.yaml"
+    path.write_text(text + "refine: null\nprobe: null\n")
+    with pytest.raises(error, match=match):
+        StudyConfig.from_yaml(path)
+    path.write_text(path.read_text().replace(f"base: {base}", "base: facebook/wav2vec2-base"))
+    StudyConfig.from_yaml(path)  # a Hub id is not looked up at start

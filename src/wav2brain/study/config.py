@@ -345,8 +345,6 @@ class StudyConfig:
         named += _option_paths(self.data.prepare, "data.prepare")
         for step, options in (self.steps or {}).items():
             named += _option_paths(options, f"steps.{step}")
-        if self.models.base is not None and _looks_like_path(self.models.base):
-            named.append(("models.base", Path(self.models.base)))
         return [(where, path) for where, path in named if path is not None]
 
     def _recipe_paths(self) -> list[tuple[str, Path]]:
@@ -368,11 +366,16 @@ class StudyConfig:
         ]
 
     def check_paths(self) -> None:
-        """Raise FileNotFoundError naming the first input path that does not exist."""
+        """Raise FileNotFoundError naming the first input path that does not exist, or a
+        ``models.base`` that is neither a checkpoint folder nor of a Hub id's form."""
+        from wav2brain.features.extract import checkpoint_path
+
         for where, path in self.input_paths():
             if not path.exists():
                 relative = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
                 raise FileNotFoundError(f"{where}: {path} does not exist{relative}")
+        if self.models.base is not None:  # a folder with config.json, or of a Hub id's form
+            checkpoint_path(self.models.base, "models.base")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as JSON-ready values (as recorded in study.json)."""
@@ -477,8 +480,3 @@ def _integer(value: Any, where: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{where}: expected an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _looks_like_path(name: str) -> bool:
-    """A model name that is a local folder rather than a Hub id (``owner/name``)."""
-    return name.startswith(("/", ".", "~")) or Path(name).exists()
