@@ -671,3 +671,43 @@ def test_a_model_that_is_neither_a_checkpoint_folder_nor_a_hub_id_is_named_at_st
         StudyConfig.from_yaml(path)
     path.write_text(path.read_text().replace(f"base: {base}", "base: facebook/wav2vec2-base"))
     StudyConfig.from_yaml(path)  # a Hub id is not looked up at start
+
+
+def test_a_second_run_of_the_same_folder_is_refused_while_the_first_holds_it(tmp_path, monkeypatch):
+    """Two runs of one folder at once would interleave study.json and the outputs: the second
+    is refused at once, naming the first's process; after the first ends the folder is free."""
+    import os
+    import threading
+
+    path = write_study(tmp_path, SIM_STUDY)
+    inside, release = threading.Event(), threading.Event()
+    errors = []
+
+    def slow(step, processes):
+        step.out.mkdir(parents=True, exist_ok=True)
+        inside.set()
+        release.wait(10)
+        return 0.0
+
+    monkeypatch.setattr(study_runner, "_execute", slow)
+    config = StudyConfig.from_yaml(path)
+
+    def first():
+        try:
+            run_study(config, only=["simulate"], echo=silent)
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(RuntimeError, match=f"being run by another process .pid {os.getpid()}"):
+            # flock is per open file: a second open in this process is refused like another's
+            run_study(config, only=["simulate"], echo=silent)
+    finally:
+        release.set()
+        thread.join(10)
+    assert errors == []
+    assert run_study(config, only=["simulate"], echo=silent).skipped == ["simulate"]
+    assert run_study(config, only=["simulate"], dry_run=True, echo=silent)  # no lock for dry runs

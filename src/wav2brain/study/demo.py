@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from wav2brain.study.config import StudyConfig
-from wav2brain.study.runner import StudyResult, read_record, run_study
+from wav2brain.study.runner import LOCK_FILE, StudyResult, read_record, run_study
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def check_demo_folder(out: str | Path, identity: dict[str, Any]) -> None:
     out = Path(out)
     record = read_record(out)
     if record is None:
-        if out.is_dir() and any(out.iterdir()):
+        if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise ValueError(
                 f"{out} is not empty and holds no demo (no study.json): give a new --out"
             )

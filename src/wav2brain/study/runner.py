@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 STUDY_FILE = "study.json"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".study.lock"
 FORMAT = 1
 
 
@@ -113,7 +116,8 @@ def run_study(
         inputs no step makes (naming the step that makes them), a command's options that its
         parser refuses.
     RuntimeError
-        A step's command failed (its exit status and command line).
+        Another process is running the same folder (:func:`run_lock`); a step's command failed
+        (its exit status and command line).
     """
     steps = plan_study(config)
     run_dir = Path(config.out).absolute()
@@ -129,9 +133,59 @@ def run_study(
     for step in chosen:
         _check_inputs(step, chosen, by_id, done, run_dir)
         _check_parses(step)
+    if dry_run:
+        return _run_steps(config, steps, chosen, record, run_dir, True, echo, extra)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        record = read_record(run_dir) or record  # as the run that held the lock left it
+        return _run_steps(config, steps, chosen, record, run_dir, False, echo, extra)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN/.study.lock`` for a run: a second run of the same folder is refused at once.
+
+    An advisory ``flock`` on POSIX (released by the system when a process dies, so a killed run
+    leaves no stale lock); elsewhere no lock is taken.
+
+    Raises
+    ------
+    RuntimeError
+        Another process holds the folder's lock (naming its process id).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = run_dir / LOCK_FILE
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RuntimeError(
+                f"{run_dir} is being run by another process (pid {holder}): wait for it to end, "
+                "or give this run another out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_steps(config, steps, chosen, record, run_dir, dry_run, echo, extra) -> StudyResult:
+    """The steps of :func:`run_study`, after its checks (under the run's lock unless a dry run)."""
+    done = record["steps"]
     ran, skipped = [], []
     if not dry_run:
-        run_dir.mkdir(parents=True, exist_ok=True)
         record.update(_new_record(config), steps=done, started=record.get("started", {}))
         record.update(extra or {})
         _write(record, run_dir)
