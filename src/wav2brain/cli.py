@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "report",
     "run",
     "demo",
+    "configs",
 )
 
 INTERRUPTED = 130
@@ -62,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status.
 
-    Bad input (``ValueError``, ``FileNotFoundError``, ``ConnectionError``) prints one line
-    ``wav2brain <command>: error: ...`` and returns 2; Ctrl-C (``KeyboardInterrupt``) prints
-    ``wav2brain <command>: interrupted`` and returns 130, the shell's status for SIGINT.
+    Bad input (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ``ConnectionError``)
+    prints one line ``wav2brain <command>: error: ...`` and returns 2; Ctrl-C
+    (``KeyboardInterrupt``) prints ``wav2brain <command>: interrupted`` and returns 130, the
+    shell's status for SIGINT.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, ConnectionError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as error:
         logging.getLogger("wav2brain").debug("traceback of the error below", exc_info=True)
         print(f"wav2brain {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -28,12 +28,10 @@ from typing import Any
 
 from wav2brain.study.config import StudyConfig
 from wav2brain.study.runner import LOCK_FILE, StudyResult, read_record, run_study
+from wav2brain.study.shipped import CONFIG_DIR
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "hf_configs"
-"""The study files and recipes shipped inside the package (the repository's ``hf_configs/``
-links here), so a wheel install runs the demo as a checkout does."""
 STUDY_FILE = CONFIG_DIR / "study_sim.yaml"
 """The demo's study file; its relative paths (the recipe) are read from the package folder."""
 
