@@ -410,3 +410,38 @@ def test_brain_accuracy_needs_brain_models(dataset, checkpoints, tmp_path):
     with pytest.raises(ValueError, match="brain accuracy needs two brain-encoding models"):
         compare_models(checkpoints / "plain", checkpoints / "base", tmp_path / "out", config)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_id_is_compared_through_its_snapshot_and_named_when_it_cannot_be_had(
+    checkpoints, tmp_path, monkeypatch, capsys
+):
+    """A base model given by Hub id (as the paper compares facebook/wav2vec2-base with its
+    refinement): fetched as a snapshot of configs and weights; offline without a cached copy,
+    one line naming it (the real Hub client with HF_HUB_OFFLINE, no network)."""
+    import huggingface_hub
+
+    from wav2brain.reports.compare import HUB_FILES
+
+    asked = {}
+
+    def snapshot(repo_id, revision=None, allow_patterns=None):
+        asked.update(repo_id=repo_id, allow_patterns=allow_patterns)
+        return str(checkpoints / "plain")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(huggingface_hub, "snapshot_download", snapshot)
+        hub = ["compare-models", "owner/base-model", str(checkpoints / "refined")]
+        assert main([*hub, "--out", str(tmp_path / "hub")]) == 0
+    assert asked == {"repo_id": "owner/base-model", "allow_patterns": list(HUB_FILES)}
+    local = ["compare-models", str(checkpoints / "plain"), str(checkpoints / "refined")]
+    assert main([*local, "--out", str(tmp_path / "local")]) == 0
+    tables = [pd.read_parquet(tmp_path / n / "parameter_change.parquet") for n in ("hub", "local")]
+    pd.testing.assert_frame_equal(*tables)
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE  # tests/conftest.py: no test reaches the Hub
+    capsys.readouterr()
+    missing = ["compare-models", "owner/not-cached", str(checkpoints / "refined")]
+    assert main([*missing, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint owner/not-cached is not a folder here" in err[0]

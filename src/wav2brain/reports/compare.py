@@ -76,14 +76,32 @@ CONFIG_PLACES = (
 # ----------------------------------------------------------------------------- checkpoints
 
 
+HUB_FILES = ("*.json", "*.safetensors", "*.safetensors.index.json")
+"""What :func:`resolve_checkpoint` fetches of a Hub model: configs and weights, no other files."""
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """The model folder of ``path``: itself, or an export's ``model/`` (else ``backbone/``).
+    """The model folder of ``path``: itself, an export's ``model/`` (else ``backbone/``), or the
+    Hub's local snapshot of a Hub id that is not a folder here (configs and safetensors weights,
+    :data:`HUB_FILES`; from the Hugging Face cache when offline).
 
     Raises
     ------
     FileNotFoundError
-        When the folder (or its weights) does not exist.
+        When the folder (or its weights) does not exist, or a Hub id cannot be fetched (one line:
+        :func:`wav2brain.features.extract.from_checkpoint`).
     """
+    from wav2brain.publishing.hub import is_repo_id
+
+    if not Path(path).exists() and is_repo_id(str(path)):
+        from huggingface_hub import snapshot_download
+
+        from wav2brain.features.extract import from_checkpoint
+
+        def download(repo_id: str, revision: str | None = None) -> str:
+            return snapshot_download(repo_id, revision=revision, allow_patterns=list(HUB_FILES))
+
+        path = from_checkpoint(download, str(path), None, "checkpoint")
     path = Path(path)
     if (path / "export.json").is_file():
         path = path / "model" if (path / "model").is_dir() else path / "backbone"
