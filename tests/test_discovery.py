@@ -581,3 +581,14 @@ def test_an_alignment_beside_its_stimulus_is_found_after_the_usual_places(tmp_pa
     assert find_alignment(tmp_path, wav) == audio / "story01_align.json"
     (tmp_path / "stimuli" / "story01_align.json").write_text("{}")  # a usual place wins
     assert find_alignment(tmp_path, wav) == tmp_path / "stimuli" / "story01_align.json"
+
+
+def test_an_alignment_beside_its_stimulus_is_found_under_a_relative_root(tmp_path, monkeypatch):
+    """Study files name BIDS roots relative to the working folder (data.bids: ds)."""
+    audio = tmp_path / "ds" / "stimuli" / "audio"
+    audio.mkdir(parents=True)
+    (audio / "story01_audio.wav").write_bytes(b"")
+    (audio / "Story01_align.json").write_text("{}")  # respelled, beside the audio
+    monkeypatch.chdir(tmp_path)
+    wav = Path("ds/stimuli/audio/story01_audio.wav")
+    assert find_alignment(Path("ds"), wav) == Path("ds/stimuli/audio/Story01_align.json")

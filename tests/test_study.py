@@ -711,3 +711,34 @@ def test_a_second_run_of_the_same_folder_is_refused_while_the_first_holds_it(tmp
     assert errors == []
     assert run_study(config, only=["simulate"], echo=silent).skipped == ["simulate"]
     assert run_study(config, only=["simulate"], dry_run=True, echo=silent)  # no lock for dry runs
+
+
+def test_the_simulators_model_named_as_models_base_keeps_check_simulated(tmp_path):
+    from wav2brain.simulation import GROUND_TRUTH_DIR
+
+    bids = tmp_path / "sim"
+    truth = bids / GROUND_TRUTH_DIR
+    (truth / "model").mkdir(parents=True)
+    (truth / "simulation.json").write_text("{}")
+    (truth / "model" / "config.json").write_text("{}")
+    other = tmp_path / "other_model"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    for base, applies in ((truth / "model", True), (other, False)):  # (negative control)
+        path = tmp_path / "study.yaml"
+        path.write_text(
+            f"name: t\nout: {tmp_path}/run\ndata: {{bids: {bids}}}\nmodels: {{base: {base}}}\n"
+            "refine: null\nprobe: null\n"
+        )
+        steps = [s.id for s in plan_study(StudyConfig.from_yaml(path))]
+        assert ("check_simulated" in steps) is applies, (base, steps)
+
+
+def test_ctrl_c_in_a_step_stops_the_study_as_an_interruption(tmp_path, monkeypatch, capsys):
+    """A step's command turns Ctrl-C into exit status 130; the study stops as interrupted (one
+    line, 130), not as a failed step, and the step is not recorded as done."""
+    monkeypatch.setattr("wav2brain.cli.main", lambda argv: 130)
+    path = write_study(tmp_path, SIM_STUDY)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert read_record(tmp_path / "run")["steps"] == {}

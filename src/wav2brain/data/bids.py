@@ -870,9 +870,9 @@ def find_alignment(root: Path, stimulus_path: Path) -> Path | None:
     root, stimulus_path = Path(root), Path(stimulus_path)
     names = {stimulus_path.name.split(".", 1)[0], stimulus_id(stimulus_path)}
     wanted = {_spelling(name) for name in names}
-    beside = [(stimulus_path.parent, pattern) for pattern in BESIDE_STIMULUS]
-    for folder, pattern in [*ALIGNMENT_PLACES, *beside]:
-        base = root / folder
+    places = [(root / folder, pattern) for folder, pattern in ALIGNMENT_PLACES]
+    places += [(stimulus_path.parent, pattern) for pattern in BESIDE_STIMULUS]
+    for base, pattern in places:
         if not base.is_dir():
             continue
         exact = [base / pattern.replace("<id>", name) for name in sorted(names)]
@@ -884,7 +884,7 @@ def find_alignment(root: Path, stimulus_path: Path) -> Path | None:
             path
             for path in base.glob(pattern.replace("<id>", "*"))
             if path.is_file()
-            and not is_junk(path.relative_to(root))
+            and not is_junk(path.relative_to(base))
             and _spelling(_id_part(path.relative_to(base).as_posix(), head, tail)) in wanted
         )
         if len(respelled) > 1:

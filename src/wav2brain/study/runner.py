@@ -257,13 +257,15 @@ def launch_argv(step: Step, processes: int) -> list[str]:
 
 def _execute(step: Step, processes: int) -> float:
     """Run one step; return its wall-clock seconds."""
-    from wav2brain.cli import main
+    from wav2brain.cli import INTERRUPTED, main
 
     start = time.perf_counter()
     if step.sharded and processes > 1:
         status = subprocess.run(launch_argv(step, processes), check=False).returncode
     else:
         status = main(step.argv)
+    if status in (INTERRUPTED, -2):  # the step was stopped by Ctrl-C (-2: SIGINT, launched)
+        raise KeyboardInterrupt
     if status:
         raise RuntimeError(
             f"step {step.id} failed (exit status {status}): {_shell(['wav2brain', *step.argv])}"

@@ -114,7 +114,8 @@ class Step:
 def applicable_steps(config: StudyConfig) -> tuple[str, ...]:
     """The steps that apply to a study, in order (what runs when ``steps`` is not given)."""
     simulated = config.data.simulated
-    truth = config.data.ground_truth(Path(config.out).absolute()) is not None
+    truth_folder = config.data.ground_truth(Path(config.out).absolute())
+    truth = truth_folder is not None
     refine = config.refine is not None
     probe = config.probe is not None
     return tuple(
@@ -130,9 +131,18 @@ def applicable_steps(config: StudyConfig) -> tuple[str, ...]:
             "compare": refine,
             "probe_tasks": probe and config.probe.tasks_dir is None,
             "probe": probe,
-            "check_simulated": truth and config.models.base is None,
+            "check_simulated": truth and planted_base(config, truth_folder),
         }.get(step, True)
     )
+
+
+def planted_base(config: StudyConfig, truth: Path | None) -> bool:
+    """Whether the base model is the simulator's planted one: ``models.base`` null, or naming
+    the ground truth's own ``model`` folder."""
+    base = config.models.base
+    if base is None:
+        return True
+    return truth is not None and Path(base).expanduser().resolve() == (truth / "model").resolve()
 
 
 def not_applicable_reason(config: StudyConfig, step: str) -> str:
