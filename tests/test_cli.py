@@ -262,3 +262,15 @@ def test_the_data_package_loads_its_windows_and_torch_only_when_asked():
         "print(json.dumps([before, 'torch' in sys.modules]))\n"
     )
     assert json.loads(run_python(code).splitlines()[-1]) == [False, True]
+
+
+def test_help_shows_plain_text_not_restructuredtext(capsys):
+    from wav2brain.cli import plain_text
+
+    assert plain_text("``wav2brain run``: see :mod:`wav2brain.study` and :func:`~a.b`.") == (
+        "wav2brain run: see wav2brain.study and a.b."
+    )
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    shown = capsys.readouterr().out
+    assert "wav2brain.study" in shown and ":mod:" not in shown and "``" not in shown

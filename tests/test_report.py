@@ -266,6 +266,9 @@ def test_command_line(study: Path, tmp_path: Path, capsys):
     assert out.is_file() and (tmp_path / "elsewhere" / "study" / "headline.json").is_file()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "study.yaml").write_text("name: t\n")  # the study file, not its run folder
+    assert main(["report", str(tmp_path / "study.yaml")]) == 2
+    assert "study.yaml is a file, not a run folder" in capsys.readouterr().err
     assert main(["report", str(run), "--out", str(tmp_path / "page.txt")]) == 2
     shutil.rmtree(run / "report", ignore_errors=True)
 

@@ -102,7 +102,7 @@ def test_real_study_files_name_their_missing_data_when_paths_are_checked(monkeyp
         (
             "name: t\nout: o\ndata: {{simulate: {{}}}}\nmodel: {{base: x}}\n",
             "model",
-            "the top level",
+            None,
         ),
         ("name: t\nout: o\ndata: {{simulate: {{}}, subject: [1]}}\n", "subject", "data"),
         ("name: t\nout: o\ndata: {{simulate: {{sizes: demo}}}}\n", "sizes", "data.simulate"),
@@ -118,7 +118,8 @@ def test_real_study_files_name_their_missing_data_when_paths_are_checked(monkeyp
 )
 def test_unknown_key_is_named_with_its_section(tmp_path, text, key, section):
     path = write_study(tmp_path, text)
-    with pytest.raises(ValueError, match=f"unknown key '{key}' in section {section}") as error:
+    place = "at the top level" if section is None else f"in section {section}"
+    with pytest.raises(ValueError, match=f"unknown key '{key}' {place}") as error:
         StudyConfig.from_yaml(path, check_paths=False)
     assert str(path) in str(error.value)
 

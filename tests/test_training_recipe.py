@@ -378,7 +378,7 @@ def test_history_sweep_runs_each_value_and_writes_the_curve(study, tmp_path):
         read_sweep(sweep)
 
 
-def test_compare_models_on_the_run_scores_what_its_metrics_say(study, full_run, tmp_path):
+def test_compare_models_on_the_run_scores_what_its_metrics_say(study, full_run, tmp_path, capsys):
     """compare-models --recipe-run scores the run's test stories on its voxel selection: the mean
     held-out r of stage1/final and final are the run's own stage-1 and stage-2 scores."""
     import pandas as pd
@@ -411,6 +411,18 @@ def test_compare_models_on_the_run_scores_what_its_metrics_say(study, full_run, 
     with pytest.raises(ValueError, match="selected voxels, 53 in the model's head"):
         compare_models(models[0], models[1], tmp_path / "bad", config)
     assert main(["compare-models", *models, *other, *brain, "--out", str(tmp_path / "b2")]) == 2
-    both = ["--recipe-run", str(out), "--dataset", str(study / "dataset")]
-    assert main(["compare-models", *models, *both, "--out", str(tmp_path / "b3")]) == 2
-    assert not (tmp_path / "bad").exists() and not (tmp_path / "b3").exists()
+    assert not (tmp_path / "bad").exists()
+    # a run whose dataset has moved: named with where it came from; --dataset gives its new place
+    moved = tmp_path / "moved_run"
+    moved.mkdir()
+    shutil.copy(out / "splits.json", moved / "splits.json")
+    record = json.loads((out / "run.json").read_text())
+    record["data"]["dataset"] = str(tmp_path / "old_place")
+    (moved / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    run_moved = ["--recipe-run", str(moved), "--out", str(tmp_path / "b3")]
+    assert main(["compare-models", *models, *run_moved]) == 2
+    assert "its dataset " + str(tmp_path / "old_place") in capsys.readouterr().err
+    assert main(["compare-models", *models, *run_moved, "--dataset", str(study / "dataset")]) == 0
+    again = json.loads((tmp_path / "b3" / "compare.json").read_text())["headline"]["mean_r"]
+    assert again == pytest.approx(headline["mean_r"])

@@ -12,6 +12,7 @@ import argparse
 import functools
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -57,7 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(f"wav2brain.commands.{name.replace('-', '_')}")
         module.add_parser(subparsers)
+    for command in subparsers.choices.values():  # descriptions come from the docstrings
+        command.description = plain_text(command.description)
     return parser
+
+
+def plain_text(text: str | None) -> str | None:
+    """A docstring line as ``--help`` shows it: reST roles and double backquotes removed
+    (``:mod:`wav2brain.study``` -> ``wav2brain.study``)."""
+    if text is None:
+        return None
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--recipe-run",
         type=Path,
         help="a `wav2brain train` output folder: score on its dataset, held-out stories and "
-        "voxel selection (instead of --dataset, --test-stories / --split, --voxel-selection)",
+        "voxel selection (--dataset, --test-stories / --split, --voxel-selection given here win)",
     )
     stories = parser.add_mutually_exclusive_group()
     stories.add_argument("--test-stories", nargs="+", help="held-out stimulus ids")
@@ -111,11 +111,17 @@ def config_from_args(args: argparse.Namespace):
         "test_stories": held_out_stories(args),
         "voxel_selection": args.voxel_selection,
     }
-    if args.recipe_run is not None:
-        given = [f"--{k.replace('_', '-')}" for k, v in scoring.items() if v]
-        if given:
-            raise ValueError(f"--recipe-run sets {', '.join(given)}: give one or the other")
-        scoring = recipe_run_scoring(args.recipe_run)
+    if args.recipe_run is not None:  # the run's values, unless given here (a moved dataset)
+        recorded = recipe_run_scoring(args.recipe_run)
+        for key, value in recorded.items():
+            if scoring[key] or value is None:
+                continue
+            if isinstance(value, Path) and not value.exists():
+                raise FileNotFoundError(
+                    f"--recipe-run {args.recipe_run}: its {key} {value} does not exist (moved?): "
+                    f"give --{key.replace('_', '-')} with its new place"
+                )
+            scoring[key] = value
     return CompareConfig(
         labels=tuple(args.labels),
         threshold=defaults.threshold if args.threshold is None else args.threshold,

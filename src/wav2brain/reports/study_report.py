@@ -96,6 +96,8 @@ class StudyRun:
             ``study.json`` is not JSON, or a field is missing or of the wrong type (named).
         """
         root = Path(run_dir)
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"{root} is a file, not a run folder (give the study's out folder)")
         if not root.is_dir():
             raise FileNotFoundError(f"run folder {root} does not exist")
         path = root / STUDY_FILE

@@ -51,6 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+TOP_LEVEL = "top level"
+"""The ``where`` of the study file's own keys in messages."""
+
 RECIPE_INPUT_OPTIONS = ("voxel_selection",)
 """Recipe options naming input files that a study leaves to the recipe (checked at start)."""
 
@@ -266,7 +269,7 @@ class StudyConfig:
     ) -> StudyConfig:
         """Build and check a study from its mapping (as :meth:`from_yaml`, without the file)."""
         base = Path(root) if root is not None else Path()
-        _known(raw, cls, "the top level")
+        _known(raw, cls, TOP_LEVEL)
         for required in ("name", "out", "data"):
             if raw.get(required) is None:
                 raise ValueError(f"{required!r} is required at the top level")
@@ -425,11 +428,10 @@ def _known(section: Any, cls: type, where: str) -> None:
     if not isinstance(section, Mapping):
         raise ValueError(f"{where}: expected a mapping, got {section!r}")
     fields = [f.name for f in dataclasses.fields(cls)]
+    place = "at the top level" if where == TOP_LEVEL else f"in section {where}"
     for key in section:
         if key not in fields:
-            raise ValueError(
-                f"unknown key {key!r} in section {where} (expected one of {', '.join(fields)})"
-            )
+            raise ValueError(f"unknown key {key!r} {place} (expected one of {', '.join(fields)})")
 
 
 def _options(value: Any, where: str, base: Path) -> dict[str, Any]:
