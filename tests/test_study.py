@@ -743,3 +743,20 @@ def test_ctrl_c_in_a_step_stops_the_study_as_an_interruption(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         run_study(StudyConfig.from_yaml(path), echo=silent)
     assert read_record(tmp_path / "run")["steps"] == {}
+
+
+def test_a_control_without_two_training_stories_is_refused_at_start(tmp_path):
+    """The test-size simulation has 2 stories; the shipped recipe holds one out for test and one
+    for validation, so the shuffled control has nothing to shuffle: refused before any step."""
+    text = (
+        f"name: t\nout: {tmp_path}/run\ndata: {{simulate: {{size: test}}}}\n"
+        f"refine: {{recipe: {REPO}/hf_configs/refine_sim.yaml}}\nprobe: null\n"
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="needs at least two training stories: .* has 2 .* 0"):
+        StudyConfig.from_yaml(path)
+    path.write_text(text.replace("size: test", "size: test, stories: 4"))
+    StudyConfig.from_yaml(path)  # 4 stories: 2 train (the control shuffles them)
+    path.write_text(text + "steps: {simulate: {}, prepare: {}, refine: {}}\n")
+    StudyConfig.from_yaml(path)  # no control asked for

@@ -179,6 +179,40 @@ def check_step_ids(config: StudyConfig) -> None:
             )
         if step not in applicable:
             raise ValueError(f"steps.{step}: does not apply: {not_applicable_reason(config, step)}")
+    if "refine:control" in study_steps(config) and config.data.simulate is not None:
+        _check_control_stories(config)  # a missing recipe is named by the path checks
+
+
+def _check_control_stories(config: StudyConfig) -> None:
+    """The shuffled-stories control pairs each training story with another one's BOLD: refuse,
+    at start, a simulation with fewer than two training stories (the recipe's split counts)."""
+    from wav2brain.simulation.configuration import SimulationConfig
+    from wav2brain.training.arguments import DataArguments, read_recipe
+
+    simulate = config.data.simulate
+    stories = simulate.get("stories")
+    if stories is None:
+        stories = SimulationConfig.from_size(str(simulate.get("size", "test"))).n_stories
+    if not config.refine.recipe.is_file():
+        return
+    options = {**read_recipe(config.refine.recipe), **config.refine.options}
+    if options.get("train_units") is not None:
+        train = len(options["train_units"])
+    else:
+        held_out = [
+            len(options[f"{split}_units"])
+            if options.get(f"{split}_units") is not None
+            else int(options.get(f"n_{split}", getattr(DataArguments, f"n_{split}")))
+            for split in ("test", "validation")
+        ]
+        train = int(stories) - sum(held_out)
+    if train < 2:
+        raise ValueError(
+            f"refine:control (the shuffled-stories control) needs at least two training stories: "
+            f"the simulation has {stories} and the recipe holds out the others, leaving {train}; "
+            "simulate more (data.simulate.stories), set refine.options n_validation: 0, or leave "
+            "refine:control out of steps"
+        )
 
 
 def study_steps(config: StudyConfig) -> tuple[str, ...]:

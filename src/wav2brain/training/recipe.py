@@ -252,7 +252,11 @@ def run_recipe(
             ),
             output_dir / "run.json",
         )
-    return _RecipeRun(model_args, data_args, training_args, data, config, callbacks).run(resume)
+    try:
+        return _RecipeRun(model_args, data_args, training_args, data, config, callbacks).run(resume)
+    finally:  # also when stopped: the Trainer's safetensors files are owner-only (atomic.py)
+        if training_args.should_save and output_dir.is_dir():
+            share_as_umask(output_dir)
 
 
 class _RecipeRun:
@@ -385,7 +389,6 @@ class _RecipeRun:
             )
             if self.args.export:
                 self._export(model, scores)
-            share_as_umask(self.output_dir)  # the Trainer's safetensors files are owner-only
         return scores
 
     def card(self, model, scores: dict[str, Any]) -> dict[str, Any]:
