@@ -181,6 +181,22 @@ def test_real_study_has_no_banner_and_no_truth(study: Path, tmp_path: Path):
     assert "Prepared dataset: not run in this study." in text
 
 
+def test_a_half_finished_study_says_which_steps_are_still_to_run(study: Path, tmp_path: Path):
+    run = tmp_path / "half"
+    run.mkdir()
+    path = write_study(run, relative_steps(study, {"probe"}, run), simulated=False)
+    record = json.loads(path.read_text())
+    record["planned"] = ["prepare", "extract:base", "probe", "report"]  # prepare not run yet
+    path.write_text(json.dumps(record))
+    text = build_report(run).read_text()
+    assert "Prepared dataset: not run yet (a step of this study" in text
+    assert "Selectivity (selectivity:base): not run in this study." in text  # not planned
+    record["planned"] = ["no-such-step"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="field 'planned' must list step ids"):
+        build_report(run)
+
+
 def test_real_label_on_simulated_data_refused(study: Path, tmp_path: Path):
     run = tmp_path / "mislabelled"
     run.mkdir()

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 HEADLINE_FILE = "headline.json"
 REPORT_FILE = "report.html"
 NOT_RUN = "not run in this study"
+NOT_YET = "not run yet (a step of this study: run the study again to finish it)"
 
 MAX_MAPPED_UNITS = 4
 """ANs whose maps are shown (the anchoring step's ``mapped_units``, strongest first)."""
@@ -70,6 +71,8 @@ class StudyRun:
         The resolved study config as the runner recorded it.
     steps : dict
         Step id -> its record (``command``, ``out`` relative to ``root``, ``seconds``, ...).
+    planned : tuple of str
+        The study's steps (``planned`` in study.json; empty in records of older runners).
     """
 
     root: Path
@@ -77,6 +80,7 @@ class StudyRun:
     simulated: bool
     config: dict
     steps: dict
+    planned: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -132,7 +136,17 @@ class StudyRun:
             command = entry.get("command", [])
             if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
                 raise ValueError(f"{path}: step {step!r}: 'command' must be a list of strings")
-        run = cls(root, record["name"], record["simulated"], record["config"], record["steps"])
+        planned = record.get("planned", [])
+        if not isinstance(planned, list) or not set(planned) <= set(STEP_ORDER):
+            raise ValueError(f"{path}: field 'planned' must list step ids, got {planned!r}")
+        run = cls(
+            root,
+            record["name"],
+            record["simulated"],
+            record["config"],
+            record["steps"],
+            tuple(planned),
+        )
         for step in run.steps:
             if step != "report" and not run.output(step).exists():
                 raise FileNotFoundError(
@@ -148,6 +162,10 @@ class StudyRun:
     def folder(self, step: str) -> Path | None:
         """The output of ``step``, or None when the study did not run it."""
         return self.output(step) if step in self.steps else None
+
+    def not_run(self, step: str) -> str:
+        """Why ``step`` has no output: planned but not run yet, or not a step of this study."""
+        return NOT_YET if step in self.planned else NOT_RUN
 
     def option(self, step: str, flag: str) -> str | None:
         """The value the step's command gave ``flag`` (``--alpha 0.01`` or ``--alpha=0.01``)."""
@@ -345,7 +363,7 @@ def dataset_section(b: Builder) -> Section:
     folder = dataset_folder(b.run)
     title = "Dataset"
     if folder is None:
-        return Section("dataset", title, absent(f"Prepared dataset: {NOT_RUN}."))
+        return Section("dataset", title, absent(f"Prepared dataset: {b.run.not_run('prepare')}."))
     manifest = _json(_need(folder / MANIFEST_NAME, "prepare"))
     runs = pd.DataFrame(
         [
@@ -407,7 +425,7 @@ def encoding_section(b: Builder) -> Section:
     title = "Encoding per layer"
     folder = b.run.folder(step)
     if folder is None:
-        return Section("encoding", title, absent(f"Encoding ({step}): {NOT_RUN}."))
+        return Section("encoding", title, absent(f"Encoding ({step}): {b.run.not_run(step)}."))
     import numpy as np
     import pandas as pd
 
@@ -795,7 +813,9 @@ def anchoring_section(b: Builder, step: str, label: str) -> Section:
     title = f"Anchoring ({label} model)"
     folder = b.run.folder(step)
     if folder is None:
-        return Section(f"anchoring-{label}", title, absent(f"Anchoring ({step}): {NOT_RUN}."))
+        return Section(
+            f"anchoring-{label}", title, absent(f"Anchoring ({step}): {b.run.not_run(step)}.")
+        )
     a = Anchoring.read(b, step, label, folder)
     body = "".join(
         part(b, a)
@@ -816,7 +836,9 @@ def selectivity_section(b: Builder) -> Section:
     title = "Selectivity"
     folder = b.run.folder(step)
     if folder is None:
-        return Section("selectivity", title, absent(f"Selectivity ({step}): {NOT_RUN}."))
+        return Section(
+            "selectivity", title, absent(f"Selectivity ({step}): {b.run.not_run(step)}.")
+        )
     layers = _read(_need(folder / "layers.parquet", step))
     summary = _json(_need(folder / "summary.json", step))
     rows = [
@@ -918,7 +940,9 @@ def refinement_section(b: Builder) -> Section:
     title = "Refinement"
     refine = b.run.folder("refine")
     if refine is None:
-        return Section("refinement", title, absent(f"Refinement (refine): {NOT_RUN}."))
+        return Section(
+            "refinement", title, absent(f"Refinement (refine): {b.run.not_run('refine')}.")
+        )
     runs = {"refined": refine}
     control = b.run.folder("refine:control")
     if control is not None:
@@ -972,7 +996,11 @@ def refinement_section(b: Builder) -> Section:
     compare = b.run.folder("compare")
     body += "<h3>Base against refined (compare-models)</h3>"
     if compare is None:
-        return Section("refinement", title, body + absent(f"compare-models (compare): {NOT_RUN}."))
+        return Section(
+            "refinement",
+            title,
+            body + absent(f"compare-models (compare): {b.run.not_run('compare')}."),
+        )
     record = _json(_need(compare / "compare.json", "compare"))
     files, headline = record.get("files", {}), record.get("headline", {})
     changed = headline.get("parameters_changed", {})
@@ -1007,7 +1035,7 @@ def probing_section(b: Builder) -> Section:
     title = "Probing"
     folder = b.run.folder(step)
     if folder is None:
-        return Section("probing", title, absent(f"Probing ({step}): {NOT_RUN}."))
+        return Section("probing", title, absent(f"Probing ({step}): {b.run.not_run(step)}."))
     comparison = _read(_need(folder / "comparison.parquet", step))
     seen, rows = set(), []
     for record in comparison.itertuples(index=False):
@@ -1046,7 +1074,7 @@ def anchoring_change_section(b: Builder) -> Section:
         return Section(
             "anchoring-change",
             title,
-            absent(f"Anchoring of the refined model ({step}): {NOT_RUN}."),
+            absent(f"Anchoring of the refined model ({step}): {b.run.not_run(step)}."),
         )
     layers_path = folder / "compare_layers.parquet"
     if not layers_path.is_file():

@@ -3,6 +3,7 @@
 ``RUN/study.json`` (interface A of issue 12) is rewritten atomically after every step::
 
     {"format": 1, "name": ..., "simulated": bool, "config": {...the resolved study config...},
+     "planned": [STEP_ID, ...],
      "steps": {STEP_ID: {"step", "command", "out", "digest", "seconds", "finished"}},
      "started": {STEP_ID: digest}}
 
@@ -187,7 +188,7 @@ def _run_steps(config, steps, chosen, record, run_dir, dry_run, echo, extra) -> 
     ran, skipped = [], []
     if not dry_run:
         record.update(_new_record(config), steps=done, started=record.get("started", {}))
-        record.update(extra or {})
+        record.update(extra or {}, planned=[step.id for step in steps])
         _write(record, run_dir)
     for step in chosen:
         unchanged = step.id in done and done[step.id]["digest"] == step.digest
