@@ -760,3 +760,77 @@ def test_a_control_without_two_training_stories_is_refused_at_start(tmp_path):
     StudyConfig.from_yaml(path)  # 4 stories: 2 train (the control shuffles them)
     path.write_text(text + "steps: {simulate: {}, prepare: {}, refine: {}}\n")
     StudyConfig.from_yaml(path)  # no control asked for
+
+
+def test_a_run_folder_inside_its_bids_root_does_not_change_the_roots_fingerprint(
+    tmp_path, executed
+):
+    """BIDS puts outputs under derivatives/: the study's own writes there must not count as an
+    edited input (else every run would rerun prepare and remove its dependants' outputs)."""
+    bids = tmp_path / "bids"
+    (bids / "sub-01").mkdir(parents=True)
+    (bids / "sub-01" / "bold.nii").write_text("x")
+    (bids / ".git").mkdir()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    text = (
+        f"name: t\nout: {bids}/derivatives/wav2brain\ndata: {{bids: {bids}}}\n"
+        f"models: {{base: {model}}}\nrefine: null\nprobe: null\n"
+        "steps: {prepare: {}, extract:base: {}}\n"
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    executed.clear()
+    (bids / ".git" / "index").write_text("a commit")  # hidden folders are not BIDS data
+    assert run_study(StudyConfig.from_yaml(path), echo=silent).skipped == [
+        "prepare",
+        "extract:base",
+    ]
+    (bids / "sub-01" / "bold.nii").write_text("edited")  # negative control: real data changed
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == ["prepare", "extract:base"]
+
+
+def test_the_recipes_own_voxel_selection_is_an_input_of_refine(tmp_path, executed):
+    bids, model, roi = tmp_path / "bids", tmp_path / "model", tmp_path / "roi.txt"
+    bids.mkdir()
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    roi.write_text("1 2 3\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"voxel_selection: {roi}\nmax_steps: 5\n")
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        f"name: t\nout: {tmp_path}/run\ndata: {{bids: {bids}}}\nmodels: {{base: {model}}}\n"
+        f"refine: {{recipe: {recipe}}}\nprobe: null\nsteps: {{prepare: {{}}, refine: {{}}}}\n"
+    )
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    executed.clear()
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == []
+    roi.write_text("1 2 3 4\n")  # another selection, same file name
+    run_study(StudyConfig.from_yaml(path), echo=silent)
+    assert executed == ["refine"]
+
+
+def test_the_record_is_checked_again_once_the_lock_is_held(tmp_path, executed, monkeypatch):
+    """Between the checks at start and the lock, another study may have written the folder's
+    study.json: it is refused under the lock, before any step runs."""
+    from contextlib import contextmanager
+
+    config = StudyConfig.from_yaml(write_study(tmp_path, SIM_STUDY))
+    locked = study_runner.run_lock
+
+    @contextmanager
+    def another_study_got_there_first(run_dir):
+        other = {"format": 1, "name": "other", "simulated": True, "config": {}, "steps": {}}
+        (run_dir / "study.json").write_text(json.dumps({**other, "started": {}}))
+        with locked(run_dir):
+            yield
+
+    monkeypatch.setattr(study_runner, "run_lock", another_study_got_there_first)
+    with pytest.raises(ValueError, match="holds the runs of study 'other'"):
+        run_study(config, echo=silent)
+    assert executed == []

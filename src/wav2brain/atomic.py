@@ -32,7 +32,14 @@ def write_text_atomic(text: str, path: Path) -> Path:
 
 
 def current_umask() -> int:
-    """The process umask (read by setting it and setting it back)."""
+    """The process umask: from ``/proc/self/status`` on Linux (reading it by setting it would
+    change it for other threads for a moment), else set and set back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -838,7 +838,13 @@ def architecture_ceiling(
         path = simulation.truth / f"task-{task}_regressors.tsv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: no ground truth for task {task!r}")
-        tables[task] = pd.read_csv(path, sep="\t")[names].to_numpy(np.float64)
+        table = pd.read_csv(path, sep="\t")
+        if missing := [name for name in names if name not in table.columns]:
+            raise ValueError(
+                f"{path} lacks the planted regressors {missing[:3]}: simulate the dataset again "
+                "with this wav2brain"
+            )
+        tables[task] = table[names].to_numpy(np.float64)
     start = read_cleaning(simulation.dataset).trim_start_trs
     items = {split: data.items[split] for split in ("train", "test")}
     with tempfile.TemporaryDirectory() as scratch:

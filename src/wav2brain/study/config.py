@@ -342,7 +342,7 @@ class StudyConfig:
         if self.refine is not None:
             named.append(("refine.recipe", self.refine.recipe))
             named += _option_paths(self.refine.options, "refine.options")
-            named += self._recipe_paths()
+            named += self.recipe_input_paths()
         if self.probe is not None:
             named.append(("probe.tasks_dir", self.probe.tasks_dir))
         named += _option_paths(self.data.prepare, "data.prepare")
@@ -350,7 +350,7 @@ class StudyConfig:
             named += _option_paths(options, f"steps.{step}")
         return [(where, path) for where, path in named if path is not None]
 
-    def _recipe_paths(self) -> list[tuple[str, Path]]:
+    def recipe_input_paths(self) -> list[tuple[str, Path]]:
         """Input paths of the recipe file that the study does not set itself (the voxel
         selection of real data), as ``train`` reads them: relative to the current folder."""
         from wav2brain.training.arguments import read_recipe

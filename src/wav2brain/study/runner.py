@@ -124,22 +124,29 @@ def run_study(
     run_dir = Path(config.out).absolute()
     by_id = {step.id: step for step in plan_study(config, applicable=True)}
     chosen = _chosen(steps, only)
+    for step in chosen:
+        _check_parses(step)
+    record = _checked_record(config, chosen, by_id, run_dir)
+    if dry_run:
+        return _run_steps(config, steps, chosen, record, run_dir, True, echo, extra)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # checked again as the run that held the lock may have left it
+        record = _checked_record(config, chosen, by_id, run_dir)
+        return _run_steps(config, steps, chosen, record, run_dir, False, echo, extra)
+
+
+def _checked_record(config: StudyConfig, chosen, by_id, run_dir: Path) -> dict[str, Any]:
+    """The run folder's record (a new one for a new folder), refused when it is another
+    study's or when a chosen step's inputs are not there (:func:`_check_inputs`)."""
     record = read_record(run_dir) or _new_record(config)
     if record["name"] != config.name:
         raise ValueError(
             f"{run_dir} holds the runs of study {record['name']!r} ({STUDY_FILE}), not of "
             f"{config.name!r}: give this study another out, or remove that folder"
         )
-    done = record["steps"]
     for step in chosen:
-        _check_inputs(step, chosen, by_id, done, run_dir)
-        _check_parses(step)
-    if dry_run:
-        return _run_steps(config, steps, chosen, record, run_dir, True, echo, extra)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
-        record = read_record(run_dir) or record  # as the run that held the lock left it
-        return _run_steps(config, steps, chosen, record, run_dir, False, echo, extra)
+        _check_inputs(step, chosen, by_id, record["steps"], run_dir)
+    return record
 
 
 @contextmanager

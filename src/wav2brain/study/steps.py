@@ -271,9 +271,11 @@ def plan_study(config: StudyConfig, *, applicable: bool = False) -> list[Step]:
         depends = tuple(d for d in depends if d in steps)
         writes = (out, run / "report") if step_id == "report" else (out,)
         external = [p for p in external_inputs(argv, run) if p not in map(Path, files)]
+        if step_id in RECIPE_STEPS:  # inputs the recipe file itself names (real data)
+            external += [p.absolute() for _, p in config.recipe_input_paths() if p.exists()]
         for path in external:
             if path not in fingerprints:
-                fingerprints[path] = tree_fingerprint(path)
+                fingerprints[path] = tree_fingerprint(path, skip=run)
         digest = _digest(
             [a.replace(str(run), "$RUN") for a in argv],
             [steps[d].digest for d in depends],
@@ -424,37 +426,55 @@ def option_argv(options: Mapping[str, Any], *, recipe: bool = False) -> list[str
 def external_inputs(argv: Iterable[str], run: Path) -> list[Path]:
     """The existing files and folders a command line names outside the run folder, sorted.
 
-    Every argument is a candidate (``name=path`` arguments by their path; relative paths from
-    the current folder, as the commands read them); what lies in the run folder is made by the
-    study's own steps and enters a digest through theirs.
+    Every argument is a candidate (``name=path`` arguments by their path unless the whole
+    argument is a path; relative paths from the current folder, as the commands read them);
+    what lies in the run folder is made by the study's own steps and enters a digest through
+    theirs (a folder holding the run folder is fingerprinted without it: :func:`tree_fingerprint`).
     """
     found = set()
     for token in argv:
-        if token.startswith("-"):
+        if token.startswith("-") or not token:
             continue
-        candidate = token.split("=", 1)[1] if "=" in token else token
-        if not candidate:
-            continue
-        path = Path(candidate).expanduser().absolute()
-        if path == run or run in path.parents or not path.exists():
+        candidates = [token] + ([token.split("=", 1)[1]] if "=" in token else [])
+        path = next(
+            (
+                Path(c).expanduser().absolute()
+                for c in candidates
+                if c and Path(c).expanduser().exists()
+            ),
+            None,
+        )
+        if path is None or path == run or run in path.parents:
             continue
         found.add(path)
     return sorted(found)
 
 
-def tree_fingerprint(path: Path) -> str:
+def tree_fingerprint(path: Path, skip: Path | None = None) -> str:
     """SHA-256 of a file's size and modification time, or of every file's under a folder
-    (relative path, size, modification time in ns; symbolic links followed): an edited,
-    added or removed file changes it, without reading any data. Our choice: metadata, not
-    content, so that a BIDS root of thousands of NIfTI files costs one ``stat`` per file; a
-    copy that refreshes modification times counts as a change (the step reruns)."""
+    (relative path, size, modification time in ns): an edited, added or removed file changes
+    it, without reading any data. Our choice: metadata, not content, so that a BIDS root of
+    thousands of NIfTI files costs one ``stat`` per file; a copy that refreshes modification
+    times counts as a change (the step reruns).
+
+    Not walked: ``skip`` (the run folder, which may sit inside a BIDS root's ``derivatives/``:
+    the study's own outputs must not change its inputs' fingerprint), hidden folders (``.git``,
+    ``.datalad``: BIDS ignores them), and a folder reached again through a symbolic link.
+    """
     digest = hashlib.sha256()
     if path.is_file():
         stat = path.stat()
         digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
         return digest.hexdigest()
+    skipped = None if skip is None else Path(skip).resolve()
+    seen: set[Path] = set()
     for folder, subfolders, names in os.walk(path, followlinks=True):
-        subfolders.sort()
+        real = Path(folder).resolve()
+        if real in seen or real == skipped:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in sorted(names):
             file = Path(folder) / name
             try:
