@@ -834,3 +834,16 @@ def test_the_record_is_checked_again_once_the_lock_is_held(tmp_path, executed, m
     with pytest.raises(ValueError, match="holds the runs of study 'other'"):
         run_study(config, echo=silent)
     assert executed == []
+
+
+def test_another_wav2brain_version_reruns_the_steps(tmp_path, executed, monkeypatch):
+    """A study run by an older release is not taken as done by a newer one: its checks or
+    outputs may differ (the version is in every step's digest)."""
+    from wav2brain.study import steps as study_steps
+
+    config = StudyConfig.from_yaml(write_study(tmp_path, SIM_STUDY))
+    run_study(config, echo=silent)
+    executed.clear()
+    assert run_study(config, echo=silent).ran == []
+    monkeypatch.setattr(study_steps, "__version__", "99.0.0")
+    assert run_study(config, echo=silent).ran == list(CHEAP_STEPS)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from wav2brain import registration
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "BrainEncodingOutput": "wav2brain.modeling.outputs",

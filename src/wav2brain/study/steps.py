@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wav2brain import __version__
 from wav2brain.study.config import StudyConfig
 
 STEP_ORDER: tuple[str, ...] = (
@@ -256,7 +257,8 @@ def plan_study(config: StudyConfig, *, applicable: bool = False) -> list[Step]:
     Digests are computed for every applicable step (a step not run now still has the digest it
     would have), so a step's digest changes exactly when its own command, its recipe, what it
     reads from outside the run folder (:func:`external_inputs`: a BIDS root, a mask, a model
-    folder, each by :func:`tree_fingerprint`) or any step it depends on changes. ``applicable=True`` returns every applicable step, also those the
+    folder, each by :func:`tree_fingerprint`), the wav2brain version (a new release's steps
+    are not taken for an older one's) or any step it depends on changes. ``applicable=True`` returns every applicable step, also those the
     study's ``steps`` leave out (the producers a listed step may need).
     """
     run = Path(config.out).absolute()
@@ -277,6 +279,7 @@ def plan_study(config: StudyConfig, *, applicable: bool = False) -> list[Step]:
             if path not in fingerprints:
                 fingerprints[path] = tree_fingerprint(path, skip=run)
         digest = _digest(
+            __version__,
             [a.replace(str(run), "$RUN") for a in argv],
             [steps[d].digest for d in depends],
             [_file_digest(f) for f in files],
