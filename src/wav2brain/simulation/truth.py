@@ -66,15 +66,24 @@ def planted_pairs(truth_dir: str | Path) -> pd.DataFrame:
     return pairs.sort_values(["tensor", "layer", "unit", "voxel"], ignore_index=True)
 
 
+def ground_truth_folder(bids_root: str | Path | None) -> Path | None:
+    """The simulator's ground-truth folder of a BIDS root (``derivatives/ground_truth`` holding
+    its ``simulation.json``), or None: a real dataset, or no root."""
+    from wav2brain.simulation.files import GROUND_TRUTH_DIR
+
+    if bids_root is None:
+        return None
+    truth = Path(bids_root) / GROUND_TRUTH_DIR
+    return truth if (truth / "simulation.json").is_file() else None
+
+
 def is_simulated(prepared: str | Path) -> bool:
     """Whether a prepared dataset folder was made from a simulated BIDS dataset.
 
     True when the BIDS root recorded by ``wav2brain prepare`` (``wav2brain_prepare.json``) still
-    holds the simulator's ground truth (``derivatives/ground_truth/simulation.json``); False
-    otherwise, also when the BIDS root has moved (the label SIMULATED is then not claimed).
+    holds the simulator's ground truth (:func:`ground_truth_folder`); False otherwise, also when
+    the BIDS root has moved (the label SIMULATED is then not claimed).
     """
     from wav2brain.data.prepare import prepared_bids_root
-    from wav2brain.simulation.files import GROUND_TRUTH_DIR
 
-    root = prepared_bids_root(prepared)
-    return root is not None and (root / GROUND_TRUTH_DIR / "simulation.json").is_file()
+    return ground_truth_folder(prepared_bids_root(prepared)) is not None

@@ -126,6 +126,7 @@ class DataConfig:
         ground truth still applies.
         """
         from wav2brain.simulation.files import GROUND_TRUTH_DIR
+        from wav2brain.simulation.truth import ground_truth_folder
 
         if self.simulate is not None:
             return Path(out) / "bids" / GROUND_TRUTH_DIR
@@ -133,9 +134,8 @@ class DataConfig:
         if self.prepared is not None:
             from wav2brain.data.prepare import prepared_bids_root
 
-            root = prepared_bids_root(self.prepared) if self.prepared.is_dir() else None
-        truth = None if root is None else Path(root) / GROUND_TRUTH_DIR
-        return truth if truth is not None and (truth / "simulation.json").is_file() else None
+            root = prepared_bids_root(self.prepared)
+        return ground_truth_folder(root)
 
 
 @dataclass(frozen=True)
