@@ -35,7 +35,7 @@ from typing import Any
 
 from wav2brain.atomic import write_text_atomic
 from wav2brain.study.config import StudyConfig
-from wav2brain.study.steps import FRESH_ON_CHANGE, STEP_ORDER, Step, plan_study
+from wav2brain.study.steps import FRESH_ON_CHANGE, STEP_ORDER, Step, plan_study, study_steps
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,9 @@ def run_study(
         Another process is running the same folder (:func:`run_lock`); a step's command failed
         (its exit status and command line).
     """
-    steps = plan_study(config)
-    run_dir = Path(config.out).absolute()
     by_id = {step.id: step for step in plan_study(config, applicable=True)}
+    steps = [by_id[step_id] for step_id in study_steps(config)]
+    run_dir = Path(config.out).absolute()
     chosen = _chosen(steps, only)
     for step in chosen:
         _check_parses(step)
