@@ -793,6 +793,7 @@ def architecture_ceiling(
         A story without its ground-truth regressors.
     """
     import tempfile
+    from contextlib import nullcontext
 
     import pandas as pd
 
@@ -846,33 +847,35 @@ def architecture_ceiling(
             )
         tables[task] = table[names].to_numpy(np.float64)
     start = read_cleaning(simulation.dataset).trim_start_trs
-    items = {split: data.items[split] for split in ("train", "test")}
-    with tempfile.TemporaryDirectory() as scratch:
+    windows: dict[str, dict[tuple[str, int], Any]] = {}
+    for split in ("train", "test"):  # distinct (story, TR): every subject's targets are equal
+        distinct = {}
+        for item in data.items[split]:
+            distinct.setdefault((tasks[item.row], item.t), item)
+        for task, t in distinct:
+            if start + t >= len(tables[task]):
+                raise ValueError(
+                    f"task {task!r}: TR {t} (volume {start + t}) is past the "
+                    f"{len(tables[task])} volumes of the simulated scan"
+                )
+        windows[split] = distinct
+    scratch = tempfile.TemporaryDirectory() if work_dir is None else nullcontext(work_dir)
+    with scratch as folder:
         cache = build_pooled_cache(
             model,
             data,
-            [item for split in items.values() for item in split],
-            Path(work_dir or scratch) / "pooled_states",
+            [item for distinct in windows.values() for item in distinct.values()],
+            Path(folder) / "pooled_states",
             dtype="float32",
         )
         designs = {}
-        for split, chosen in items.items():
-            windows = {}
-            for item in chosen:
-                windows.setdefault((tasks[item.row], item.t), item)
+        for split, distinct in windows.items():
             states = []
-            for item in windows.values():
+            for item in distinct.values():
                 values, valid = cache.lookup(item)
                 states.append((np.asarray(values) * np.asarray(valid)[None, :, None]).ravel())
-            targets = []
-            for task, t in windows:
-                if start + t >= len(tables[task]):
-                    raise ValueError(
-                        f"task {task!r}: TR {t} (volume {start + t}) is past the "
-                        f"{len(tables[task])} volumes of the simulated scan"
-                    )
-                targets.append(tables[task][start + t])
-            designs[split] = (list(windows), np.stack(states), np.stack(targets))
+            targets = [tables[task][start + t] for task, t in distinct]
+            designs[split] = (list(distinct), np.stack(states), np.stack(targets))
     keys, x_train, y_train = designs["train"]
     groups = np.array([task for task, _ in keys])
     cv = "groups" if len(set(groups)) > 1 else 5
@@ -881,7 +884,7 @@ def architecture_ceiling(
     test_keys, x_test, y_test = designs["test"]
     predicted = np.asarray(readout.predict(x_test), dtype=np.float64)
     row_of = {key: i for i, key in enumerate(test_keys)}
-    test = items["test"]
+    test = data.items["test"]
     subjects = [data.subject_of(item) for item in test]
     width = max(data.subject_voxels.values())
     references = np.zeros((len(test), width))
