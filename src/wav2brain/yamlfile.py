@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ LEADING_ZERO = re.compile(r"^[-+]?0[0-9]+$")
 """Plain scalars such as ``001`` or ``010``, which :func:`read_yaml` keeps as strings."""
 
 
+@cache
 def _loader():
     """PyYAML's safe loader, except that integers written with a leading zero stay strings.
 
