@@ -164,35 +164,32 @@ def test_screenshot(chromium: str, report: Path, tmp_path: Path):
     assert top[0] > 0.5 > top[1]  # the red SIMULATED banner across the top
 
 
-def test_broken_image_fails_the_check(chromium: str, tmp_path: Path):
-    """Negative control: an image whose data is not a PNG."""
-    page = tmp_path / "broken.html"
+def page_with(tmp_path: Path, body: str) -> Path:
+    """A minimal HTML page holding ``body``."""
+    page = tmp_path / "page.html"
     page.write_text(
-        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
-        '<img src="data:image/png;base64,bm90IGEgcG5n" data-file="broken.png"></body></html>'
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{body}</body></html>'
     )
-    found = problems(render_check(chromium, page, tmp_path))
-    assert any("broken.png" in p for p in found), found
+    return page
 
 
-def test_script_error_fails_the_check(chromium: str, tmp_path: Path):
-    """Negative control: a script that throws."""
-    page = tmp_path / "throws.html"
-    page.write_text(
-        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><p>x</p>'
-        "<script>undefinedFunction();</script></body></html>"
-    )
-    found = problems(render_check(chromium, page, tmp_path))
-    assert any("undefinedFunction" in p for p in found), found
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ('<img src="data:image/png;base64,bm90IGEgcG5n" data-file="broken.png">', "broken.png"),
+        ("<p>x</p><script>undefinedFunction();</script>", "undefinedFunction"),
+    ],
+    ids=["broken image", "script error"],
+)
+def test_a_faulty_page_fails_the_check(chromium: str, tmp_path: Path, body: str, named: str):
+    """Negative controls: an image whose data is not a PNG, a script that throws."""
+    found = problems(render_check(chromium, page_with(tmp_path, body), tmp_path))
+    assert any(named in p for p in found), found
 
 
 def test_clean_page_passes_the_check(chromium: str, tmp_path: Path):
     """The check itself raises nothing on a page without faults (control of the controls)."""
-    page = tmp_path / "clean.html"
-    page.write_text(
-        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
-        '<span data-key="a" data-value="1.5">1.5</span></body></html>'
-    )
+    page = page_with(tmp_path, '<span data-key="a" data-value="1.5">1.5</span>')
     record = render_check(chromium, page, tmp_path)
     assert problems(record) == []
     assert record["keys"] == {"a": {"value": 1.5, "text": "1.5"}}
